@@ -1,0 +1,3 @@
+from rustaid.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,339 @@
+"""Built-in plugin: the llama.cpp engine (llama-cpp-python) for GGUF models.
+
+llama_cpp (and numpy with it) is imported on the first load, never at daemon start-up.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import psutil
+
+from rustaid.errors import InvalidArgument, PreconditionFailed
+from rustaid.hookspecs import hookimpl
+from rustaid.providers import (
+    CancelToken,
+    ChatMessage,
+    CompletionStats,
+    EmitText,
+    FinishReason,
+    GenerationParams,
+    LLMProvider,
+    LoadedLLM,
+    LoadOptions,
+    PluginInfo,
+    ResourceRequirements,
+)
+
+if TYPE_CHECKING:
+    import llama_cpp
+
+PLUGIN = PluginInfo(
+    name="llama.cpp",
+    version="0.1.0",
+    description="Runs GGUF language models locally with llama.cpp (llama-cpp-python).",
+    requirements=ResourceRequirements(
+        min_memory_bytes=64 << 20, cores=1, battery_draw_mw=4000, thermal_impact=70
+    ),
+)
+
+log = logging.getLogger(__name__)
+
+# Used when a model has no chat template of its own.
+CHATML_TEMPLATE = (
+    "{% for message in messages %}<|im_start|>{{ message['role'] }}\n"
+    "{{ message['content'] }}<|im_end|>\n{% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+
+# llama-cpp-python's own defaults, written out so a request sees stable behaviour.
+DEFAULTS = {"temperature": 0.8, "top_p": 0.95, "top_k": 40, "min_p": 0.05, "repeat_penalty": 1.0}
+
+
+def grammar_text(params: GenerationParams) -> str:
+    """GBNF text for params.grammar or params.json_schema ("" when unconstrained)."""
+    if not params.json_schema:
+        return params.grammar
+    from llama_cpp.llama_grammar import json_schema_to_gbnf
+
+    try:
+        schema = json.loads(params.json_schema)
+    except json.JSONDecodeError as e:
+        raise InvalidArgument(
+            f"params.json_schema is not valid JSON: {e}", field="params.json_schema"
+        ) from e
+    if not isinstance(schema, dict):
+        raise InvalidArgument(
+            "params.json_schema must be a JSON object (a JSON Schema)", field="params.json_schema"
+        )
+    try:
+        return str(json_schema_to_gbnf(json.dumps(schema)))
+    except Exception as e:  # the converter raises several types
+        raise InvalidArgument(
+            f"params.json_schema cannot be turned into a grammar: {e}", field="params.json_schema"
+        ) from e
+
+
+class StopScanner:
+    """Holds back text that may be the start of a stop sequence, so a stop string
+    never reaches the client even when it arrives split over several tokens."""
+
+    def __init__(self, stops: Sequence[str]) -> None:
+        self.stops = [s for s in stops if s]
+        self.keep = max((len(s) for s in self.stops), default=1) - 1
+        self.pending = ""
+
+    def feed(self, text: str) -> tuple[str, bool]:
+        """Return (text safe to emit, stop found)."""
+        if not self.stops:
+            return text, False
+        self.pending += text
+        cut = min((i for s in self.stops if (i := self.pending.find(s)) >= 0), default=-1)
+        if cut >= 0:
+            out, self.pending = self.pending[:cut], ""
+            return out, True
+        split = max(0, len(self.pending) - self.keep)
+        out, self.pending = self.pending[:split], self.pending[split:]
+        return out, False
+
+    def flush(self) -> str:
+        out, self.pending = self.pending, ""
+        return out
+
+
+class LlamaModel(LoadedLLM):
+    def __init__(self, llm: llama_cpp.Llama, path: Path, threads: int) -> None:
+        self.llm = llm
+        self.path = path
+        self.threads = threads
+        self.context_length = llm.n_ctx()
+        meta = llm.metadata
+        self._formatter = self._make_formatter(meta)
+
+    def _make_formatter(self, meta: dict[str, str]) -> Any:
+        from llama_cpp.llama_chat_format import Jinja2ChatFormatter
+
+        def token_text(key: str) -> str:
+            tid = meta.get(key)
+            if tid is None:
+                return ""
+            return self.llm._model.token_get_text(int(tid))
+
+        return Jinja2ChatFormatter(
+            template=meta.get("tokenizer.chat_template") or CHATML_TEMPLATE,
+            eos_token=token_text("tokenizer.ggml.eos_token_id"),
+            bos_token=token_text("tokenizer.ggml.bos_token_id"),
+        )
+
+    def validate_params(self, params: GenerationParams) -> None:
+        # llama.cpp only reports a bad grammar by crashing at the first sample, so parse it
+        # here against this model's vocabulary first (read-only: safe during a generation).
+        text = grammar_text(params)
+        if not text:
+            return
+        import llama_cpp
+
+        sampler = llama_cpp.llama_sampler_init_grammar(
+            self.llm._model.vocab, text.encode("utf-8"), b"root"
+        )
+        if not sampler:
+            field = "params.json_schema" if params.json_schema else "params.grammar"
+            raise InvalidArgument(
+                f"{field} is not a valid GBNF grammar (it must define a 'root' rule; rule "
+                "names use letters, digits and '-')",
+                field=field,
+            )
+        llama_cpp.llama_sampler_free(sampler)
+
+    # -- prompts ----------------------------------------------------------------------
+
+    def _chat_prompt(self, messages: Sequence[ChatMessage]) -> tuple[list[int], list[str]]:
+        try:
+            rendered = self._formatter(
+                messages=[
+                    {"role": m.role.value, "content": m.content}
+                    | ({"name": m.name} if m.name else {})
+                    for m in messages
+                ]
+            )
+        except Exception as e:  # a template error is the request's fault (roles, order)
+            raise InvalidArgument(
+                f"messages cannot be rendered with the model's chat template: {e}",
+                field="messages",
+            ) from e
+        stops = rendered.stop if isinstance(rendered.stop, list) else [rendered.stop or ""]
+        add_bos = not getattr(rendered, "added_special", False)
+        tokens = self.llm.tokenize(rendered.prompt.encode("utf-8"), add_bos=add_bos, special=True)
+        return tokens, [s for s in stops if s]
+
+    def tokenize(self, text: str, add_special: bool) -> list[int]:
+        return list(self.llm.tokenize(text.encode("utf-8"), add_bos=add_special, special=True))
+
+    def token_pieces(self, token_ids: Sequence[int]) -> list[str]:
+        n_vocab = self.llm.n_vocab()
+        bad = [t for t in token_ids if not 0 <= t < n_vocab]
+        if bad:
+            raise InvalidArgument(f"token ids out of range 0..{n_vocab - 1}: {bad[:5]}")
+        return [
+            self.llm.detokenize([t], special=True).decode("utf-8", errors="replace")
+            for t in token_ids
+        ]
+
+    def count_chat_tokens(self, messages: Sequence[ChatMessage]) -> int:
+        return len(self._chat_prompt(messages)[0])
+
+    # -- generation -------------------------------------------------------------------
+
+    def complete(
+        self, prompt: str, params: GenerationParams, emit: EmitText, cancel: CancelToken
+    ) -> CompletionStats:
+        return self._run(self.tokenize(prompt, add_special=True), [], params, emit, cancel)
+
+    def chat(
+        self,
+        messages: Sequence[ChatMessage],
+        params: GenerationParams,
+        emit: EmitText,
+        cancel: CancelToken,
+    ) -> CompletionStats:
+        tokens, template_stops = self._chat_prompt(messages)
+        return self._run(tokens, template_stops, params, emit, cancel)
+
+    def _run(
+        self,
+        tokens: list[int],
+        extra_stops: list[str],
+        params: GenerationParams,
+        emit: EmitText,
+        cancel: CancelToken,
+    ) -> CompletionStats:
+        n_prompt = len(tokens)
+        room = self.context_length - n_prompt
+        if room < 1:
+            raise InvalidArgument(
+                f"prompt is {n_prompt} tokens but the model is loaded with a context of "
+                f"{self.context_length}: shorten it or load the model with a larger context",
+                field="prompt",
+            )
+        max_tokens = min(params.max_tokens or 512, room)
+        sampled = 0
+
+        def count(_ids: Any, scores: Any) -> Any:
+            nonlocal sampled
+            sampled += 1
+            return scores
+
+        def should_stop(_ids: Any, _logits: Any) -> bool:
+            # Checked after every sample, even while llama-cpp-python holds back a partial
+            # UTF-8 character: cancellation takes effect within one token, and max_tokens
+            # is never exceeded.
+            return cancel.cancelled or sampled > max_tokens
+
+        stops = StopScanner([*params.stop, *extra_stops])
+        finish = FinishReason.LENGTH
+        t0 = time.perf_counter()
+        t_first = 0.0
+        from llama_cpp import LogitsProcessorList, StoppingCriteriaList
+
+        stream: Iterator[Any] = self.llm.create_completion(  # type: ignore[assignment]
+            tokens,
+            max_tokens=max_tokens,
+            temperature=_pick(params.temperature, "temperature"),
+            top_p=_pick(params.top_p, "top_p"),
+            top_k=_pick(params.top_k, "top_k"),
+            min_p=_pick(params.min_p, "min_p"),
+            repeat_penalty=_pick(params.repeat_penalty, "repeat_penalty"),
+            seed=params.seed,
+            grammar=self._grammar(params),
+            logits_processor=LogitsProcessorList([count]),
+            stopping_criteria=StoppingCriteriaList([should_stop]),
+            stream=True,
+        )
+        try:
+            for chunk in stream:
+                if not t_first:
+                    t_first = time.perf_counter()
+                choice = chunk["choices"][0]
+                text, hit = stops.feed(choice["text"])
+                if text:
+                    emit(text)
+                if hit:
+                    finish = FinishReason.STOP_SEQUENCE
+                    break
+                if choice.get("finish_reason") == "stop":
+                    finish = FinishReason.STOP
+                if cancel.cancelled:
+                    break
+            else:
+                if rest := stops.flush():
+                    emit(rest)
+            if cancel.cancelled:
+                finish = FinishReason.CANCELLED
+            elif sampled > max_tokens:
+                finish = FinishReason.LENGTH
+        finally:
+            close = getattr(stream, "close", None)
+            if close is not None:
+                close()
+        t_end = time.perf_counter()
+        t_first = t_first or t_end
+        return CompletionStats(
+            finish_reason=finish,
+            prompt_tokens=n_prompt,
+            completion_tokens=min(sampled, max_tokens),
+            prompt_eval_ms=(t_first - t0) * 1000,
+            generation_ms=(t_end - t_first) * 1000,
+        )
+
+    def _grammar(self, params: GenerationParams) -> llama_cpp.LlamaGrammar | None:
+        text = grammar_text(params)
+        if not text:
+            return None
+        from llama_cpp import LlamaGrammar
+
+        return LlamaGrammar.from_string(text, verbose=False)
+
+    def close(self) -> None:
+        self.llm.close()
+
+
+def _pick(value: float | int | None, name: str) -> Any:
+    return DEFAULTS[name] if value is None else value
+
+
+class LlamaCppProvider(LLMProvider):
+    name = "llama.cpp"
+
+    def handles(self, path: Path) -> bool:
+        return path.suffix.lower() == ".gguf"
+
+    def load(self, path: Path, options: LoadOptions) -> LoadedLLM:
+        import llama_cpp
+
+        threads = options.threads or psutil.cpu_count(logical=False) or 1
+        try:
+            llm = llama_cpp.Llama(
+                model_path=str(path),
+                n_ctx=options.context_length or 0,
+                n_threads=threads,
+                n_threads_batch=threads,
+                n_batch=options.batch_size or 512,
+                n_gpu_layers=options.gpu_layers,
+                verbose=False,
+            )
+        except (ValueError, RuntimeError) as e:
+            raise PreconditionFailed(
+                f"llama.cpp could not load {path.name}: {e}", reason="MODEL_LOAD_FAILED"
+            ) from e
+        log.info("loaded %s (context %d, %d threads)", path.name, llm.n_ctx(), threads)
+        return LlamaModel(llm, path, threads)
+
+
+@hookimpl
+def register_llm_providers(register: Any) -> None:
+    register(LlamaCppProvider())

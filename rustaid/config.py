@@ -1,0 +1,183 @@
+"""Settings: defaults < `<data-dir>/config/rustaid.toml` < RUSTAID_* environment < flags.
+
+One typed object; everything else receives it rather than reading files or env itself.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any
+
+from rustaid.errors import InvalidArgument
+
+LOG_LEVELS = ("debug", "info", "warning", "error")
+
+
+def _user_runtime_dir() -> Path:
+    xdg = os.environ.get("XDG_RUNTIME_DIR")
+    return Path(xdg) if xdg else Path(f"/tmp/rustaid-{os.getuid()}")
+
+
+def default_data_dir(system: bool) -> Path:
+    if system:
+        return Path("/var/lib/rustaid")
+    xdg = os.environ.get("XDG_DATA_HOME")
+    return (Path(xdg) if xdg else Path.home() / ".local" / "share") / "rustaid"
+
+
+def default_socket(system: bool) -> Path:
+    if system:
+        return Path("/run/rustaid/rustaid.sock")
+    return _user_runtime_dir() / "rustaid" / "rustaid.sock"
+
+
+@dataclass(frozen=True)
+class Settings:
+    data_dir: Path
+    # gRPC listen addresses: "unix:///path" or "HOST:PORT".
+    listen: tuple[str, ...]
+    system: bool = False
+    log_level: str = "info"
+    # Unix socket permissions: owner and group may connect, nobody else.
+    socket_mode: int = 0o660
+    socket_group: str = ""
+    # Seconds in-flight requests get to finish on SIGTERM before they are cancelled.
+    shutdown_grace_s: float = 10.0
+    # Generation limits.
+    default_max_tokens: int = 512
+    max_tokens_limit: int = 32768
+    # Cap on the context a model is loaded with (the model's own length when smaller).
+    max_context_length: int = 4096
+    # 0: one thread per physical core.
+    threads: int = 0
+    # Requests allowed to wait per loaded model before RESOURCE_EXHAUSTED.
+    max_queue_per_model: int = 64
+    # Drop-in plugin folder enabled.
+    drop_in_plugins: bool = True
+    # Entry-point plugins enabled (RUSTAID_ENTRY_POINTS=0 disables them, e.g. in tests).
+    entry_point_plugins: bool = True
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def models_dir(self) -> Path:
+        return self.data_dir / "models"
+
+    @property
+    def plugins_dir(self) -> Path:
+        return self.data_dir / "plugins"
+
+    @property
+    def config_dir(self) -> Path:
+        return self.data_dir / "config"
+
+    @property
+    def state_dir(self) -> Path:
+        return self.data_dir / "state"
+
+    def ensure_dirs(self) -> None:
+        for d in (self.models_dir, self.plugins_dir, self.config_dir, self.state_dir):
+            d.mkdir(parents=True, exist_ok=True)
+
+
+# Keys a user may set in rustaid.toml / RUSTAID_<KEY> (data_dir and system come from flags).
+_TUNABLE = {
+    f.name: f.type for f in fields(Settings) if f.name not in ("data_dir", "system", "extra")
+}
+
+
+def _coerce(key: str, value: Any, source: str) -> Any:
+    kind = _TUNABLE[key]
+    try:
+        if kind == "tuple[str, ...]":
+            if isinstance(value, str):
+                value = [v for v in value.split(",") if v]
+            if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+                raise ValueError("expected a list of strings")
+            return tuple(value)
+        if kind == "bool":
+            if isinstance(value, str):
+                if value.lower() in ("1", "true", "yes", "on"):
+                    return True
+                if value.lower() in ("0", "false", "no", "off"):
+                    return False
+                raise ValueError("expected true or false")
+            if not isinstance(value, bool):
+                raise ValueError("expected true or false")
+            return value
+        if kind == "int":
+            if isinstance(value, str):
+                return int(value, 0)
+            if isinstance(value, bool) or not isinstance(value, int):
+                raise ValueError("expected an integer")
+            return value
+        if kind == "float":
+            if isinstance(value, bool):
+                raise ValueError("expected a number")
+            return float(value)
+        if not isinstance(value, str):
+            raise ValueError("expected a string")
+        return value
+    except ValueError as e:
+        raise InvalidArgument(f"{source}: setting '{key}': {e} (got {value!r})", field=key) from e
+
+
+def _validate(s: Settings) -> Settings:
+    if s.log_level not in LOG_LEVELS:
+        raise InvalidArgument(
+            f"log_level must be one of {', '.join(LOG_LEVELS)} (got {s.log_level!r})",
+            field="log_level",
+        )
+    if not s.listen:
+        raise InvalidArgument("at least one listen address is required", field="listen")
+    for name in ("default_max_tokens", "max_tokens_limit", "max_context_length"):
+        if getattr(s, name) < 1:
+            raise InvalidArgument(f"{name} must be >= 1", field=name)
+    if s.default_max_tokens > s.max_tokens_limit:
+        raise InvalidArgument(
+            "default_max_tokens must not exceed max_tokens_limit", field="default_max_tokens"
+        )
+    return s
+
+
+def load_settings(
+    *,
+    data_dir: Path | None = None,
+    system: bool | None = None,
+    overrides: dict[str, Any] | None = None,
+    environ: dict[str, str] | None = None,
+) -> Settings:
+    """Build the settings from every source; raises InvalidArgument naming the bad key."""
+    env = dict(os.environ) if environ is None else environ
+    is_system = system if system is not None else os.getuid() == 0 and "XDG_RUNTIME_DIR" not in env
+    if data_dir is None and env.get("RUSTAID_DATA_DIR"):
+        data_dir = Path(env["RUSTAID_DATA_DIR"])
+    root = (data_dir or default_data_dir(is_system)).expanduser().absolute()
+    settings = Settings(
+        data_dir=root,
+        listen=(f"unix://{default_socket(is_system)}",),
+        system=is_system,
+    )
+    values: dict[str, Any] = {}
+    extra: dict[str, Any] = {}
+    toml_path = settings.config_dir / "rustaid.toml"
+    if toml_path.is_file():
+        try:
+            doc = tomllib.loads(toml_path.read_text(encoding="utf-8"))
+        except tomllib.TOMLDecodeError as e:
+            raise InvalidArgument(f"{toml_path}: {e}") from e
+        for key, value in doc.items():
+            if key in _TUNABLE:
+                values[key] = _coerce(key, value, str(toml_path))
+            else:
+                extra[key] = value  # sections for later subsystems ([power], [updates]...)
+    for key in _TUNABLE:
+        env_value = env.get(f"RUSTAID_{key.upper()}")
+        if env_value is not None:
+            values[key] = _coerce(key, env_value, f"RUSTAID_{key.upper()}")
+    for key, value in (overrides or {}).items():
+        if value is not None:
+            values[key] = _coerce(key, value, "command line")
+    return _validate(replace(settings, extra=extra, **values))

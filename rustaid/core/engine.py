@@ -1,0 +1,431 @@
+"""The inference engine: loads models through their provider plugins and runs
+generations, one at a time per model, streaming text back to asyncio.
+
+Blocking engine calls run in worker threads; text reaches the event loop through
+`call_soon_threadsafe`, and a CancelToken stops a generation within one token when
+its client goes away.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import time
+from collections.abc import AsyncIterator, Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TypeVar
+
+from rustaid.config import Settings
+from rustaid.core.registry import ModelEntry, ModelEventType, ModelKind, ModelRegistry, ModelState
+from rustaid.core.router import SelectionCriteria, select_model
+from rustaid.core.scheduler import ModelQueue, Priority
+from rustaid.errors import InvalidArgument, PreconditionFailed, Unavailable
+from rustaid.providers import (
+    CancelToken,
+    ChatMessage,
+    CompletionStats,
+    GenerationParams,
+    LLMProvider,
+    LoadedLLM,
+    LoadOptions,
+)
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+MAX_STOP_SEQUENCES = 16
+MAX_STOP_LENGTH = 256
+QUEUE_REPORT_INTERVAL_S = 0.5
+
+
+@dataclass(frozen=True)
+class GenerationRequest:
+    model_id: str = ""
+    prompt: str = ""
+    # Chat when messages are given, plain completion of `prompt` otherwise.
+    messages: tuple[ChatMessage, ...] = ()
+    params: GenerationParams = field(default_factory=GenerationParams)
+    selection: SelectionCriteria = field(default_factory=SelectionCriteria)
+    priority: Priority = Priority.INTERACTIVE
+
+
+@dataclass(frozen=True)
+class Timings:
+    queue_ms: float = 0.0
+    load_ms: float = 0.0
+    prompt_eval_ms: float = 0.0
+    generation_ms: float = 0.0
+    time_to_first_token_ms: float = 0.0
+    tokens_per_second: float = 0.0
+    total_ms: float = 0.0
+
+
+@dataclass(frozen=True)
+class Queued:
+    position: int
+    model_id: str
+
+
+@dataclass(frozen=True)
+class Text:
+    text: str
+    index: int
+
+
+@dataclass(frozen=True)
+class Done:
+    model_id: str
+    stats: CompletionStats
+    timings: Timings
+
+
+GenerationEvent = Queued | Text | Done
+
+
+@dataclass
+class LoadedSlot:
+    entry: ModelEntry
+    model: LoadedLLM
+    queue: ModelQueue
+    closed: bool = False
+
+
+class Engine:
+    def __init__(
+        self,
+        settings: Settings,
+        registry: ModelRegistry,
+        providers: Callable[[], dict[str, LLMProvider]],
+    ) -> None:
+        self.settings = settings
+        self.registry = registry
+        self._providers = providers
+        self._slots: dict[str, LoadedSlot] = {}
+        self._load_locks: dict[str, asyncio.Lock] = {}
+        self._active: set[CancelToken] = set()
+        self._running: set[asyncio.Future[object]] = set()
+        # One thread per concurrently running model is plenty; loads share the pool.
+        self._executor = ThreadPoolExecutor(max_workers=8, thread_name_prefix="rustaid-engine")
+        self._stopping = False
+
+    # -- models ---------------------------------------------------------------------------
+
+    def provider_for(self, path: Path) -> str:
+        return next((n for n, p in self._providers().items() if p.handles(path)), "")
+
+    def _provider(self, entry: ModelEntry) -> LLMProvider:
+        provider = self._providers().get(entry.provider)
+        if provider is None:
+            raise PreconditionFailed(
+                f"model {entry.id!r} needs the {entry.provider or 'missing'} engine, "
+                "which no active plugin provides",
+                reason="PROVIDER_MISSING",
+            )
+        return provider
+
+    async def _in_thread(self, fn: Callable[[], T]) -> T:
+        fut = asyncio.get_running_loop().run_in_executor(self._executor, fn)
+        self._running.add(fut)  # type: ignore[arg-type]
+        fut.add_done_callback(self._running.discard)  # type: ignore[arg-type]
+        return await fut
+
+    def loaded(self) -> list[ModelEntry]:
+        return [s.entry for s in self._slots.values()]
+
+    async def load(
+        self, model_id: str, *, context_length: int = 0, threads: int = 0, pin: bool = False
+    ) -> tuple[ModelEntry, float]:
+        """Load a model if needed; returns its entry and the load time in ms (0 if loaded)."""
+        slot, load_ms = await self._ensure_loaded(model_id, context_length, threads)
+        if pin and not slot.entry.pinned:
+            slot.entry = self.registry.update(model_id, ModelEventType.CHANGED, pinned=True)
+        return slot.entry, load_ms
+
+    async def _ensure_loaded(
+        self, model_id: str, context_length: int = 0, threads: int = 0
+    ) -> tuple[LoadedSlot, float]:
+        if self._stopping:
+            raise Unavailable("the daemon is shutting down")
+        lock = self._load_locks.setdefault(model_id, asyncio.Lock())
+        async with lock:  # concurrent requests for one model share one load
+            slot = self._slots.get(model_id)
+            if slot is not None and not slot.closed:
+                return slot, 0.0
+            entry = self.registry.get(model_id)
+            if entry.kind is not ModelKind.LLM:
+                raise InvalidArgument(
+                    f"model {model_id!r} is an {entry.kind.value} model, not a language model",
+                    field="model_id",
+                )
+            if entry.state is ModelState.ERROR:
+                raise PreconditionFailed(
+                    f"model {model_id!r} cannot be used: {entry.error}", reason="MODEL_BROKEN"
+                )
+            provider = self._provider(entry)
+            ctx = min(
+                context_length or entry.metadata.context_length or self.settings.max_context_length,
+                self.settings.max_context_length,
+            )
+            options = LoadOptions(context_length=ctx, threads=threads or self.settings.threads)
+            self.registry.update(model_id, state=ModelState.LOADING)
+            t0 = time.perf_counter()
+            try:
+                model = await self._in_thread(lambda: provider.load(entry.path, options))
+            except Exception as e:
+                self.registry.update(model_id, ModelEventType.FAILED, state=ModelState.AVAILABLE)
+                if isinstance(e, PreconditionFailed):
+                    raise
+                raise PreconditionFailed(
+                    f"model {model_id!r} failed to load: {e}", reason="MODEL_LOAD_FAILED"
+                ) from e
+            load_ms = (time.perf_counter() - t0) * 1000
+            entry = self.registry.update(
+                model_id,
+                ModelEventType.LOADED,
+                state=ModelState.LOADED,
+                context_length=model.context_length,
+                threads=model.threads,
+                memory_bytes=entry.size_bytes,
+                last_used=time.time(),
+            )
+            slot = LoadedSlot(entry, model, ModelQueue(model_id, self.settings.max_queue_per_model))
+            self._slots[model_id] = slot
+            return slot, load_ms
+
+    async def unload(self, model_id: str) -> ModelEntry:
+        """Unload after the running request (if any) finishes; waiting ones reload it."""
+        entry = self.registry.get(model_id)
+        slot = self._slots.get(model_id)
+        if slot is None:
+            return entry
+        ticket = slot.queue.join(Priority.INTERACTIVE - 1)  # next in line
+        try:
+            await ticket.granted
+            if self._slots.get(model_id) is slot:
+                del self._slots[model_id]
+                slot.closed = True
+                await self._in_thread(slot.model.close)
+        finally:
+            slot.queue.leave(ticket)
+        log.info("unloaded %s", model_id)
+        return self.registry.update(
+            model_id, ModelEventType.UNLOADED, state=ModelState.AVAILABLE, memory_bytes=0,
+            pinned=False,
+        )  # fmt: skip
+
+    def forget(self, model_id: str) -> None:
+        """Drop a model whose file disappeared (it is closed once idle)."""
+        slot = self._slots.pop(model_id, None)
+        if slot is not None:
+            slot.closed = True
+            if not slot.queue.busy:
+                slot.model.close()
+
+    # -- requests -----------------------------------------------------------------------
+
+    def resolve(self, model_id: str, criteria: SelectionCriteria) -> str:
+        if model_id:
+            self.registry.get(model_id)  # NotFound with the list of known ids
+            return model_id
+        return select_model(self.registry.list(), criteria).model_id
+
+    def validate(self, request: GenerationRequest) -> None:
+        if request.messages:
+            for i, m in enumerate(request.messages):
+                if not m.content and m.role.value != "assistant":
+                    raise InvalidArgument(
+                        f"messages[{i}].content is empty", field=f"messages[{i}].content"
+                    )
+        elif not request.prompt:
+            raise InvalidArgument("prompt is empty: give the text to continue", field="prompt")
+        validate_params(request.params, self.settings.max_tokens_limit)
+
+    async def generate(self, request: GenerationRequest) -> AsyncIterator[GenerationEvent]:
+        """Yield Queued while waiting, Text as it is produced, then one Done."""
+        t_start = time.perf_counter()
+        self.validate(request)
+        model_id = self.resolve(request.model_id, request.selection)
+        params = request.params
+        if params.max_tokens is None:
+            params = _replace_max_tokens(params, self.settings.default_max_tokens)
+        load_ms = 0.0
+        while True:  # retried if the model is unloaded while this request waits
+            slot, took = await self._ensure_loaded(model_id)
+            load_ms += took
+            slot.model.validate_params(params)
+            ticket = slot.queue.join(request.priority)
+            try:
+                if not ticket.granted.done():
+                    async for position in self._wait_turn(slot.queue, ticket):
+                        yield Queued(position, model_id)
+                if slot.closed:
+                    continue
+            except BaseException:
+                slot.queue.leave(ticket)
+                raise
+            break
+        t_turn = time.perf_counter()
+        async for event in self._run(slot, ticket, request, params):
+            if isinstance(event, Done):
+                s = event.stats
+                queue_ms = (t_turn - t_start) * 1000 - load_ms
+                gen_s = s.generation_ms / 1000
+                tps = (
+                    (s.completion_tokens - 1) / gen_s
+                    if gen_s > 0 and s.completion_tokens > 1
+                    else 0.0
+                )
+                event = Done(
+                    model_id,
+                    s,
+                    Timings(
+                        queue_ms=max(0.0, queue_ms),
+                        load_ms=load_ms,
+                        prompt_eval_ms=s.prompt_eval_ms,
+                        generation_ms=s.generation_ms,
+                        time_to_first_token_ms=(t_turn - t_start) * 1000 + s.prompt_eval_ms,
+                        tokens_per_second=tps,
+                        total_ms=(time.perf_counter() - t_start) * 1000,
+                    ),
+                )
+            yield event
+
+    async def _wait_turn(self, queue: ModelQueue, ticket: object) -> AsyncIterator[int]:
+        from rustaid.core.scheduler import Ticket
+
+        assert isinstance(ticket, Ticket)
+        last = -1
+        while not ticket.granted.done():
+            position = queue.position(ticket)
+            if position != last:
+                last = position
+                yield position
+            await asyncio.wait([ticket.granted], timeout=QUEUE_REPORT_INTERVAL_S)
+
+    async def _run(
+        self,
+        slot: LoadedSlot,
+        ticket: object,
+        request: GenerationRequest,
+        params: GenerationParams,
+    ) -> AsyncIterator[GenerationEvent]:
+        from rustaid.core.scheduler import Ticket
+
+        assert isinstance(ticket, Ticket)
+        loop = asyncio.get_running_loop()
+        out: asyncio.Queue[str | BaseException | CompletionStats] = asyncio.Queue()
+        cancel = CancelToken()
+        self._active.add(cancel)
+
+        def emit(text: str) -> None:
+            loop.call_soon_threadsafe(out.put_nowait, text)
+
+        def work() -> CompletionStats:
+            if request.messages:
+                return slot.model.chat(request.messages, params, emit, cancel)
+            return slot.model.complete(request.prompt, params, emit, cancel)
+
+        def finished(fut: asyncio.Future[CompletionStats]) -> None:
+            # Runs on the loop once the worker thread is done: only now is the model free.
+            self._active.discard(cancel)
+            slot.entry = self.registry.update(slot.entry.id, last_used=time.time())
+            slot.queue.leave(ticket)
+            if slot.closed and not slot.queue.busy:
+                slot.model.close()
+            if fut.cancelled():
+                out.put_nowait(Unavailable("generation was cancelled"))
+            elif (exc := fut.exception()) is not None:
+                out.put_nowait(exc)
+            else:
+                out.put_nowait(fut.result())
+
+        fut = loop.run_in_executor(self._executor, work)
+        self._running.add(fut)  # type: ignore[arg-type]
+        fut.add_done_callback(self._running.discard)  # type: ignore[arg-type]
+        fut.add_done_callback(finished)
+        index = 0
+        try:
+            while True:
+                item = await out.get()
+                if isinstance(item, str):
+                    yield Text(item, index)
+                    index += 1
+                elif isinstance(item, CompletionStats):
+                    yield Done(slot.entry.id, item, Timings())
+                    return
+                else:
+                    raise item
+        finally:
+            cancel.cancel()  # no-op when finished; stops the thread when the client left
+
+    async def run_on_model(self, model_id: str, fn: Callable[[LoadedLLM], T]) -> T:
+        """Run a quick call (tokenize, count) on a loaded model, in its turn."""
+        slot, _ = await self._ensure_loaded(model_id)
+        ticket = slot.queue.join(Priority.INTERACTIVE)
+        try:
+            await ticket.granted
+            return await self._in_thread(lambda: fn(slot.model))
+        finally:
+            slot.queue.leave(ticket)
+
+    async def stop(self) -> None:
+        """Cancel what still runs, wait for the threads, free every model."""
+        self._stopping = True
+        for token in list(self._active):
+            token.cancel()
+        if self._running:
+            await asyncio.wait(list(self._running), timeout=30)
+        for model_id, slot in list(self._slots.items()):
+            slot.closed = True
+            slot.model.close()
+            del self._slots[model_id]
+            self.registry.update(model_id, ModelEventType.UNLOADED, state=ModelState.AVAILABLE)
+        self._executor.shutdown(wait=False, cancel_futures=True)
+
+
+def _replace_max_tokens(params: GenerationParams, value: int) -> GenerationParams:
+    from dataclasses import replace
+
+    return replace(params, max_tokens=value)
+
+
+def validate_params(p: GenerationParams, max_tokens_limit: int) -> None:
+    """Range checks shared by every engine; the message names the field to fix."""
+
+    def bad(name: str, why: str) -> InvalidArgument:
+        return InvalidArgument(f"params.{name} {why}", field=f"params.{name}")
+
+    def finite(name: str, value: float | None) -> None:
+        if value is not None and not math.isfinite(value):
+            raise bad(name, f"must be a finite number (got {value})")
+
+    for name in ("temperature", "top_p", "min_p", "repeat_penalty"):
+        finite(name, getattr(p, name))
+    if p.max_tokens is not None and not 1 <= p.max_tokens <= max_tokens_limit:
+        raise bad("max_tokens", f"must be between 1 and {max_tokens_limit} (got {p.max_tokens})")
+    if p.temperature is not None and p.temperature < 0:
+        raise bad("temperature", f"must be >= 0 (got {p.temperature})")
+    if p.top_p is not None and not 0 < p.top_p <= 1:
+        raise bad("top_p", f"must be in (0, 1] (got {p.top_p})")
+    if p.min_p is not None and not 0 <= p.min_p <= 1:
+        raise bad("min_p", f"must be in [0, 1] (got {p.min_p})")
+    if p.top_k is not None and p.top_k < 0:
+        raise bad("top_k", f"must be >= 0 (got {p.top_k})")
+    if p.repeat_penalty is not None and p.repeat_penalty <= 0:
+        raise bad("repeat_penalty", f"must be > 0 (got {p.repeat_penalty})")
+    if len(p.stop) > MAX_STOP_SEQUENCES:
+        raise bad("stop", f"has {len(p.stop)} sequences; at most {MAX_STOP_SEQUENCES} allowed")
+    for s in p.stop:
+        if not s or len(s) > MAX_STOP_LENGTH:
+            raise bad("stop", f"sequences must be 1..{MAX_STOP_LENGTH} characters")
+    if p.grammar and p.json_schema:
+        raise bad("grammar", "and params.json_schema are exclusive: give one of them")
+
+
+def chat_messages(messages: Sequence[ChatMessage]) -> tuple[ChatMessage, ...]:
+    if not messages:
+        raise InvalidArgument("messages is empty: give at least one message", field="messages")
+    return tuple(messages)

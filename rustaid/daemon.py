@@ -1,0 +1,139 @@
+"""The daemon: owns every subsystem, runs start-up -> serve -> shutdown."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import time
+
+import grpc
+
+from rustaid import __version__
+from rustaid.config import Settings, load_settings
+from rustaid.core.engine import Engine
+from rustaid.core.registry import ModelEventType, ModelRegistry
+from rustaid.errors import RustaidError
+from rustaid.plugins import PluginManager
+from rustaid.sdnotify import Notifier
+
+log = logging.getLogger(__name__)
+
+
+class Daemon:
+    def __init__(self, settings: Settings, notifier: Notifier | None = None) -> None:
+        self.settings = settings
+        self.notifier = notifier or Notifier()
+        self.plugins = PluginManager(settings, daemon=self, on_change=self._plugins_changed)
+        self.registry = ModelRegistry(settings.models_dir, provider_for=self._provider_for)
+        self.engine = Engine(settings, self.registry, self.plugins.llm_providers)
+        self.server: grpc.aio.Server | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._stop = asyncio.Event()
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    def _provider_for(self, path: object) -> str:
+        return self.engine.provider_for(path)  # type: ignore[arg-type]
+
+    def _plugins_changed(self) -> None:
+        # Plugin changes may come from worker threads; providers decide which models work.
+        if self._loop is not None:
+            self._loop.call_soon_threadsafe(self.rescan)
+
+    def rescan(self) -> None:
+        for event in self.registry.scan():
+            if event.type is ModelEventType.REMOVED:
+                self.engine.forget(event.model.id)
+
+    async def start(self) -> None:
+        t0 = time.perf_counter()
+        self._loop = asyncio.get_running_loop()
+        self.settings.ensure_dirs()
+        self.notifier.notify("STATUS=loading plugins")
+        self.plugins.start()
+        self.rescan()
+        from rustaid.services.server import build_server, set_serving
+
+        self.server, self._health = build_server(self)
+        await self.server.start()
+        await set_serving(self._health, True)
+        interval = self.notifier.watchdog_interval()
+        if interval:
+            self._spawn(self._watchdog(interval))
+        n_models = len(self.registry.list())
+        status = (
+            f"serving {n_models} model{'s' * (n_models != 1)} on {', '.join(self.settings.listen)}"
+        )
+        self.notifier.notify("READY=1", f"STATUS={status}", f"MAINPID={os.getpid()}")
+        log.info(
+            "rustaid %s ready in %.0f ms: %s",
+            __version__,
+            (time.perf_counter() - t0) * 1000,
+            status,
+        )
+
+    def _spawn(self, coro: object) -> None:
+        task = asyncio.ensure_future(coro)  # type: ignore[arg-type]
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _watchdog(self, interval: float) -> None:
+        # Pinged from the event loop: if the loop wedges, systemd restarts us.
+        while True:
+            self.notifier.notify("WATCHDOG=1")
+            await asyncio.sleep(interval)
+
+    def reload(self) -> None:
+        """SIGHUP: re-read the configuration and rescan the models folder."""
+        self.notifier.notify("RELOADING=1", f"MONOTONIC_USEC={time.monotonic_ns() // 1000}")
+        try:
+            fresh = load_settings(
+                data_dir=self.settings.data_dir,
+                system=self.settings.system,
+                overrides={"listen": list(self.settings.listen)},
+            )
+        except RustaidError as e:
+            log.error("configuration not reloaded, keeping the previous one: %s", e)
+        else:
+            self.settings = fresh
+            self.engine.settings = fresh
+            logging.getLogger().setLevel(fresh.log_level.upper())
+            log.info("configuration reloaded")
+        self.rescan()
+        self.notifier.notify("READY=1", "STATUS=reloaded")
+
+    def request_stop(self) -> None:
+        self._stop.set()
+
+    async def stop(self) -> None:
+        grace = self.settings.shutdown_grace_s
+        self.notifier.notify("STOPPING=1", "STATUS=stopping")
+        log.info("stopping: in-flight requests get %.0f s to finish", grace)
+        if self.server is not None:
+            from rustaid.services.server import remove_sockets, set_serving
+
+            await set_serving(self._health, False)
+            await self.server.stop(grace)
+            remove_sockets(self.settings.listen)
+        for task in list(self._tasks):
+            task.cancel()
+        await self.engine.stop()
+        self.plugins.stop()
+        log.info("stopped")
+
+    async def run(self) -> None:
+        """Serve until SIGTERM/SIGINT; SIGHUP reloads."""
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self.request_stop)
+        loop.add_signal_handler(signal.SIGHUP, self.reload)
+        try:
+            await self.start()
+            await self._stop.wait()
+        finally:
+            with contextlib.suppress(Exception):
+                for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+                    loop.remove_signal_handler(sig)
+            await self.stop()

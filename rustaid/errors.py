@@ -1,0 +1,55 @@
+"""Domain errors. The gRPC edge maps each class to one status code, in one place."""
+
+from __future__ import annotations
+
+
+class RustaidError(Exception):
+    """Base class: a failure a client can understand and act on."""
+
+    def __init__(self, message: str, *, reason: str = "", field: str = "") -> None:
+        super().__init__(message)
+        self.message = message
+        # Machine-readable reason (google.rpc.ErrorInfo.reason), e.g. "MODEL_NOT_FOUND".
+        self.reason = reason
+        # The request field at fault, for INVALID_ARGUMENT (google.rpc.BadRequest).
+        self.field = field
+
+
+class InvalidArgument(RustaidError):
+    """The request is malformed; the message says which field and how to fix it."""
+
+
+class NotFound(RustaidError):
+    """A named thing (model, plugin, collection) does not exist."""
+
+
+class AlreadyExists(RustaidError):
+    pass
+
+
+class PreconditionFailed(RustaidError):
+    """The system is not in a state where the request can run (e.g. model broken)."""
+
+
+class ResourceExhausted(RustaidError):
+    """Queue full, memory budget exceeded; retry later."""
+
+    def __init__(self, message: str, *, retry_after_s: float = 1.0, reason: str = "") -> None:
+        super().__init__(message, reason=reason)
+        self.retry_after_s = retry_after_s
+
+
+class Unavailable(RustaidError):
+    """Transient: the daemon is shutting down or a backend is unreachable."""
+
+
+class PermissionDenied(RustaidError):
+    pass
+
+
+class Cancelled(RustaidError):
+    """The client went away or its deadline passed."""
+
+
+class NotImplementedYet(RustaidError):
+    """An RPC the contract defines but this version does not serve."""

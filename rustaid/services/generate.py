@@ -1,0 +1,139 @@
+"""GenerateService: text generation and chat, unary and streamed."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import TYPE_CHECKING, Any, Protocol
+
+from rustaid.api.v1 import common_pb2, generate_pb2, generate_pb2_grpc
+from rustaid.core.engine import Done, GenerationRequest, Queued, Text, chat_messages
+from rustaid.errors import InvalidArgument
+from rustaid.providers import Role
+from rustaid.services import convert
+
+if TYPE_CHECKING:
+    from rustaid.daemon import Daemon
+
+Context = Any  # grpc.aio.ServicerContext
+
+
+class _GenerationFields(Protocol):
+    # Shared by GenerateRequest/GenerateStreamRequest/ChatRequest/ChatStreamRequest.
+    model_id: str
+    params: common_pb2.GenerationParams
+    selection: common_pb2.SelectionCriteria
+    priority: common_pb2.Priority.ValueType
+
+
+def _request(pb: _GenerationFields, prompt: str = "", messages: Any = ()) -> GenerationRequest:
+    return GenerationRequest(
+        model_id=pb.model_id,
+        prompt=prompt,
+        messages=messages,
+        params=convert.generation_params_from_pb(pb.params),
+        selection=convert.selection_criteria_from_pb(pb.selection),
+        priority=convert.priority_from_pb(pb.priority),
+    )
+
+
+def _chat_request(
+    pb: generate_pb2.ChatRequest | generate_pb2.ChatStreamRequest,
+) -> GenerationRequest:
+    return _request(pb, messages=chat_messages(convert.chat_messages_from_pb(pb.messages)))
+
+
+class GenerateServicer(generate_pb2_grpc.GenerateServiceServicer):
+    def __init__(self, daemon: Daemon) -> None:
+        self.daemon = daemon
+
+    async def _collect(self, request: GenerationRequest) -> tuple[str, Done]:
+        parts: list[str] = []
+        async for event in self.daemon.engine.generate(request):
+            if isinstance(event, Text):
+                parts.append(event.text)
+            elif isinstance(event, Done):
+                return "".join(parts), event
+        raise AssertionError("generation ended without Done")
+
+    async def _stream(self, request: GenerationRequest, response_type: Any) -> AsyncIterator[Any]:
+        async for event in self.daemon.engine.generate(request):
+            if isinstance(event, Text):
+                yield response_type(chunk=common_pb2.TokenChunk(text=event.text, index=event.index))
+            elif isinstance(event, Queued):
+                yield response_type(
+                    queued=common_pb2.QueueStatus(position=event.position, model_id=event.model_id)
+                )
+            else:
+                yield response_type(done=convert.generation_done_to_pb(event))
+
+    async def Generate(
+        self, request: generate_pb2.GenerateRequest, context: Context
+    ) -> generate_pb2.GenerateResponse:
+        text, done = await self._collect(_request(request, prompt=request.prompt))
+        return generate_pb2.GenerateResponse(
+            text=text,
+            model_id=done.model_id,
+            finish_reason=convert.finish_reason_to_pb(done.stats.finish_reason),
+            usage=convert.usage_to_pb(done.stats),
+            timings=convert.timings_to_pb(done.timings),
+        )
+
+    async def GenerateStream(
+        self, request: generate_pb2.GenerateStreamRequest, context: Context
+    ) -> AsyncIterator[generate_pb2.GenerateStreamResponse]:
+        async for response in self._stream(
+            _request(request, prompt=request.prompt), generate_pb2.GenerateStreamResponse
+        ):
+            yield response
+
+    async def Chat(
+        self, request: generate_pb2.ChatRequest, context: Context
+    ) -> generate_pb2.ChatResponse:
+        text, done = await self._collect(_chat_request(request))
+        return generate_pb2.ChatResponse(
+            message=convert.chat_message_to_pb(Role.ASSISTANT, text),
+            model_id=done.model_id,
+            finish_reason=convert.finish_reason_to_pb(done.stats.finish_reason),
+            usage=convert.usage_to_pb(done.stats),
+            timings=convert.timings_to_pb(done.timings),
+        )
+
+    async def ChatStream(
+        self, request: generate_pb2.ChatStreamRequest, context: Context
+    ) -> AsyncIterator[generate_pb2.ChatStreamResponse]:
+        async for response in self._stream(_chat_request(request), generate_pb2.ChatStreamResponse):
+            yield response
+
+    async def Tokenize(
+        self, request: generate_pb2.TokenizeRequest, context: Context
+    ) -> generate_pb2.TokenizeResponse:
+        model_id = _require_model(request.model_id)
+        ids = await self.daemon.engine.run_on_model(
+            model_id, lambda m: m.tokenize(request.text, request.add_special)
+        )
+        pieces = await self.daemon.engine.run_on_model(model_id, lambda m: m.token_pieces(ids))
+        return generate_pb2.TokenizeResponse(token_ids=ids, pieces=pieces)
+
+    async def CountTokens(
+        self, request: generate_pb2.CountTokensRequest, context: Context
+    ) -> generate_pb2.CountTokensResponse:
+        model_id = _require_model(request.model_id)
+        if request.text and request.messages:
+            raise InvalidArgument("give either text or messages, not both", field="messages")
+        if request.messages:
+            messages = convert.chat_messages_from_pb(request.messages)
+            count = await self.daemon.engine.run_on_model(
+                model_id, lambda m: m.count_chat_tokens(messages)
+            )
+        else:
+            count = await self.daemon.engine.run_on_model(
+                model_id, lambda m: len(m.tokenize(request.text, True))
+            )
+        ctx = self.daemon.registry.get(model_id).context_length
+        return generate_pb2.CountTokensResponse(count=count, context_length=ctx)
+
+
+def _require_model(model_id: str) -> str:
+    if not model_id:
+        raise InvalidArgument("model_id is empty: tokens depend on the model", field="model_id")
+    return model_id

@@ -1,0 +1,145 @@
+"""The gRPC edge: a grpc.aio server with every service, health and reflection."""
+
+from __future__ import annotations
+
+import contextlib
+import grp
+import logging
+import os
+import socket
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from rustaid.api.v1 import (
+    generate_pb2,
+    generate_pb2_grpc,
+    models_pb2,
+    models_pb2_grpc,
+    plugins_pb2,
+    plugins_pb2_grpc,
+    rag_pb2,
+    resources_pb2,
+    tools_pb2,
+    updates_pb2,
+)
+from rustaid.errors import InvalidArgument, Unavailable
+from rustaid.services.errors import ErrorInterceptor
+from rustaid.services.generate import GenerateServicer
+from rustaid.services.models import ModelsServicer
+from rustaid.services.plugins import PluginsServicer
+from rustaid.services.unimplemented import SERVICERS, unimplemented_servicer
+
+if TYPE_CHECKING:
+    from rustaid.daemon import Daemon
+
+log = logging.getLogger(__name__)
+
+SERVICE_NAMES = tuple(
+    f.services_by_name[name].full_name
+    for f, name in (
+        (models_pb2.DESCRIPTOR, "ModelsService"),
+        (generate_pb2.DESCRIPTOR, "GenerateService"),
+        (rag_pb2.DESCRIPTOR, "RagService"),
+        (tools_pb2.DESCRIPTOR, "ToolsService"),
+        (plugins_pb2.DESCRIPTOR, "PluginsService"),
+        (resources_pb2.DESCRIPTOR, "ResourcesService"),
+        (updates_pb2.DESCRIPTOR, "UpdatesService"),
+    )
+)
+
+# Big enough for a long prompt or a document upload, small enough to bound memory.
+MAX_MESSAGE_BYTES = 16 << 20
+
+
+def _unix_path(address: str) -> Path | None:
+    if address.startswith("unix://"):
+        return Path(address.removeprefix("unix://"))
+    if address.startswith("unix:"):
+        return Path(address.removeprefix("unix:"))
+    return None
+
+
+def _check_socket_free(path: Path) -> None:
+    """Refuse to steal the socket of a daemon that is still running; remove a stale one."""
+    if not path.exists():
+        return
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+        try:
+            s.connect(str(path))
+        except OSError:
+            path.unlink()  # left by a daemon that died
+            return
+    raise Unavailable(f"another process is already listening on {path}")
+
+
+def _secure_socket(path: Path, mode: int, group: str) -> None:
+    if group:
+        try:
+            gid = grp.getgrnam(group).gr_gid
+        except KeyError as e:
+            raise InvalidArgument(f"socket_group {group!r} does not exist") from e
+        os.chown(path, -1, gid)
+    path.chmod(mode)
+
+
+def build_server(daemon: Daemon) -> tuple[grpc.aio.Server, health.aio.HealthServicer]:
+    server = grpc.aio.server(
+        interceptors=[ErrorInterceptor()],
+        options=[
+            ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+            ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+            ("grpc.so_reuseport", 0),
+        ],
+    )
+    models_pb2_grpc.add_ModelsServiceServicer_to_server(ModelsServicer(daemon), server)
+    generate_pb2_grpc.add_GenerateServiceServicer_to_server(GenerateServicer(daemon), server)
+    plugins_pb2_grpc.add_PluginsServiceServicer_to_server(PluginsServicer(daemon), server)
+    for base, add, name in SERVICERS:
+        add(unimplemented_servicer(base, name), server)
+    health_servicer = health.aio.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    reflection.enable_server_reflection(
+        (*SERVICE_NAMES, health.SERVICE_NAME, reflection.SERVICE_NAME), server
+    )
+    settings = daemon.settings
+    for address in settings.listen:
+        path = _unix_path(address)
+        if path is None:
+            host = address.rsplit(":", 1)[0].strip("[]")
+            if host not in ("127.0.0.1", "::1", "localhost"):
+                log.warning(
+                    "listening on %s without TLS: anyone on the network can connect", address
+                )
+            server.add_insecure_port(address)
+            continue
+        path.parent.mkdir(parents=True, exist_ok=True, mode=0o750)
+        _check_socket_free(path)
+        old = os.umask(0o177)  # no window where the socket is open to others
+        try:
+            server.add_insecure_port(f"unix://{path}")
+        finally:
+            os.umask(old)
+        _secure_socket(path, settings.socket_mode, settings.socket_group)
+    return server, health_servicer
+
+
+async def set_serving(health_servicer: health.aio.HealthServicer, serving: bool) -> None:
+    status = (
+        health_pb2.HealthCheckResponse.SERVING
+        if serving
+        else health_pb2.HealthCheckResponse.NOT_SERVING
+    )
+    for name in ("", *SERVICE_NAMES):
+        await health_servicer.set(name, status)
+
+
+def remove_sockets(listen: tuple[str, ...]) -> None:
+    for address in listen:
+        path = _unix_path(address)
+        if path is not None:
+            with contextlib.suppress(FileNotFoundError):
+                path.unlink()
