@@ -1,0 +1,57 @@
+"""Shared fixtures: real synthetic GGUF models and real daemons (child processes)."""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+
+import grpc
+import pytest
+
+from rustaid.api.v1 import generate_pb2_grpc, models_pb2_grpc, plugins_pb2_grpc
+from rustaid.testing.daemon import DaemonProcess, run_daemon
+from rustaid.testing.synthetic import ModelShape, write_llama_gguf
+
+# Slow enough per token (a few ms) that a test can cancel a generation midway.
+SLOW = ModelShape(n_embd=256, n_layer=8, n_head=4, n_head_kv=2, n_ff=768, context_length=4096)
+
+
+@pytest.fixture(scope="session")
+def model_files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """Built once per test session; copy them into a daemon's models folder."""
+    root = tmp_path_factory.mktemp("gguf")
+    return {
+        "tiny": write_llama_gguf(root / "tiny.gguf", seed=1),
+        "slow": write_llama_gguf(root / "slow.gguf", SLOW, seed=2),
+    }
+
+
+def add_model(data_dir: Path, src: Path, name: str | None = None) -> Path:
+    dst = data_dir / "models" / (name or src.name)
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(src, dst)
+    return dst
+
+
+class Stubs:
+    def __init__(self, daemon: DaemonProcess) -> None:
+        self.daemon = daemon
+        self.channel = grpc.insecure_channel(daemon.address)
+        self.models = models_pb2_grpc.ModelsServiceStub(self.channel)
+        self.generate = generate_pb2_grpc.GenerateServiceStub(self.channel)
+        self.plugins = plugins_pb2_grpc.PluginsServiceStub(self.channel)
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory: pytest.TempPathFactory, model_files: dict[str, Path]) -> Iterator[Stubs]:
+    """One daemon per test module serving `tiny` and `slow` plus a truncated file."""
+    data_dir = tmp_path_factory.mktemp("daemon")
+    add_model(data_dir, model_files["tiny"])
+    add_model(data_dir, model_files["slow"])
+    tiny = model_files["tiny"].read_bytes()
+    (data_dir / "models" / "truncated.gguf").write_bytes(tiny[: len(tiny) // 2])
+    with run_daemon(data_dir) as daemon:
+        stubs = Stubs(daemon)
+        yield stubs
+        stubs.channel.close()
