@@ -1,0 +1,350 @@
+"""Generation speed: the daemon (GenerateStream over its Unix socket) against
+llama-cpp-python called directly, in one run, on the same synthetic model.
+
+    .venv/bin/python tests/bench/generate.py [--tokens 128] [--runs 5] [--threads 2]
+                                             [--json out.json]
+
+Arms, run one at a time in interleaved rounds (the order alternates every round so
+that drift in the machine's load hits every arm alike):
+
+- direct: `Llama.create_completion(prompt, stream=True)` in this process, the way a
+  plain llama-cpp-python user calls it; tokens are counted with a stopping criterion
+  (cheap: it sees numpy views only);
+- direct+lp: the same call with the callbacks the daemon's llama.cpp plugin passes
+  (a Python logits_processor that counts samples, and a stopping criterion), to tell
+  the cost of those callbacks apart from the cost of gRPC and the event loop;
+- daemon: a `rustaid serve` child with RUSTAID_THREADS=T and the same context length,
+  GenerateStream with the same prompt, max_tokens, temperature 0 and seed.
+
+Time to first token (TTFT) is measured by the caller: from the call to the first chunk
+carrying text. Tokens/s is (tokens - 1) / (time from the first to the last text chunk),
+with the exact token count (the daemon's from its GenerationDone message). The first
+word of the prompt changes every round, so llama-cpp-python's prompt-prefix cache cannot
+skip the prompt evaluation; every arm has a Llama of its own and sees the same prompt in
+a round, so every arm evaluates the same prompt tokens.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+if __package__ in (None, ""):  # run as a script: make `tests` and `rustaid` importable
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+
+from tests.bench import common  # noqa: E402
+
+MODEL_NAME = "smollm2-135m-synthetic"
+SEED = 42
+# Each a single token in the synthetic vocabulary: the first word of round i's prompt.
+FIRST_WORDS = ("hello", "what", "how", "why", "when", "where", "who", "which", "yes", "no")
+PROMPT_TAIL = (
+    " user said to the assistant: can you answer this question about the rust daemon,"
+    " and is the json value true or false? the answer was"
+)
+TARGET_RATIO = 0.97
+TARGET_TTFT_OVERHEAD_MS = 5.0
+
+
+def prompt_for(round_no: int) -> str:
+    return FIRST_WORDS[round_no % len(FIRST_WORDS)] + PROMPT_TAIL
+
+
+@dataclass
+class Sample:
+    arm: str
+    round: int
+    ttft_ms: float
+    tokens: int
+    gen_s: float
+    tokens_per_s: float
+    total_ms: float
+    text: str = field(repr=False, default="")
+    server: dict[str, Any] = field(default_factory=dict)
+
+
+def _sample(arm: str, round_no: int, t0: float, stamps: list[float], tokens: int,
+            t_end: float, text: str, server: dict[str, Any] | None = None) -> Sample:  # fmt: skip
+    if not stamps:
+        raise RuntimeError(f"{arm}: the generation produced no text")
+    gen_s = stamps[-1] - stamps[0]
+    tps = (tokens - 1) / gen_s if gen_s > 0 and tokens > 1 else float("nan")
+    return Sample(arm, round_no, (stamps[0] - t0) * 1000, tokens, gen_s, tps,
+                  (t_end - t0) * 1000, text, server or {})  # fmt: skip
+
+
+# -- direct -------------------------------------------------------------------------------
+
+
+class Direct:
+    def __init__(self, model: Path, n_ctx: int, threads: int) -> None:
+        import llama_cpp
+
+        self.llama_cpp = llama_cpp
+        self.llm = llama_cpp.Llama(
+            model_path=str(model),
+            n_ctx=n_ctx,
+            n_threads=threads,
+            n_threads_batch=threads,
+            n_batch=512,
+            verbose=False,
+        )
+
+    def prompt_tokens(self, prompt: str) -> int:
+        return len(self.llm.tokenize(prompt.encode(), add_bos=True, special=True))
+
+    def run(self, round_no: int, max_tokens: int, with_lp: bool) -> Sample:
+        lc = self.llama_cpp
+        sampled = 0
+
+        def count_lp(_ids: Any, scores: Any) -> Any:
+            nonlocal sampled
+            sampled += 1
+            return scores
+
+        def count_sc(_ids: Any, _logits: Any) -> bool:
+            nonlocal sampled
+            if not with_lp:
+                sampled += 1
+            return sampled > max_tokens
+
+        kwargs: dict[str, Any] = {"stopping_criteria": lc.StoppingCriteriaList([count_sc])}
+        if with_lp:
+            kwargs["logits_processor"] = lc.LogitsProcessorList([count_lp])
+        stamps: list[float] = []
+        parts: list[str] = []
+        tokens_at_last_text = 0
+        t0 = time.perf_counter()
+        for chunk in self.llm.create_completion(
+            prompt_for(round_no), max_tokens=max_tokens, temperature=0, seed=SEED, stream=True,
+            **kwargs,
+        ):  # fmt: skip
+            text = chunk["choices"][0]["text"]
+            if text:
+                stamps.append(time.perf_counter())
+                parts.append(text)
+                tokens_at_last_text = sampled
+        t_end = time.perf_counter()
+        # The stopping criterion also runs once after the last token: count to the last text.
+        tokens = min(tokens_at_last_text, max_tokens)
+        arm = "direct+lp" if with_lp else "direct"
+        return _sample(arm, round_no, t0, stamps, tokens, t_end, "".join(parts))
+
+
+# -- daemon -------------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def daemon_client(model: Path, n_ctx: int, threads: int) -> Iterator[Any]:
+    import grpc
+
+    from rustaid.api.v1 import generate_pb2_grpc
+    from rustaid.testing.daemon import run_daemon
+
+    with tempfile.TemporaryDirectory(prefix="rustaid-bench-") as tmp:
+        data_dir = Path(tmp)
+        (data_dir / "models").mkdir()
+        (data_dir / "models" / model.name).symlink_to(model)
+        env = common.child_env(
+            RUSTAID_THREADS=str(threads),
+            RUSTAID_MAX_CONTEXT_LENGTH=str(n_ctx),
+            RUSTAID_LOG_LEVEL="warning",
+        )
+        with run_daemon(data_dir, env=env) as d, grpc.insecure_channel(d.address) as channel:
+            grpc.channel_ready_future(channel).result(timeout=30)
+            yield d, channel, generate_pb2_grpc.GenerateServiceStub(channel)
+
+
+def daemon_run(stub: Any, model_id: str, round_no: int, max_tokens: int) -> Sample:
+    from google.protobuf.json_format import MessageToDict
+
+    from rustaid.api.v1 import common_pb2, generate_pb2
+
+    request = generate_pb2.GenerateStreamRequest(
+        model_id=model_id,
+        prompt=prompt_for(round_no),
+        params=common_pb2.GenerationParams(max_tokens=max_tokens, temperature=0.0, seed=SEED),
+    )
+    stamps: list[float] = []
+    parts: list[str] = []
+    done = None
+    t0 = time.perf_counter()
+    for response in stub.GenerateStream(request, timeout=300):
+        if response.HasField("chunk"):
+            if response.chunk.text:
+                stamps.append(time.perf_counter())
+                parts.append(response.chunk.text)
+        elif response.HasField("done"):
+            done = response.done
+    t_end = time.perf_counter()
+    if done is None:
+        raise RuntimeError("the stream ended without GenerationDone")
+    server = {
+        "usage": MessageToDict(done.usage, preserving_proto_field_name=True),
+        "timings": MessageToDict(done.timings, preserving_proto_field_name=True),
+        "finish_reason": common_pb2.FinishReason.Name(done.finish_reason),
+    }
+    tokens = done.usage.completion_tokens
+    return _sample("daemon", round_no, t0, stamps, tokens, t_end, "".join(parts), server)
+
+
+def loaded_settings(channel: Any, model_id: str) -> dict[str, int]:
+    from rustaid.api.v1 import models_pb2, models_pb2_grpc
+
+    m = models_pb2_grpc.ModelsServiceStub(channel).GetModel(models_pb2.GetModelRequest(id=model_id))
+    return {"context_length": m.model.context_length, "threads": m.model.threads}
+
+
+# -- main ---------------------------------------------------------------------------------
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--tokens", type=int, default=128, help="max_tokens per generation")
+    parser.add_argument("--runs", type=int, default=5, help="measured rounds (after warm-up)")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--no-lp-arm", action="store_true", help="skip the direct+lp arm")
+    parser.add_argument("--json", help="write the results here")
+    args = parser.parse_args(argv)
+
+    from rustaid.core.registry import model_id_for
+    from rustaid.testing.synthetic import SMOLLM2_135M
+
+    shape = SMOLLM2_135M
+    n_ctx = shape.context_length
+    model = common.synthetic_model(shape, MODEL_NAME, "Q8_0")
+    model_id = model_id_for(Path(model.name))
+    info: dict[str, Any] = {"machine_start": common.machine()}
+
+    print(f"model {model.name} ({model.stat().st_size / 1e6:.0f} MB, Q8_0, SmolLM2-135M "
+          f"shapes), n_ctx {n_ctx}, {args.threads} threads, {args.tokens} tokens, "
+          f"{args.runs} rounds", file=sys.stderr)  # fmt: skip
+    t_load = time.perf_counter()
+    direct = Direct(model, n_ctx, args.threads)
+    info["direct_load_ms"] = (time.perf_counter() - t_load) * 1000
+    # Its own Llama (and so its own prompt cache), like the daemon has.
+    direct_lp = None if args.no_lp_arm else Direct(model, n_ctx, args.threads)
+    n_prompt = direct.prompt_tokens(prompt_for(0))
+
+    arms = ["direct", "daemon"] if args.no_lp_arm else ["direct", "direct+lp", "daemon"]
+    samples: list[Sample] = []
+    with daemon_client(model, n_ctx, args.threads) as (d, channel, stub):
+
+        def run(arm: str, round_no: int) -> Sample:
+            if arm == "daemon":
+                return daemon_run(stub, model_id, round_no, args.tokens)
+            if arm == "direct+lp" and direct_lp is not None:
+                return direct_lp.run(round_no, args.tokens, with_lp=True)
+            return direct.run(round_no, args.tokens, with_lp=False)
+
+        # Warm-up: the daemon's first request loads the model; the direct model's first
+        # generation touches its pages. Neither is measured.
+        t_warm = time.perf_counter()
+        warm = daemon_run(stub, model_id, 0, 8)
+        info["daemon_first_request_ms"] = (time.perf_counter() - t_warm) * 1000
+        info["daemon_load_ms"] = warm.server["timings"].get("load_ms", 0.0)
+        info["daemon_loaded"] = loaded_settings(channel, model_id)
+        for arm in arms:
+            run(arm, 0)
+        for r in range(1, args.runs + 1):
+            order = arms if r % 2 else arms[::-1]
+            for arm in order:
+                s = run(arm, r)
+                samples.append(s)
+                print(f"  round {r} {arm:9s} ttft {s.ttft_ms:6.1f} ms  {s.tokens} tokens "
+                      f"{s.tokens_per_s:6.1f} tok/s", file=sys.stderr)  # fmt: skip
+        daemon_rss = _rss(d.proc.pid)
+
+    # Greedy decoding with one seed: every arm must produce the same text in a round.
+    mismatches = [
+        (s.round, s.arm)
+        for s in samples
+        if s.text != next(x.text for x in samples if x.round == s.round and x.arm == "direct")
+    ]
+    by_arm = {a: [s for s in samples if s.arm == a] for a in arms}
+    summary: dict[str, Any] = {}
+    for arm, ss in by_arm.items():
+        summary[arm] = {
+            "tokens_per_s": common.spread([s.tokens_per_s for s in ss]),
+            "ttft_ms": common.spread([s.ttft_ms for s in ss]),
+            "tokens": sorted({s.tokens for s in ss}),
+        }
+    dd = by_arm["daemon"]
+    summary["daemon"]["server_tokens_per_s"] = common.spread(
+        [s.server["timings"].get("tokens_per_second", 0.0) for s in dd]
+    )
+    summary["daemon"]["server_ttft_ms"] = common.spread(
+        [s.server["timings"].get("time_to_first_token_ms", 0.0) for s in dd]
+    )
+    med = {a: summary[a]["tokens_per_s"]["median"] for a in arms}
+    ttft = {a: summary[a]["ttft_ms"]["median"] for a in arms}
+    # Per-round ratios cancel slow drift better than a ratio of medians; report both.
+    per_round = [
+        next(s for s in dd if s.round == r).tokens_per_s
+        / next(s for s in by_arm["direct"] if s.round == r).tokens_per_s
+        for r in range(1, args.runs + 1)
+    ]
+    result = {
+        "benchmark": "generate",
+        "model": {"file": model.name, "shape": asdict(shape), "file_type": "Q8_0"},
+        "settings": {"tokens": args.tokens, "runs": args.runs, "threads": args.threads,
+                     "n_ctx": n_ctx, "prompt_tokens": n_prompt, "seed": SEED},  # fmt: skip
+        "summary": summary,
+        "ratio_tokens_per_s": med["daemon"] / med["direct"],
+        "ratio_tokens_per_s_per_round_median": common.median(per_round),
+        "ttft_overhead_ms": ttft["daemon"] - ttft["direct"],
+        "targets": {"ratio_min": TARGET_RATIO, "ttft_overhead_max_ms": TARGET_TTFT_OVERHEAD_MS},
+        "text_mismatches": mismatches,
+        "daemon_rss_mb": daemon_rss / 1e6,
+        "info": info | {"machine_end": common.machine()},
+        "samples": [asdict(s) | {"text": s.text[:40]} for s in samples],
+    }
+    if "direct+lp" in arms:
+        result["ratio_direct_lp_vs_direct"] = med["direct+lp"] / med["direct"]
+        result["ratio_daemon_vs_direct_lp"] = med["daemon"] / med["direct+lp"]
+
+    rows = [
+        [a, f"{med[a]:.1f}", f"{med[a] / med['direct']:.3f}", f"{ttft[a]:.1f}",
+         f"{ttft[a] - ttft['direct']:+.1f}"]
+        for a in arms
+    ]  # fmt: skip
+    print()
+    print(f"generate: {n_prompt}-token prompt, {args.tokens} tokens, {args.threads} threads, "
+          f"median of {args.runs} interleaved rounds")  # fmt: skip
+    print(common.table(["arm", "tok/s", "vs direct", "TTFT ms", "TTFT overhead ms"], rows))
+    ok_ratio = result["ratio_tokens_per_s"] >= TARGET_RATIO
+    ok_ttft = result["ttft_overhead_ms"] <= TARGET_TTFT_OVERHEAD_MS
+    print(f"daemon/direct tokens/s {result['ratio_tokens_per_s']:.3f} (per-round median "
+          f"{result['ratio_tokens_per_s_per_round_median']:.3f}; target >= {TARGET_RATIO}): "
+          f"{'ok' if ok_ratio else 'MISSED'}")  # fmt: skip
+    print(f"daemon TTFT overhead {result['ttft_overhead_ms']:+.1f} ms "
+          f"(target <= {TARGET_TTFT_OVERHEAD_MS:g} ms): {'ok' if ok_ttft else 'MISSED'}")  # fmt: skip
+    sv = summary["daemon"]
+    print(f"server-reported: {sv['server_tokens_per_s']['median']:.1f} tok/s, TTFT "
+          f"{sv['server_ttft_ms']['median']:.1f} ms; load avg {info['machine_start']['loadavg'][0]:.2f}"
+          f" -> {result['info']['machine_end']['loadavg'][0]:.2f}")  # fmt: skip
+    if mismatches:
+        print(f"WARNING: text differs from the direct arm in {mismatches}")
+    common.write_json(args.json, result)
+    print(json.dumps({k: result[k] for k in ("ratio_tokens_per_s", "ttft_overhead_ms")}))
+    return 0
+
+
+def _rss(pid: int) -> int:
+    import psutil
+
+    with contextlib.suppress(psutil.Error):
+        return int(psutil.Process(pid).memory_info().rss)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,174 @@
+"""The daemon as a process: sd_notify, signals, socket permissions, health, reflection."""
+
+from __future__ import annotations
+
+import signal
+import socket
+import stat
+import threading
+import time
+from pathlib import Path
+
+import grpc
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+
+from rustaid.api.v1 import common_pb2, generate_pb2, generate_pb2_grpc, rag_pb2, rag_pb2_grpc
+from rustaid.api.v1 import resources_pb2, resources_pb2_grpc, tools_pb2, tools_pb2_grpc
+from rustaid.api.v1 import updates_pb2, updates_pb2_grpc
+from rustaid.testing.daemon import run_daemon
+from tests.conftest import add_model
+
+
+def test_ready_status_watchdog_and_stopping_notifications(tmp_path: Path) -> None:
+    with run_daemon(tmp_path, env={"WATCHDOG_USEC": "200000"}) as d:
+        ready = next(n for n in d.notifications if "READY=1" in n.split("\n"))
+        assert "STATUS=serving 0 models" in ready
+        assert f"MAINPID={d.proc.pid}" in ready
+        time.sleep(0.5)
+        d.read_notifications(timeout=0.2)
+        assert sum(n == "WATCHDOG=1" for n in d.notifications) >= 3  # every 100 ms
+        d.proc.send_signal(signal.SIGHUP)
+        d.wait_for("RELOADING=1")
+        assert d.stop() == 0
+        d.read_notifications(timeout=0.5)
+        assert any("STOPPING=1" in n.split("\n") for n in d.notifications)
+    # The socket is gone after a clean stop.
+    assert not d.socket_path.exists()
+
+
+def test_unix_socket_is_owner_and_group_only(tmp_path: Path) -> None:
+    with run_daemon(tmp_path) as d:
+        mode = stat.S_IMODE(d.socket_path.stat().st_mode)
+        assert mode == 0o660
+
+
+def test_second_daemon_on_the_same_socket_refuses(tmp_path: Path) -> None:
+    with run_daemon(tmp_path / "a") as first:
+        with run_daemon(tmp_path / "b", wait_ready=False) as _:
+            pass
+        # run_daemon for b used its own socket; start one explicitly on first's socket.
+        import subprocess
+        import sys
+
+        r = subprocess.run(
+            [sys.executable, "-m", "rustaid", "serve", "--user", "--data-dir", str(tmp_path / "c"),
+             "--listen", first.address],
+            capture_output=True, text=True, timeout=30,
+        )  # fmt: skip
+        assert r.returncode == 1
+        assert "already listening" in r.stderr
+        # ...and the first one still answers.
+        channel = grpc.insecure_channel(first.address)
+        health = health_pb2_grpc.HealthStub(channel)
+        assert health.Check(health_pb2.HealthCheckRequest()).status == health_pb2.HealthCheckResponse.SERVING
+        channel.close()
+
+
+def test_stale_socket_from_a_killed_daemon_is_replaced(tmp_path: Path) -> None:
+    with run_daemon(tmp_path) as d:
+        d.proc.kill()
+        d.proc.wait()
+        assert d.socket_path.exists()  # SIGKILL leaves it behind
+        stale = d.socket_path
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    stale.parent.mkdir(parents=True, exist_ok=True)
+    sock.bind(str(stale))  # a dead socket file nobody listens on
+    sock.close()
+    import subprocess
+    import sys
+
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "rustaid", "serve", "--user", "--data-dir", str(tmp_path),
+         "--listen", f"unix://{stale}"], stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        channel = grpc.insecure_channel(f"unix://{stale}")
+        grpc.channel_ready_future(channel).result(timeout=20)
+        channel.close()
+    finally:
+        proc.terminate()
+        assert proc.wait(20) == 0
+
+
+def test_invalid_configuration_exits_with_a_clear_message(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    (tmp_path / "config").mkdir()
+    (tmp_path / "config" / "rustaid.toml").write_text('default_max_tokens = "lots"\n')
+    r = subprocess.run(
+        [sys.executable, "-m", "rustaid", "serve", "--user", "--data-dir", str(tmp_path)],
+        capture_output=True, text=True, timeout=30,
+    )  # fmt: skip
+    assert r.returncode == 2
+    assert "rustaid.toml" in r.stderr and "default_max_tokens" in r.stderr
+
+
+def test_sigterm_during_a_stream_ends_it_and_exits_cleanly(tmp_path: Path, model_files: dict[str, Path]) -> None:
+    add_model(tmp_path, model_files["slow"])
+    with run_daemon(tmp_path, env={"RUSTAID_SHUTDOWN_GRACE_S": "1"}) as d:
+        channel = grpc.insecure_channel(d.address)
+        stub = generate_pb2_grpc.GenerateServiceStub(channel)
+        call = stub.GenerateStream(generate_pb2.GenerateStreamRequest(
+            model_id="slow", prompt="hello", params=common_pb2.GenerationParams(max_tokens=3000)))  # fmt: skip
+        got: list[str] = []
+        outcome: list[object] = []
+
+        def read() -> None:
+            try:
+                for r in call:
+                    got.append(r.WhichOneof("event"))
+            except grpc.RpcError as e:
+                outcome.append(e.code())
+            else:
+                outcome.append("completed")
+
+        t = threading.Thread(target=read)
+        t.start()
+        while len(got) < 3:
+            time.sleep(0.01)
+        t0 = time.monotonic()
+        d.proc.send_signal(signal.SIGTERM)
+        assert d.proc.wait(20) == 0
+        stopped_in = time.monotonic() - t0
+        t.join(10)
+        channel.close()
+        # 3000 tokens take ~30 s; the grace period is 1 s, then the stream is cut.
+        assert stopped_in < 8
+        assert outcome and outcome[0] in (grpc.StatusCode.CANCELLED, grpc.StatusCode.UNAVAILABLE)
+        assert "stopped" in d.stderr()
+
+
+def test_health_reflection_and_unimplemented_services(tmp_path: Path) -> None:
+    with run_daemon(tmp_path) as d:
+        channel = grpc.insecure_channel(d.address)
+        health = health_pb2_grpc.HealthStub(channel)
+        for service in ("", "rustaid.api.v1.GenerateService", "rustaid.api.v1.ModelsService"):
+            r = health.Check(health_pb2.HealthCheckRequest(service=service))
+            assert r.status == health_pb2.HealthCheckResponse.SERVING
+        with pytest.raises(grpc.RpcError) as info:
+            health.Check(health_pb2.HealthCheckRequest(service="no.such.Service"))
+        assert info.value.code() == grpc.StatusCode.NOT_FOUND
+
+        refl = reflection_pb2_grpc.ServerReflectionStub(channel)
+        reply = next(refl.ServerReflectionInfo(iter([reflection_pb2.ServerReflectionRequest(list_services="")])))
+        names = {s.name for s in reply.list_services_response.service}
+        assert {f"rustaid.api.v1.{s}Service" for s in ("Models", "Generate", "Rag", "Tools", "Plugins", "Resources", "Updates")} <= names
+        assert "grpc.health.v1.Health" in names
+
+        # Not yet served RPCs answer UNIMPLEMENTED naming the RPC, not a bare default.
+        calls = [
+            lambda: rag_pb2_grpc.RagServiceStub(channel).Search(rag_pb2.SearchRequest(collection="c", query="q")),
+            lambda: list(rag_pb2_grpc.RagServiceStub(channel).Ask(rag_pb2.AskRequest(question="q"))),
+            lambda: tools_pb2_grpc.ToolsServiceStub(channel).ListTools(tools_pb2.ListToolsRequest()),
+            lambda: resources_pb2_grpc.ResourcesServiceStub(channel).GetSnapshot(resources_pb2.GetSnapshotRequest()),
+            lambda: updates_pb2_grpc.UpdatesServiceStub(channel).CheckUpdates(updates_pb2.CheckUpdatesRequest()),
+        ]
+        for call in calls:
+            with pytest.raises(grpc.RpcError) as info:
+                call()
+            assert info.value.code() == grpc.StatusCode.UNIMPLEMENTED
+            assert "Service." in info.value.details() and "not served" in info.value.details()
+        channel.close()
