@@ -8,6 +8,8 @@ import logging
 import os
 import signal
 import time
+from collections.abc import Coroutine
+from typing import Any
 
 import grpc
 
@@ -74,8 +76,8 @@ class Daemon:
             status,
         )
 
-    def _spawn(self, coro: object) -> None:
-        task = asyncio.ensure_future(coro)  # type: ignore[arg-type]
+    def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.ensure_future(coro)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 

@@ -44,7 +44,9 @@ class Stubs:
 
 
 @pytest.fixture(scope="module")
-def served(tmp_path_factory: pytest.TempPathFactory, model_files: dict[str, Path]) -> Iterator[Stubs]:
+def served(
+    tmp_path_factory: pytest.TempPathFactory, model_files: dict[str, Path]
+) -> Iterator[Stubs]:
     """One daemon per test module serving `tiny` and `slow` plus a truncated file."""
     data_dir = tmp_path_factory.mktemp("daemon")
     add_model(data_dir, model_files["tiny"])

@@ -14,9 +14,19 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
-from rustaid.api.v1 import common_pb2, generate_pb2, generate_pb2_grpc, rag_pb2, rag_pb2_grpc
-from rustaid.api.v1 import resources_pb2, resources_pb2_grpc, tools_pb2, tools_pb2_grpc
-from rustaid.api.v1 import updates_pb2, updates_pb2_grpc
+from rustaid.api.v1 import (
+    common_pb2,
+    generate_pb2,
+    generate_pb2_grpc,
+    rag_pb2,
+    rag_pb2_grpc,
+    resources_pb2,
+    resources_pb2_grpc,
+    tools_pb2,
+    tools_pb2_grpc,
+    updates_pb2,
+    updates_pb2_grpc,
+)
 from rustaid.testing.daemon import run_daemon
 from tests.conftest import add_model
 
@@ -62,7 +72,10 @@ def test_second_daemon_on_the_same_socket_refuses(tmp_path: Path) -> None:
         # ...and the first one still answers.
         channel = grpc.insecure_channel(first.address)
         health = health_pb2_grpc.HealthStub(channel)
-        assert health.Check(health_pb2.HealthCheckRequest()).status == health_pb2.HealthCheckResponse.SERVING
+        assert (
+            health.Check(health_pb2.HealthCheckRequest()).status
+            == health_pb2.HealthCheckResponse.SERVING
+        )
         channel.close()
 
 
@@ -106,13 +119,17 @@ def test_invalid_configuration_exits_with_a_clear_message(tmp_path: Path) -> Non
     assert "rustaid.toml" in r.stderr and "default_max_tokens" in r.stderr
 
 
-def test_sigterm_during_a_stream_ends_it_and_exits_cleanly(tmp_path: Path, model_files: dict[str, Path]) -> None:
+def test_sigterm_during_a_stream_ends_it_and_exits_cleanly(
+    tmp_path: Path, model_files: dict[str, Path]
+) -> None:
     add_model(tmp_path, model_files["slow"])
     with run_daemon(tmp_path, env={"RUSTAID_SHUTDOWN_GRACE_S": "1"}) as d:
         channel = grpc.insecure_channel(d.address)
         stub = generate_pb2_grpc.GenerateServiceStub(channel)
-        call = stub.GenerateStream(generate_pb2.GenerateStreamRequest(
-            model_id="slow", prompt="hello", params=common_pb2.GenerationParams(max_tokens=3000)))  # fmt: skip
+        params = common_pb2.GenerationParams(max_tokens=3000)
+        call = stub.GenerateStream(
+            generate_pb2.GenerateStreamRequest(model_id="slow", prompt="hello", params=params)
+        )
         got: list[str] = []
         outcome: list[object] = []
 
@@ -153,18 +170,35 @@ def test_health_reflection_and_unimplemented_services(tmp_path: Path) -> None:
         assert info.value.code() == grpc.StatusCode.NOT_FOUND
 
         refl = reflection_pb2_grpc.ServerReflectionStub(channel)
-        reply = next(refl.ServerReflectionInfo(iter([reflection_pb2.ServerReflectionRequest(list_services="")])))
+        reply = next(
+            refl.ServerReflectionInfo(
+                iter([reflection_pb2.ServerReflectionRequest(list_services="")])
+            )
+        )
         names = {s.name for s in reply.list_services_response.service}
-        assert {f"rustaid.api.v1.{s}Service" for s in ("Models", "Generate", "Rag", "Tools", "Plugins", "Resources", "Updates")} <= names
+        assert {
+            f"rustaid.api.v1.{s}Service"
+            for s in ("Models", "Generate", "Rag", "Tools", "Plugins", "Resources", "Updates")
+        } <= names
         assert "grpc.health.v1.Health" in names
 
         # Not yet served RPCs answer UNIMPLEMENTED naming the RPC, not a bare default.
         calls = [
-            lambda: rag_pb2_grpc.RagServiceStub(channel).Search(rag_pb2.SearchRequest(collection="c", query="q")),
-            lambda: list(rag_pb2_grpc.RagServiceStub(channel).Ask(rag_pb2.AskRequest(question="q"))),
-            lambda: tools_pb2_grpc.ToolsServiceStub(channel).ListTools(tools_pb2.ListToolsRequest()),
-            lambda: resources_pb2_grpc.ResourcesServiceStub(channel).GetSnapshot(resources_pb2.GetSnapshotRequest()),
-            lambda: updates_pb2_grpc.UpdatesServiceStub(channel).CheckUpdates(updates_pb2.CheckUpdatesRequest()),
+            lambda: rag_pb2_grpc.RagServiceStub(channel).Search(
+                rag_pb2.SearchRequest(collection="c", query="q")
+            ),
+            lambda: list(
+                rag_pb2_grpc.RagServiceStub(channel).Ask(rag_pb2.AskRequest(question="q"))
+            ),
+            lambda: tools_pb2_grpc.ToolsServiceStub(channel).ListTools(
+                tools_pb2.ListToolsRequest()
+            ),
+            lambda: resources_pb2_grpc.ResourcesServiceStub(channel).GetSnapshot(
+                resources_pb2.GetSnapshotRequest()
+            ),
+            lambda: updates_pb2_grpc.UpdatesServiceStub(channel).CheckUpdates(
+                updates_pb2.CheckUpdatesRequest()
+            ),
         ]
         for call in calls:
             with pytest.raises(grpc.RpcError) as info:

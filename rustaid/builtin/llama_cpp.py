@@ -32,6 +32,7 @@ from rustaid.providers import (
 
 if TYPE_CHECKING:
     import llama_cpp
+    from llama_cpp.llama_grammar import LlamaGrammar
 
 PLUGIN = PluginInfo(
     name="llama.cpp",
@@ -290,11 +291,11 @@ class LlamaModel(LoadedLLM):
             generation_ms=(t_end - t_first) * 1000,
         )
 
-    def _grammar(self, params: GenerationParams) -> llama_cpp.LlamaGrammar | None:
+    def _grammar(self, params: GenerationParams) -> LlamaGrammar | None:
         text = grammar_text(params)
         if not text:
             return None
-        from llama_cpp import LlamaGrammar
+        from llama_cpp.llama_grammar import LlamaGrammar
 
         return LlamaGrammar.from_string(text, verbose=False)
 

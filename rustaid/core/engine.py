@@ -16,7 +16,7 @@ from collections.abc import AsyncIterator, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from rustaid.config import Settings
 from rustaid.core.registry import ModelEntry, ModelEventType, ModelKind, ModelRegistry, ModelState
@@ -106,7 +106,7 @@ class Engine:
         self._slots: dict[str, LoadedSlot] = {}
         self._load_locks: dict[str, asyncio.Lock] = {}
         self._active: set[CancelToken] = set()
-        self._running: set[asyncio.Future[object]] = set()
+        self._running: set[asyncio.Future[Any]] = set()
         # One thread per concurrently running model is plenty; loads share the pool.
         self._executor = ThreadPoolExecutor(max_workers=8, thread_name_prefix="rustaid-engine")
         self._stopping = False
@@ -128,8 +128,8 @@ class Engine:
 
     async def _in_thread(self, fn: Callable[[], T]) -> T:
         fut = asyncio.get_running_loop().run_in_executor(self._executor, fn)
-        self._running.add(fut)  # type: ignore[arg-type]
-        fut.add_done_callback(self._running.discard)  # type: ignore[arg-type]
+        self._running.add(fut)
+        fut.add_done_callback(self._running.discard)
         return await fut
 
     def loaded(self) -> list[ModelEntry]:
@@ -343,8 +343,8 @@ class Engine:
                 out.put_nowait(fut.result())
 
         fut = loop.run_in_executor(self._executor, work)
-        self._running.add(fut)  # type: ignore[arg-type]
-        fut.add_done_callback(self._running.discard)  # type: ignore[arg-type]
+        self._running.add(fut)
+        fut.add_done_callback(self._running.discard)
         fut.add_done_callback(finished)
         index = 0
         try:

@@ -176,7 +176,7 @@ def select_model_response_to_pb(s: Selection) -> models_pb2.SelectModelResponse:
 
 def generation_params_from_pb(p: common_pb2.GenerationParams) -> GenerationParams:
     def opt(name: str) -> float | int | None:
-        return getattr(p, name) if p.HasField(name) else None  # type: ignore[no-any-return]
+        return getattr(p, name) if p.HasField(name) else None
 
     return GenerationParams(
         max_tokens=opt("max_tokens"),  # type: ignore[arg-type]
@@ -233,7 +233,7 @@ def timings_to_pb(t: Timings) -> common_pb2.Timings:
     )
 
 
-def finish_reason_to_pb(reason: FinishReason) -> common_pb2.FinishReason.ValueType:
+def finish_reason_to_pb(reason: FinishReason) -> common_pb2.FinishReason:
     return _FINISH[reason]
 
 

@@ -18,6 +18,8 @@ from rustaid import errors
 
 log = logging.getLogger(__name__)
 
+Handler = Any  # grpc.RpcMethodHandler (generic only in the type stubs)
+
 DOMAIN = "rustaid"
 
 CODES: dict[type[errors.RustaidError], grpc.StatusCode] = {
@@ -36,7 +38,7 @@ CODES: dict[type[errors.RustaidError], grpc.StatusCode] = {
 def status_code(error: errors.RustaidError) -> grpc.StatusCode:
     for cls in type(error).__mro__:
         if cls in CODES:
-            return CODES[cls]  # type: ignore[index]
+            return CODES[cls]
     return grpc.StatusCode.INTERNAL
 
 
@@ -60,7 +62,7 @@ def status_details(error: errors.RustaidError, code: grpc.StatusCode) -> bytes:
         delay.FromMilliseconds(int(error.retry_after_s * 1000))
         details.append(_pack(error_details_pb2.RetryInfo(retry_delay=delay)))
     status = status_pb2.Status(code=code.value[0], message=error.message, details=details)
-    return status.SerializeToString()
+    return bytes(status.SerializeToString())
 
 
 async def abort(context: grpc.aio.ServicerContext[Any, Any], error: errors.RustaidError) -> None:
@@ -72,14 +74,14 @@ async def abort(context: grpc.aio.ServicerContext[Any, Any], error: errors.Rusta
     )
 
 
-class ErrorInterceptor(grpc.aio.ServerInterceptor):
+class ErrorInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
     """Turns RustaidError into its status code; anything else is a bug (INTERNAL, logged)."""
 
     async def intercept_service(
         self,
-        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[Handler]],
         handler_call_details: grpc.HandlerCallDetails,
-    ) -> grpc.RpcMethodHandler:
+    ) -> Handler:
         handler = await continuation(handler_call_details)
         if handler is None:
             return handler
@@ -102,7 +104,7 @@ class ErrorInterceptor(grpc.aio.ServerInterceptor):
                 response_serializer=handler.response_serializer,
             )
         if handler.unary_stream is not None:
-            inner_us = handler.unary_stream
+            inner_us: Any = handler.unary_stream
 
             async def unary_stream(request: Any, context: Any) -> AsyncIterator[Any]:
                 try:

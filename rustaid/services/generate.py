@@ -22,7 +22,7 @@ class _GenerationFields(Protocol):
     model_id: str
     params: common_pb2.GenerationParams
     selection: common_pb2.SelectionCriteria
-    priority: common_pb2.Priority.ValueType
+    priority: common_pb2.Priority
 
 
 def _request(pb: _GenerationFields, prompt: str = "", messages: Any = ()) -> GenerationRequest:

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import grpc
+from grpc_health.v1 import _async as health_aio
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
@@ -86,7 +87,7 @@ def _secure_socket(path: Path, mode: int, group: str) -> None:
     path.chmod(mode)
 
 
-def build_server(daemon: Daemon) -> tuple[grpc.aio.Server, health.aio.HealthServicer]:
+def build_server(daemon: Daemon) -> tuple[grpc.aio.Server, health_aio.HealthServicer]:
     server = grpc.aio.server(
         interceptors=[ErrorInterceptor()],
         options=[
@@ -100,7 +101,7 @@ def build_server(daemon: Daemon) -> tuple[grpc.aio.Server, health.aio.HealthServ
     plugins_pb2_grpc.add_PluginsServiceServicer_to_server(PluginsServicer(daemon), server)
     for base, add, name in SERVICERS:
         add(unimplemented_servicer(base, name), server)
-    health_servicer = health.aio.HealthServicer()
+    health_servicer = health_aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection(
         (*SERVICE_NAMES, health.SERVICE_NAME, reflection.SERVICE_NAME), server
@@ -127,7 +128,7 @@ def build_server(daemon: Daemon) -> tuple[grpc.aio.Server, health.aio.HealthServ
     return server, health_servicer
 
 
-async def set_serving(health_servicer: health.aio.HealthServicer, serving: bool) -> None:
+async def set_serving(health_servicer: health_aio.HealthServicer, serving: bool) -> None:
     status = (
         health_pb2.HealthCheckResponse.SERVING
         if serving

@@ -16,11 +16,15 @@ from tests.conftest import Stubs
 P = common_pb2.GenerationParams
 
 
-def gen(prompt: str = "hello world", model_id: str = "tiny", **params: object) -> generate_pb2.GenerateRequest:
+def gen(
+    prompt: str = "hello world", model_id: str = "tiny", **params: object
+) -> generate_pb2.GenerateRequest:
     return generate_pb2.GenerateRequest(model_id=model_id, prompt=prompt, params=P(**params))
 
 
-def stream_req(prompt: str = "hello world", model_id: str = "tiny", **params: object) -> generate_pb2.GenerateStreamRequest:
+def stream_req(
+    prompt: str = "hello world", model_id: str = "tiny", **params: object
+) -> generate_pb2.GenerateStreamRequest:
     return generate_pb2.GenerateStreamRequest(model_id=model_id, prompt=prompt, params=P(**params))
 
 
@@ -89,7 +93,9 @@ def test_stop_sequence_ends_generation_before_it(served: Stubs) -> None:
 def test_grammar_constrains_output(served: Stubs) -> None:
     grammar = 'root ::= ("yes" | "no") " " [0-9] [0-9]'
     for seed in range(3):
-        r = served.generate.Generate(gen(grammar=grammar, temperature=1.0, seed=seed, max_tokens=16))
+        r = served.generate.Generate(
+            gen(grammar=grammar, temperature=1.0, seed=seed, max_tokens=16)
+        )
         word, digits = r.text.split(" ")
         assert word in ("yes", "no") and digits.isdigit() and len(digits) == 2
         assert r.finish_reason == common_pb2.FINISH_REASON_STOP
@@ -118,24 +124,40 @@ def test_chat_uses_the_model_template(served: Stubs) -> None:
         generate_pb2.ChatMessage(role=generate_pb2.ROLE_SYSTEM, content="be brief"),
         generate_pb2.ChatMessage(role=generate_pb2.ROLE_USER, content="hello"),
     ]
-    r = served.generate.Chat(generate_pb2.ChatRequest(model_id="tiny", messages=msgs, params=P(max_tokens=8)))
+    r = served.generate.Chat(
+        generate_pb2.ChatRequest(model_id="tiny", messages=msgs, params=P(max_tokens=8))
+    )
     assert r.message.role == generate_pb2.ROLE_ASSISTANT
     assert r.usage.completion_tokens >= 1
-    count = served.generate.CountTokens(generate_pb2.CountTokensRequest(model_id="tiny", messages=msgs))
+    count = served.generate.CountTokens(
+        generate_pb2.CountTokensRequest(model_id="tiny", messages=msgs)
+    )
     # The rendered ChatML prompt, not just the words: role markers and newlines count.
     assert r.usage.prompt_tokens == count.count > 6
-    streamed = list(served.generate.ChatStream(generate_pb2.ChatStreamRequest(model_id="tiny", messages=msgs, params=P(max_tokens=8, temperature=0))))
+    streamed = list(
+        served.generate.ChatStream(
+            generate_pb2.ChatStreamRequest(
+                model_id="tiny", messages=msgs, params=P(max_tokens=8, temperature=0)
+            )
+        )
+    )
     assert streamed[-1].WhichOneof("event") == "done"
     assert streamed[-1].done.usage.prompt_tokens == count.count
 
 
 def test_tokenize_and_count(served: Stubs) -> None:
-    r = served.generate.Tokenize(generate_pb2.TokenizeRequest(model_id="tiny", text="hello world", add_special=True))
+    r = served.generate.Tokenize(
+        generate_pb2.TokenizeRequest(model_id="tiny", text="hello world", add_special=True)
+    )
     assert r.pieces == ["<s>", " hello", " world"]
     assert len(r.token_ids) == 3
-    plain = served.generate.Tokenize(generate_pb2.TokenizeRequest(model_id="tiny", text="hello world"))
+    plain = served.generate.Tokenize(
+        generate_pb2.TokenizeRequest(model_id="tiny", text="hello world")
+    )
     assert list(plain.token_ids) == list(r.token_ids)[1:]
-    c = served.generate.CountTokens(generate_pb2.CountTokensRequest(model_id="tiny", text="hello world"))
+    c = served.generate.CountTokens(
+        generate_pb2.CountTokensRequest(model_id="tiny", text="hello world")
+    )
     assert c.count == 3
     assert c.context_length > 0
 
@@ -163,7 +185,9 @@ def test_tokenize_and_count(served: Stubs) -> None:
         (gen(prompt="hello " * 600), "prompt"),  # longer than the 512-token context
     ],
 )
-def test_bad_generation_input_is_invalid_argument(served: Stubs, request_: generate_pb2.GenerateRequest, field: str) -> None:
+def test_bad_generation_input_is_invalid_argument(
+    served: Stubs, request_: generate_pb2.GenerateRequest, field: str
+) -> None:
     err = error_of(lambda: served.generate.Generate(request_))
     assert err.code() == grpc.StatusCode.INVALID_ARGUMENT, err.details()
     assert field_violations(err) == [field]
@@ -175,13 +199,50 @@ def test_bad_generation_input_is_invalid_argument(served: Stubs, request_: gener
 def test_bad_chat_and_token_input(served: Stubs) -> None:
     cases = [
         (lambda: served.generate.Chat(generate_pb2.ChatRequest(model_id="tiny")), "messages"),
-        (lambda: served.generate.Chat(generate_pb2.ChatRequest(model_id="tiny", messages=[generate_pb2.ChatMessage(content="hi")])), "messages[0].role"),
-        (lambda: served.generate.Chat(generate_pb2.ChatRequest(model_id="tiny", messages=[generate_pb2.ChatMessage(role=generate_pb2.ROLE_USER)])), "messages[0].content"),
-        (lambda: list(served.generate.ChatStream(generate_pb2.ChatStreamRequest(model_id="tiny"))), "messages"),
+        (
+            lambda: served.generate.Chat(
+                generate_pb2.ChatRequest(
+                    model_id="tiny", messages=[generate_pb2.ChatMessage(content="hi")]
+                )
+            ),
+            "messages[0].role",
+        ),
+        (
+            lambda: served.generate.Chat(
+                generate_pb2.ChatRequest(
+                    model_id="tiny",
+                    messages=[generate_pb2.ChatMessage(role=generate_pb2.ROLE_USER)],
+                )
+            ),
+            "messages[0].content",
+        ),
+        (
+            lambda: list(
+                served.generate.ChatStream(generate_pb2.ChatStreamRequest(model_id="tiny"))
+            ),
+            "messages",
+        ),
         (lambda: served.generate.Tokenize(generate_pb2.TokenizeRequest(text="x")), "model_id"),
-        (lambda: served.generate.CountTokens(generate_pb2.CountTokensRequest(text="x")), "model_id"),
-        (lambda: served.generate.CountTokens(generate_pb2.CountTokensRequest(model_id="tiny", text="x", messages=[generate_pb2.ChatMessage(role=generate_pb2.ROLE_USER, content="y")])), "messages"),
-        (lambda: served.generate.Generate(generate_pb2.GenerateRequest(model_id="tiny", prompt="x", priority=99)), "priority"),
+        (
+            lambda: served.generate.CountTokens(generate_pb2.CountTokensRequest(text="x")),
+            "model_id",
+        ),
+        (
+            lambda: served.generate.CountTokens(
+                generate_pb2.CountTokensRequest(
+                    model_id="tiny",
+                    text="x",
+                    messages=[generate_pb2.ChatMessage(role=generate_pb2.ROLE_USER, content="y")],
+                )
+            ),
+            "messages",
+        ),
+        (
+            lambda: served.generate.Generate(
+                generate_pb2.GenerateRequest(model_id="tiny", prompt="x", priority=99)
+            ),
+            "priority",
+        ),
     ]
     for call, field in cases:
         err = error_of(call)
@@ -204,13 +265,19 @@ def test_unknown_and_broken_models(served: Stubs) -> None:
 
 
 def test_without_model_id_the_router_picks_a_usable_model(served: Stubs) -> None:
-    r = served.generate.Generate(generate_pb2.GenerateRequest(prompt="hello", params=P(max_tokens=2)))
+    r = served.generate.Generate(
+        generate_pb2.GenerateRequest(prompt="hello", params=P(max_tokens=2))
+    )
     assert r.model_id in ("tiny", "slow")  # never the truncated one
 
 
 def test_eight_concurrent_streams_complete_without_interleaving(served: Stubs) -> None:
-    prompts = [f"hello world {word}" for word in ("the", "a", "hello", "world", "is", "of", "and", "to")]
-    expected = {p: served.generate.Generate(gen(p, max_tokens=24, temperature=0)).text for p in prompts}
+    prompts = [
+        f"hello world {word}" for word in ("the", "a", "hello", "world", "is", "of", "and", "to")
+    ]
+    expected = {
+        p: served.generate.Generate(gen(p, max_tokens=24, temperature=0)).text for p in prompts
+    }
     results: dict[str, str] = {}
     errors: list[BaseException] = []
 
@@ -252,7 +319,9 @@ def test_cancel_stops_generation_and_frees_the_model(served: Stubs) -> None:
     t0 = time.monotonic()
     served.generate.Generate(gen(model_id="slow", max_tokens=50, temperature=0))
     per_50 = time.monotonic() - t0
-    call = served.generate.GenerateStream(stream_req(model_id="slow", max_tokens=3000, temperature=0))
+    call = served.generate.GenerateStream(
+        stream_req(model_id="slow", max_tokens=3000, temperature=0)
+    )
     for i, _ in enumerate(call):
         if i == 3:
             break
@@ -267,7 +336,9 @@ def test_cancel_stops_generation_and_frees_the_model(served: Stubs) -> None:
 
 def test_deadline_stops_generation_and_frees_the_model(served: Stubs) -> None:
     served.generate.Generate(gen(model_id="slow", max_tokens=1))
-    err = error_of(lambda: served.generate.Generate(gen(model_id="slow", max_tokens=3000), timeout=0.5))
+    err = error_of(
+        lambda: served.generate.Generate(gen(model_id="slow", max_tokens=3000), timeout=0.5)
+    )
     assert err.code() == grpc.StatusCode.DEADLINE_EXCEEDED
     t0 = time.monotonic()
     r = served.generate.Generate(gen(model_id="slow", max_tokens=3))

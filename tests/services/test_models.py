@@ -43,7 +43,9 @@ def test_truncated_file_is_listed_with_an_error(served: Stubs) -> None:
 
 
 def test_load_and_unload(served: Stubs) -> None:
-    r = served.models.LoadModel(models_pb2.LoadModelRequest(id="tiny", context_length=256, threads=1))
+    r = served.models.LoadModel(
+        models_pb2.LoadModelRequest(id="tiny", context_length=256, threads=1)
+    )
     assert r.model.state == models_pb2.MODEL_STATE_LOADED
     assert r.model.context_length == 256
     assert r.model.threads == 1
@@ -56,17 +58,33 @@ def test_load_and_unload(served: Stubs) -> None:
     assert u.model.state == models_pb2.MODEL_STATE_AVAILABLE
     assert u.model.memory_bytes == 0
     # Generation loads it again on demand.
-    g = served.generate.Generate(generate_pb2.GenerateRequest(model_id="tiny", prompt="hi", params=common_pb2.GenerationParams(max_tokens=2)))
+    g = served.generate.Generate(
+        generate_pb2.GenerateRequest(
+            model_id="tiny", prompt="hi", params=common_pb2.GenerationParams(max_tokens=2)
+        )
+    )
     assert g.timings.load_ms > 0
 
 
 def test_unload_waits_for_the_running_generation(served: Stubs) -> None:
-    served.generate.Generate(generate_pb2.GenerateRequest(model_id="slow", prompt="hi", params=common_pb2.GenerationParams(max_tokens=1)))
-    stream = served.generate.GenerateStream(generate_pb2.GenerateStreamRequest(model_id="slow", prompt="hi", params=common_pb2.GenerationParams(max_tokens=60)))
+    served.generate.Generate(
+        generate_pb2.GenerateRequest(
+            model_id="slow", prompt="hi", params=common_pb2.GenerationParams(max_tokens=1)
+        )
+    )
+    stream = served.generate.GenerateStream(
+        generate_pb2.GenerateStreamRequest(
+            model_id="slow", prompt="hi", params=common_pb2.GenerationParams(max_tokens=60)
+        )
+    )
     it = iter(stream)
     next(it)
     result: list[models_pb2.UnloadModelResponse] = []
-    t = threading.Thread(target=lambda: result.append(served.models.UnloadModel(models_pb2.UnloadModelRequest(id="slow"))))
+    t = threading.Thread(
+        target=lambda: result.append(
+            served.models.UnloadModel(models_pb2.UnloadModelRequest(id="slow"))
+        )
+    )
     t.start()
     rest = list(it)
     t.join(30)
@@ -77,18 +95,74 @@ def test_unload_waits_for_the_running_generation(served: Stubs) -> None:
 
 def test_bad_model_requests(served: Stubs) -> None:
     for call, code, field in (
-        (lambda: served.models.GetModel(models_pb2.GetModelRequest(id="")), grpc.StatusCode.INVALID_ARGUMENT, "id"),
-        (lambda: served.models.GetModel(models_pb2.GetModelRequest(id="nope")), grpc.StatusCode.NOT_FOUND, None),
-        (lambda: served.models.LoadModel(models_pb2.LoadModelRequest(id="nope")), grpc.StatusCode.NOT_FOUND, None),
-        (lambda: served.models.LoadModel(models_pb2.LoadModelRequest(id="")), grpc.StatusCode.INVALID_ARGUMENT, "id"),
-        (lambda: served.models.LoadModel(models_pb2.LoadModelRequest(id="tiny", context_length=10**6)), grpc.StatusCode.INVALID_ARGUMENT, "context_length"),
-        (lambda: served.models.LoadModel(models_pb2.LoadModelRequest(id="truncated")), grpc.StatusCode.FAILED_PRECONDITION, None),
-        (lambda: served.models.UnloadModel(models_pb2.UnloadModelRequest(id="nope")), grpc.StatusCode.NOT_FOUND, None),
-        (lambda: served.models.UnloadModel(models_pb2.UnloadModelRequest()), grpc.StatusCode.INVALID_ARGUMENT, "id"),
-        (lambda: served.models.ListModels(models_pb2.ListModelsRequest(kind=42)), grpc.StatusCode.INVALID_ARGUMENT, "kind"),
-        (lambda: served.models.SelectModel(models_pb2.SelectModelRequest(criteria=common_pb2.SelectionCriteria(required_tags=[""]))), grpc.StatusCode.INVALID_ARGUMENT, "required_tags"),
-        (lambda: served.models.SelectModel(models_pb2.SelectModelRequest(kind=common_pb2.MODEL_KIND_EMBEDDING)), grpc.StatusCode.FAILED_PRECONDITION, None),
-        (lambda: list(served.models.WatchModels(models_pb2.WatchModelsRequest(), timeout=0.3)), grpc.StatusCode.DEADLINE_EXCEEDED, None),
+        (
+            lambda: served.models.GetModel(models_pb2.GetModelRequest(id="")),
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "id",
+        ),
+        (
+            lambda: served.models.GetModel(models_pb2.GetModelRequest(id="nope")),
+            grpc.StatusCode.NOT_FOUND,
+            None,
+        ),
+        (
+            lambda: served.models.LoadModel(models_pb2.LoadModelRequest(id="nope")),
+            grpc.StatusCode.NOT_FOUND,
+            None,
+        ),
+        (
+            lambda: served.models.LoadModel(models_pb2.LoadModelRequest(id="")),
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "id",
+        ),
+        (
+            lambda: served.models.LoadModel(
+                models_pb2.LoadModelRequest(id="tiny", context_length=10**6)
+            ),
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "context_length",
+        ),
+        (
+            lambda: served.models.LoadModel(models_pb2.LoadModelRequest(id="truncated")),
+            grpc.StatusCode.FAILED_PRECONDITION,
+            None,
+        ),
+        (
+            lambda: served.models.UnloadModel(models_pb2.UnloadModelRequest(id="nope")),
+            grpc.StatusCode.NOT_FOUND,
+            None,
+        ),
+        (
+            lambda: served.models.UnloadModel(models_pb2.UnloadModelRequest()),
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "id",
+        ),
+        (
+            lambda: served.models.ListModels(models_pb2.ListModelsRequest(kind=42)),
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "kind",
+        ),
+        (
+            lambda: served.models.SelectModel(
+                models_pb2.SelectModelRequest(
+                    criteria=common_pb2.SelectionCriteria(required_tags=[""])
+                )
+            ),
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "required_tags",
+        ),
+        (
+            lambda: served.models.SelectModel(
+                models_pb2.SelectModelRequest(kind=common_pb2.MODEL_KIND_EMBEDDING)
+            ),
+            grpc.StatusCode.FAILED_PRECONDITION,
+            None,
+        ),
+        (
+            lambda: list(served.models.WatchModels(models_pb2.WatchModelsRequest(), timeout=0.3)),
+            grpc.StatusCode.DEADLINE_EXCEEDED,
+            None,
+        ),
     ):
         err = error_of(call)
         assert err.code() == code, err.details()
@@ -97,20 +171,30 @@ def test_bad_model_requests(served: Stubs) -> None:
 
 
 def test_select_model_explains_the_choice(served: Stubs) -> None:
-    r = served.models.SelectModel(models_pb2.SelectModelRequest(criteria=common_pb2.SelectionCriteria(prefer_speed=True)))
+    r = served.models.SelectModel(
+        models_pb2.SelectModelRequest(criteria=common_pb2.SelectionCriteria(prefer_speed=True))
+    )
     assert r.model_id in ("tiny", "slow")
     by = {c.model_id: c for c in r.candidates}
     assert by["truncated"].excluded
     assert "truncated" in by["truncated"].reasons[0]
     assert not by[r.model_id].excluded
     assert by[r.model_id].score == max(c.score for c in r.candidates if not c.excluded)
-    none = error_of(lambda: served.models.SelectModel(models_pb2.SelectModelRequest(criteria=common_pb2.SelectionCriteria(required_tags=["vision"]))))
+    none = error_of(
+        lambda: served.models.SelectModel(
+            models_pb2.SelectModelRequest(
+                criteria=common_pb2.SelectionCriteria(required_tags=["vision"])
+            )
+        )
+    )
     assert none.code() == grpc.StatusCode.FAILED_PRECONDITION
     assert "vision" in none.details()
 
 
 @pytest.mark.usefixtures("served")
-def test_watch_streams_load_unload_and_folder_changes(served: Stubs, model_files: dict[str, Path]) -> None:
+def test_watch_streams_load_unload_and_folder_changes(
+    served: Stubs, model_files: dict[str, Path]
+) -> None:
     events: list[models_pb2.WatchModelsResponse] = []
     call = served.models.WatchModels(models_pb2.WatchModelsRequest(include_existing=True))
     seen = threading.Event()

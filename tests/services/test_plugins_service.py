@@ -13,7 +13,7 @@ from rustaid.testing.daemon import run_daemon
 from tests.conftest import Stubs
 from tests.services.test_generate import error_of, field_violations
 
-TOOL_PLUGIN = '''
+TOOL_PLUGIN = """
 from rustaid.hookspecs import hookimpl
 from rustaid.providers import PluginInfo, ResourceRequirements, Tool
 
@@ -31,7 +31,7 @@ class Greet(Tool):
 @hookimpl
 def register_tools(register):
     register(Greet())
-'''
+"""
 
 RAISING_PLUGIN = "raise RuntimeError('cannot find libfoo.so')\n"
 
@@ -105,17 +105,61 @@ def test_writable_drop_in_is_refused(plugged: Stubs) -> None:
 def test_bad_plugin_requests(plugged: Stubs) -> None:
     p = plugged.plugins
     for call, code, field in (
-        (lambda: p.GetPlugin(plugins_pb2.GetPluginRequest(id="")), grpc.StatusCode.INVALID_ARGUMENT, "id"),
-        (lambda: p.GetPlugin(plugins_pb2.GetPluginRequest(id="nope")), grpc.StatusCode.NOT_FOUND, None),
-        (lambda: p.LoadPlugin(plugins_pb2.LoadPluginRequest(id="")), grpc.StatusCode.INVALID_ARGUMENT, "id"),
-        (lambda: p.LoadPlugin(plugins_pb2.LoadPluginRequest(id="missing.py")), grpc.StatusCode.NOT_FOUND, None),
-        (lambda: p.LoadPlugin(plugins_pb2.LoadPluginRequest(id="../../etc/evil.py")), grpc.StatusCode.INVALID_ARGUMENT, None),
-        (lambda: p.LoadPlugin(plugins_pb2.LoadPluginRequest(id="/etc/passwd")), grpc.StatusCode.INVALID_ARGUMENT, None),
-        (lambda: p.LoadPlugin(plugins_pb2.LoadPluginRequest(id="llama.cpp")), grpc.StatusCode.ALREADY_EXISTS, None),
-        (lambda: p.UnloadPlugin(plugins_pb2.UnloadPluginRequest(id="nope")), grpc.StatusCode.NOT_FOUND, None),
-        (lambda: p.UnloadPlugin(plugins_pb2.UnloadPluginRequest(id="")), grpc.StatusCode.INVALID_ARGUMENT, "id"),
-        (lambda: p.ReloadPlugin(plugins_pb2.ReloadPluginRequest(id="nope")), grpc.StatusCode.NOT_FOUND, None),
-        (lambda: p.ReloadPlugin(plugins_pb2.ReloadPluginRequest(id="")), grpc.StatusCode.INVALID_ARGUMENT, "id"),
+        (
+            lambda: p.GetPlugin(plugins_pb2.GetPluginRequest(id="")),
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "id",
+        ),
+        (
+            lambda: p.GetPlugin(plugins_pb2.GetPluginRequest(id="nope")),
+            grpc.StatusCode.NOT_FOUND,
+            None,
+        ),
+        (
+            lambda: p.LoadPlugin(plugins_pb2.LoadPluginRequest(id="")),
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "id",
+        ),
+        (
+            lambda: p.LoadPlugin(plugins_pb2.LoadPluginRequest(id="missing.py")),
+            grpc.StatusCode.NOT_FOUND,
+            None,
+        ),
+        (
+            lambda: p.LoadPlugin(plugins_pb2.LoadPluginRequest(id="../../etc/evil.py")),
+            grpc.StatusCode.INVALID_ARGUMENT,
+            None,
+        ),
+        (
+            lambda: p.LoadPlugin(plugins_pb2.LoadPluginRequest(id="/etc/passwd")),
+            grpc.StatusCode.INVALID_ARGUMENT,
+            None,
+        ),
+        (
+            lambda: p.LoadPlugin(plugins_pb2.LoadPluginRequest(id="llama.cpp")),
+            grpc.StatusCode.ALREADY_EXISTS,
+            None,
+        ),
+        (
+            lambda: p.UnloadPlugin(plugins_pb2.UnloadPluginRequest(id="nope")),
+            grpc.StatusCode.NOT_FOUND,
+            None,
+        ),
+        (
+            lambda: p.UnloadPlugin(plugins_pb2.UnloadPluginRequest(id="")),
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "id",
+        ),
+        (
+            lambda: p.ReloadPlugin(plugins_pb2.ReloadPluginRequest(id="nope")),
+            grpc.StatusCode.NOT_FOUND,
+            None,
+        ),
+        (
+            lambda: p.ReloadPlugin(plugins_pb2.ReloadPluginRequest(id="")),
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "id",
+        ),
     ):
         err = error_of(call)
         assert err.code() == code, err.details()

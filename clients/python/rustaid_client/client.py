@@ -1,0 +1,662 @@
+"""A small typed client for the rustaid daemon's gRPC API.
+
+It is a thin layer over the generated messages in `rustaid.api.v1`: requests are built
+from plain Python arguments, responses are the protobuf messages themselves, and every
+`grpc.RpcError` becomes a `RustaidError` that says what went wrong.
+
+    with Client() as client:
+        for event in client.generate_stream("Once upon a time", max_tokens=32):
+            if event.HasField("chunk"):
+                print(event.chunk.text, end="", flush=True)
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator, Mapping, Sequence
+from pathlib import Path
+from types import TracebackType
+from typing import Any, Generic, Literal, Self, TypeAlias, TypedDict, TypeVar, Unpack
+
+import grpc
+from google.protobuf import descriptor, duration_pb2
+from google.protobuf.internal.enum_type_wrapper import EnumTypeWrapper
+from google.protobuf.message import DecodeError, Message
+from google.rpc import (  # type: ignore[import-untyped]  # no py.typed marker
+    error_details_pb2,
+    status_pb2,
+)
+from grpc_health.v1 import health_pb2
+
+from rustaid.api.v1 import (
+    common_pb2,
+    generate_pb2,
+    models_pb2,
+    plugins_pb2,
+)
+
+__all__ = [
+    "ADDRESS_ENV",
+    "SYSTEM_ADDRESS",
+    "ChatInput",
+    "Client",
+    "DaemonUnavailableError",
+    "GenerationOptions",
+    "ResponseStream",
+    "RustaidError",
+    "chat_message",
+    "default_address",
+    "normalize_address",
+]
+
+ADDRESS_ENV = "RUSTAID_ADDRESS"
+"""Environment variable that overrides the daemon's address."""
+SYSTEM_ADDRESS = "unix:///run/rustaid/rustaid.sock"
+"""Where the system service listens."""
+
+_STATUS_DETAILS_KEY = "grpc-status-details-bin"
+_ERROR_DOMAIN = "rustaid"
+_HEALTH_SERVICE = "grpc.health.v1.Health"
+
+_Resp = TypeVar("_Resp", bound=Message)
+
+ChatInput: TypeAlias = generate_pb2.ChatMessage | tuple[str, str] | Mapping[str, str]
+"""A chat message: a `ChatMessage`, a `(role, content)` pair or a dict with the keys
+`role`, `content` and optionally `name`. Roles: system, user, assistant, tool."""
+
+Priority: TypeAlias = Literal["interactive", "background"]
+
+
+class GenerationOptions(TypedDict, total=False):
+    """Keyword options of `Client.generate`, `generate_stream`, `chat` and `chat_stream`.
+
+    Unset options take the model's (or the power profile's) defaults."""
+
+    max_tokens: int
+    temperature: float
+    top_p: float
+    top_k: int
+    min_p: float
+    repeat_penalty: float
+    seed: int
+    stop: str | Sequence[str]
+    grammar: str
+    json_schema: str
+    priority: Priority
+    selection: common_pb2.SelectionCriteria
+
+
+_OPTION_NAMES = frozenset(GenerationOptions.__annotations__)
+
+
+# --------------------------------------------------------------------------- addresses
+
+
+def normalize_address(address: str) -> str:
+    """A gRPC target for `address`; a bare socket path becomes `unix://PATH`."""
+    address = address.strip()
+    if address.startswith("/"):
+        return f"unix://{address}"
+    return address
+
+
+def default_address(environ: Mapping[str, str] | None = None) -> str:
+    """The daemon's address: `$RUSTAID_ADDRESS`, else the per-user socket
+    `$XDG_RUNTIME_DIR/rustaid/rustaid.sock` when it exists, else the system socket."""
+    env = os.environ if environ is None else environ
+    if address := env.get(ADDRESS_ENV, "").strip():
+        return normalize_address(address)
+    if runtime_dir := env.get("XDG_RUNTIME_DIR"):
+        user_socket = Path(runtime_dir) / "rustaid" / "rustaid.sock"
+        if user_socket.exists():
+            return f"unix://{user_socket}"
+    return SYSTEM_ADDRESS
+
+
+# ------------------------------------------------------------------------------ errors
+
+
+class RustaidError(Exception):
+    """A failed call. `str(error)` is `"CODE_NAME: message"`.
+
+    Attributes:
+        code: the gRPC status code.
+        message: what went wrong, for people.
+        details: the status message exactly as the daemon (or gRPC) sent it.
+        reason: the machine-readable reason (google.rpc.ErrorInfo), or "".
+        field_violations: (field, description) pairs from google.rpc.BadRequest.
+        retry_after: seconds to wait before retrying (google.rpc.RetryInfo), or None.
+    """
+
+    def __init__(
+        self,
+        code: grpc.StatusCode,
+        message: str,
+        *,
+        details: str | None = None,
+        reason: str = "",
+        field_violations: Sequence[tuple[str, str]] = (),
+        retry_after: float | None = None,
+    ) -> None:
+        super().__init__(f"{code.name}: {message}")
+        self.code = code
+        self.message = message
+        self.details = message if details is None else details
+        self.reason = reason
+        self.field_violations = tuple(field_violations)
+        self.retry_after = retry_after
+
+    @property
+    def code_name(self) -> str:
+        """The status code's name, e.g. "NOT_FOUND"."""
+        return str(self.code.name)
+
+    @classmethod
+    def from_rpc_error(cls, error: grpc.RpcError, address: str) -> RustaidError:
+        """Translate a grpc.RpcError raised by a call to the daemon at `address`."""
+        code = _call_attr(error, "code", grpc.StatusCode.UNKNOWN)
+        details = _call_attr(error, "details", None) or ""
+        status = _rich_status(_call_attr(error, "trailing_metadata", None) or ())
+        reason = ""
+        violations: list[tuple[str, str]] = []
+        retry_after: float | None = None
+        from_daemon = False
+        for detail in status.details if status is not None else ():
+            if detail.Is(error_details_pb2.ErrorInfo.DESCRIPTOR):
+                info = error_details_pb2.ErrorInfo()
+                detail.Unpack(info)
+                reason = info.reason
+                from_daemon = from_daemon or info.domain == _ERROR_DOMAIN
+            elif detail.Is(error_details_pb2.BadRequest.DESCRIPTOR):
+                bad = error_details_pb2.BadRequest()
+                detail.Unpack(bad)
+                violations += [(v.field, v.description) for v in bad.field_violations]
+            elif detail.Is(error_details_pb2.RetryInfo.DESCRIPTOR):
+                retry = error_details_pb2.RetryInfo()
+                detail.Unpack(retry)
+                retry_after = retry.retry_delay.ToTimedelta().total_seconds()
+        if code == grpc.StatusCode.UNAVAILABLE and not from_daemon:
+            return DaemonUnavailableError(address, details)
+        return cls(
+            code,
+            details or code.name,
+            details=details,
+            reason=reason,
+            field_violations=violations,
+            retry_after=retry_after,
+        )
+
+
+class DaemonUnavailableError(RustaidError):
+    """The daemon could not be reached (not running, wrong address, no permission)."""
+
+    def __init__(self, address: str, details: str = "") -> None:
+        self.address = address
+        lowered = details.lower()
+        if "permission denied" in lowered:
+            message = (
+                f"cannot reach the rustaid daemon at {address}: permission denied "
+                "(is your user in the `rustaid` group?)"
+            )
+        elif "socket closed" in lowered or "connection reset" in lowered:
+            message = f"lost the connection to the rustaid daemon at {address}"
+        else:
+            message = (
+                f"cannot reach the rustaid daemon at {address}: is it running? "
+                "(start it with `rustaid serve`)"
+            )
+        super().__init__(grpc.StatusCode.UNAVAILABLE, message, details=details)
+
+
+def _call_attr(error: grpc.RpcError, name: str, default: Any) -> Any:
+    # A bare grpc.RpcError does not have to be a grpc.Call.
+    method = getattr(error, name, None)
+    if not callable(method):
+        return default
+    try:
+        return method()
+    except Exception:
+        return default
+
+
+def _rich_status(metadata: Any) -> status_pb2.Status | None:
+    for key, value in metadata:
+        if key == _STATUS_DETAILS_KEY and isinstance(value, bytes):
+            try:
+                return status_pb2.Status.FromString(value)
+            except DecodeError:
+                return None
+    return None
+
+
+# ----------------------------------------------------------------------------- streams
+
+
+class ResponseStream(Generic[_Resp]):
+    """The responses of a server-streaming call, in order.
+
+    Iterate it; `cancel()` stops the call (the daemon stops generating within a
+    token). Used as a context manager, it cancels the call when the block is left
+    early, e.g. on Ctrl-C or `break`."""
+
+    def __init__(self, call: grpc.CallIterator[_Resp], address: str) -> None:
+        self._call = call
+        self._responses: Iterator[_Resp] = iter(call)
+        self._address = address
+
+    def __iter__(self) -> Self:
+        return self
+
+    def __next__(self) -> _Resp:
+        try:
+            return next(self._responses)
+        except grpc.RpcError as e:
+            raise RustaidError.from_rpc_error(e, self._address) from e
+
+    def cancel(self) -> None:
+        """Cancel the call; iterating further raises RustaidError(CANCELLED)."""
+        self._call.cancel()  # type: ignore[no-untyped-call]  # untyped in grpc-stubs
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.cancel()  # a no-op when the stream has ended
+
+
+# ------------------------------------------------------------------------ conversions
+
+
+def chat_message(message: ChatInput) -> generate_pb2.ChatMessage:
+    """A `ChatMessage` from a message, a `(role, content)` pair or a dict."""
+    if isinstance(message, generate_pb2.ChatMessage):
+        return message
+    if isinstance(message, tuple):
+        role, content = message
+        name = ""
+    else:
+        role, content, name = message["role"], message.get("content", ""), message.get("name", "")
+    return generate_pb2.ChatMessage(role=_role(role), content=content, name=name)
+
+
+def _role(role: str) -> str:
+    try:
+        return _enum_name("ROLE_", generate_pb2.Role, role)
+    except ValueError:
+        raise ValueError(f"unknown chat role {role!r}: use system, user, assistant or tool") from None
+
+
+def _enum_name(prefix: str, wrapper: EnumTypeWrapper, value: str | int) -> str:
+    """The full enum value name for `value`: a number, a full name or a short one
+    ("llm" for MODEL_KIND_LLM)."""
+    names = wrapper.keys()
+    if isinstance(value, int):
+        try:
+            return wrapper.Name(value)
+        except ValueError:
+            pass
+        full = ""
+    else:
+        short = value.strip().upper().replace("-", "_")
+        full = short if short.startswith(prefix) else prefix + short
+    if full not in names or full.endswith("_UNSPECIFIED"):
+        choices = ", ".join(
+            n.removeprefix(prefix).lower() for n in names if not n.endswith("_UNSPECIFIED")
+        )
+        raise ValueError(f"unknown value {value!r}: use one of {choices}")
+    return full
+
+
+def _model_kind(kind: str | int | None) -> str:
+    if kind is None or kind == 0:
+        return "MODEL_KIND_UNSPECIFIED"
+    return _enum_name("MODEL_KIND_", common_pb2.ModelKind, kind)
+
+
+def _generation_params(options: GenerationOptions) -> common_pb2.GenerationParams:
+    params = common_pb2.GenerationParams()
+    if (max_tokens := options.get("max_tokens")) is not None:
+        params.max_tokens = max_tokens
+    if (temperature := options.get("temperature")) is not None:
+        params.temperature = temperature
+    if (top_p := options.get("top_p")) is not None:
+        params.top_p = top_p
+    if (top_k := options.get("top_k")) is not None:
+        params.top_k = top_k
+    if (min_p := options.get("min_p")) is not None:
+        params.min_p = min_p
+    if (repeat_penalty := options.get("repeat_penalty")) is not None:
+        params.repeat_penalty = repeat_penalty
+    if (seed := options.get("seed")) is not None:
+        params.seed = seed
+    stop = options.get("stop")
+    if isinstance(stop, str):
+        params.stop.append(stop)
+    elif stop:
+        params.stop.extend(stop)
+    params.grammar = options.get("grammar") or ""
+    params.json_schema = options.get("json_schema") or ""
+    return params
+
+
+def _generation_fields(options: GenerationOptions) -> dict[str, Any]:
+    unknown = set(options) - _OPTION_NAMES
+    if unknown:
+        raise TypeError(f"unknown generation option(s): {', '.join(sorted(unknown))}")
+    fields: dict[str, Any] = {"params": _generation_params(options)}
+    if (priority := options.get("priority")) is not None:
+        fields["priority"] = _enum_name("PRIORITY_", common_pb2.Priority, priority)
+    if (selection := options.get("selection")) is not None:
+        fields["selection"] = selection
+    return fields
+
+
+def _keep_alive(keep_alive: float | Literal["forever"] | None) -> common_pb2.KeepAlive | None:
+    if keep_alive is None:
+        return None
+    if keep_alive == "forever":
+        return common_pb2.KeepAlive(forever=True)
+    duration = duration_pb2.Duration()
+    duration.FromNanoseconds(int(float(keep_alive) * 1e9))
+    return common_pb2.KeepAlive(duration=duration)
+
+
+# ------------------------------------------------------------------------------ client
+
+
+def _method(file: descriptor.FileDescriptor, service: str, name: str, response: type[Message]) -> str:
+    method = file.services_by_name[service].methods_by_name[name]
+    if method.output_type.full_name != response.DESCRIPTOR.full_name:
+        raise TypeError(f"{service}.{name} returns {method.output_type.full_name}")
+    return f"/{file.package}.{service}/{name}"
+
+
+def _serialize(message: Message) -> bytes:
+    return message.SerializeToString()
+
+
+class Client:
+    """A connection to the rustaid daemon.
+
+    Args:
+        address: a gRPC target such as `unix:///run/rustaid/rustaid.sock` or
+            `localhost:50051` (a bare path means a Unix socket). Default:
+            `default_address()`.
+        timeout: deadline in seconds for each call (for a stream: the whole stream);
+            None waits as long as it takes.
+
+    Use it as a context manager, or call `close()`.
+    """
+
+    def __init__(self, address: str | None = None, timeout: float | None = None) -> None:
+        self.address = normalize_address(address) if address else default_address()
+        self.timeout = timeout
+        self._channel = grpc.insecure_channel(self.address)
+
+    # ------------------------------------------------------------------ plumbing
+
+    def _unary(
+        self,
+        file: descriptor.FileDescriptor,
+        service: str,
+        name: str,
+        request: Message,
+        response: type[_Resp],
+    ) -> _Resp:
+        call: grpc.UnaryUnaryMultiCallable[Message, _Resp] = self._channel.unary_unary(
+            _method(file, service, name, response),
+            request_serializer=_serialize,
+            response_deserializer=response.FromString,
+        )
+        try:
+            return call(request, timeout=self.timeout)
+        except grpc.RpcError as e:
+            raise RustaidError.from_rpc_error(e, self.address) from e
+
+    def _stream(
+        self,
+        file: descriptor.FileDescriptor,
+        service: str,
+        name: str,
+        request: Message,
+        response: type[_Resp],
+    ) -> ResponseStream[_Resp]:
+        call: grpc.UnaryStreamMultiCallable[Message, _Resp] = self._channel.unary_stream(
+            _method(file, service, name, response),
+            request_serializer=_serialize,
+            response_deserializer=response.FromString,
+        )
+        try:
+            return ResponseStream(call(request, timeout=self.timeout), self.address)
+        except grpc.RpcError as e:  # pragma: no cover - grpc reports errors on iteration
+            raise RustaidError.from_rpc_error(e, self.address) from e
+
+    def _models(self, name: str, request: Message, response: type[_Resp]) -> _Resp:
+        return self._unary(models_pb2.DESCRIPTOR, "ModelsService", name, request, response)
+
+    def _generate(self, name: str, request: Message, response: type[_Resp]) -> _Resp:
+        return self._unary(generate_pb2.DESCRIPTOR, "GenerateService", name, request, response)
+
+    def _plugins(self, name: str, request: Message, response: type[_Resp]) -> _Resp:
+        return self._unary(plugins_pb2.DESCRIPTOR, "PluginsService", name, request, response)
+
+    # -------------------------------------------------------------------- models
+
+    def list_models(
+        self, kind: str | int | None = None, loaded_only: bool = False
+    ) -> models_pb2.ListModelsResponse:
+        """The models the daemon knows; `kind` is "llm", "embedding", "nlu" or a ModelKind."""
+        request = models_pb2.ListModelsRequest(kind=_model_kind(kind), loaded_only=loaded_only)
+        return self._models("ListModels", request, models_pb2.ListModelsResponse)
+
+    def get_model(self, model_id: str) -> models_pb2.GetModelResponse:
+        request = models_pb2.GetModelRequest(id=model_id)
+        return self._models("GetModel", request, models_pb2.GetModelResponse)
+
+    def load_model(
+        self,
+        model_id: str,
+        *,
+        context_length: int = 0,
+        threads: int = 0,
+        pin: bool = False,
+        keep_alive: float | Literal["forever"] | None = None,
+    ) -> models_pb2.LoadModelResponse:
+        """Load a model into memory (a no-op when it is loaded already).
+
+        `context_length` and `threads` of 0 keep the defaults; `keep_alive` is seconds of
+        idleness before the daemon unloads it, or "forever"."""
+        request = models_pb2.LoadModelRequest(
+            id=model_id,
+            context_length=context_length,
+            threads=threads,
+            pin=pin,
+            keep_alive=_keep_alive(keep_alive),
+        )
+        return self._models("LoadModel", request, models_pb2.LoadModelResponse)
+
+    def unload_model(self, model_id: str) -> models_pb2.UnloadModelResponse:
+        request = models_pb2.UnloadModelRequest(id=model_id)
+        return self._models("UnloadModel", request, models_pb2.UnloadModelResponse)
+
+    def select_model(
+        self,
+        *,
+        prefer_local: bool = False,
+        prefer_speed: bool = False,
+        prefer_quality: bool = False,
+        battery_sensitive: bool = False,
+        max_latency_ms: int = 0,
+        required_tags: Sequence[str] = (),
+        kind: str | int | None = None,
+    ) -> models_pb2.SelectModelResponse:
+        """Which model the router would pick for these criteria, and why."""
+        criteria = common_pb2.SelectionCriteria(
+            prefer_local=prefer_local,
+            prefer_speed=prefer_speed,
+            prefer_quality=prefer_quality,
+            battery_sensitive=battery_sensitive,
+            max_latency_ms=max_latency_ms,
+            required_tags=list(required_tags),
+        )
+        request = models_pb2.SelectModelRequest(criteria=criteria, kind=_model_kind(kind))
+        return self._models("SelectModel", request, models_pb2.SelectModelResponse)
+
+    def watch_models(
+        self, include_existing: bool = False
+    ) -> ResponseStream[models_pb2.WatchModelsResponse]:
+        """Registry events (added, changed, removed, loaded, unloaded, failed) as they happen."""
+        request = models_pb2.WatchModelsRequest(include_existing=include_existing)
+        return self._stream(
+            models_pb2.DESCRIPTOR,
+            "ModelsService",
+            "WatchModels",
+            request,
+            models_pb2.WatchModelsResponse,
+        )
+
+    # ---------------------------------------------------------------- generation
+
+    def generate(
+        self, prompt: str, model_id: str = "", **options: Unpack[GenerationOptions]
+    ) -> generate_pb2.GenerateResponse:
+        """Continue `prompt`; an empty `model_id` lets the router pick the model."""
+        request = generate_pb2.GenerateRequest(
+            model_id=model_id, prompt=prompt, **_generation_fields(options)
+        )
+        return self._generate("Generate", request, generate_pb2.GenerateResponse)
+
+    def generate_stream(
+        self, prompt: str, model_id: str = "", **options: Unpack[GenerationOptions]
+    ) -> ResponseStream[generate_pb2.GenerateStreamResponse]:
+        """Like `generate`, streamed: `chunk` events as text arrives, then one `done`
+        (and `queued` events while the request waits for its model)."""
+        request = generate_pb2.GenerateStreamRequest(
+            model_id=model_id, prompt=prompt, **_generation_fields(options)
+        )
+        return self._stream(
+            generate_pb2.DESCRIPTOR,
+            "GenerateService",
+            "GenerateStream",
+            request,
+            generate_pb2.GenerateStreamResponse,
+        )
+
+    def chat(
+        self,
+        messages: Sequence[ChatInput],
+        model_id: str = "",
+        **options: Unpack[GenerationOptions],
+    ) -> generate_pb2.ChatResponse:
+        """The assistant's reply to `messages`, using the model's chat template."""
+        request = generate_pb2.ChatRequest(
+            model_id=model_id,
+            messages=[chat_message(m) for m in messages],
+            **_generation_fields(options),
+        )
+        return self._generate("Chat", request, generate_pb2.ChatResponse)
+
+    def chat_stream(
+        self,
+        messages: Sequence[ChatInput],
+        model_id: str = "",
+        **options: Unpack[GenerationOptions],
+    ) -> ResponseStream[generate_pb2.ChatStreamResponse]:
+        """Like `chat`, streamed as `chunk` events and a final `done`."""
+        request = generate_pb2.ChatStreamRequest(
+            model_id=model_id,
+            messages=[chat_message(m) for m in messages],
+            **_generation_fields(options),
+        )
+        return self._stream(
+            generate_pb2.DESCRIPTOR,
+            "GenerateService",
+            "ChatStream",
+            request,
+            generate_pb2.ChatStreamResponse,
+        )
+
+    def tokenize(
+        self, text: str, model_id: str, *, add_special: bool = False
+    ) -> generate_pb2.TokenizeResponse:
+        """Token ids and their text pieces, as the model's tokenizer splits `text`."""
+        request = generate_pb2.TokenizeRequest(
+            model_id=model_id, text=text, add_special=add_special
+        )
+        return self._generate("Tokenize", request, generate_pb2.TokenizeResponse)
+
+    def count_tokens(
+        self, text_or_messages: str | Sequence[ChatInput], model_id: str
+    ) -> generate_pb2.CountTokensResponse:
+        """How many tokens a text (or a chat, rendered with the model's template) takes."""
+        if isinstance(text_or_messages, str):
+            request = generate_pb2.CountTokensRequest(model_id=model_id, text=text_or_messages)
+        else:
+            request = generate_pb2.CountTokensRequest(
+                model_id=model_id, messages=[chat_message(m) for m in text_or_messages]
+            )
+        return self._generate("CountTokens", request, generate_pb2.CountTokensResponse)
+
+    # ------------------------------------------------------------------- plugins
+
+    def list_plugins(self) -> plugins_pb2.ListPluginsResponse:
+        request = plugins_pb2.ListPluginsRequest()
+        return self._plugins("ListPlugins", request, plugins_pb2.ListPluginsResponse)
+
+    def get_plugin(self, plugin_id: str) -> plugins_pb2.GetPluginResponse:
+        request = plugins_pb2.GetPluginRequest(id=plugin_id)
+        return self._plugins("GetPlugin", request, plugins_pb2.GetPluginResponse)
+
+    def load_plugin(self, plugin_id: str) -> plugins_pb2.LoadPluginResponse:
+        """Load a plugin by id, or by its file/folder name in the plugins folder."""
+        request = plugins_pb2.LoadPluginRequest(id=plugin_id)
+        return self._plugins("LoadPlugin", request, plugins_pb2.LoadPluginResponse)
+
+    def unload_plugin(self, plugin_id: str) -> plugins_pb2.UnloadPluginResponse:
+        request = plugins_pb2.UnloadPluginRequest(id=plugin_id)
+        return self._plugins("UnloadPlugin", request, plugins_pb2.UnloadPluginResponse)
+
+    def reload_plugin(self, plugin_id: str) -> plugins_pb2.ReloadPluginResponse:
+        request = plugins_pb2.ReloadPluginRequest(id=plugin_id)
+        return self._plugins("ReloadPlugin", request, plugins_pb2.ReloadPluginResponse)
+
+    # -------------------------------------------------------------------- health
+
+    def health(self, service: str = "") -> str:
+        """The grpc.health.v1 status of `service` ("" is the whole daemon):
+        "SERVING", "NOT_SERVING", "SERVICE_UNKNOWN" or "UNKNOWN"."""
+        # grpc_health's messages are untyped (Any) in grpc-stubs.
+        check: grpc.UnaryUnaryMultiCallable[Message, Any] = self._channel.unary_unary(
+            f"/{_HEALTH_SERVICE}/Check",
+            request_serializer=_serialize,
+            response_deserializer=health_pb2.HealthCheckResponse.FromString,
+        )
+        try:
+            response = check(health_pb2.HealthCheckRequest(service=service), timeout=self.timeout)
+        except grpc.RpcError as e:
+            raise RustaidError.from_rpc_error(e, self.address) from e
+        status: str = health_pb2.HealthCheckResponse.ServingStatus.Name(response.status)
+        return status
+
+    # ------------------------------------------------------------------ lifetime
+
+    def close(self) -> None:
+        """Close the channel; calls in flight are cancelled."""
+        self._channel.close()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
