@@ -22,10 +22,7 @@ import grpc
 from google.protobuf import descriptor, duration_pb2
 from google.protobuf.internal.enum_type_wrapper import EnumTypeWrapper
 from google.protobuf.message import DecodeError, Message
-from google.rpc import (  # type: ignore[import-untyped]  # no py.typed marker
-    error_details_pb2,
-    status_pb2,
-)
+from google.rpc import error_details_pb2, status_pb2  # untyped: no py.typed marker
 from grpc_health.v1 import health_pb2
 
 from rustaid.api.v1 import (
@@ -288,7 +285,9 @@ def _role(role: str) -> str:
     try:
         return _enum_name("ROLE_", generate_pb2.Role, role)
     except ValueError:
-        raise ValueError(f"unknown chat role {role!r}: use system, user, assistant or tool") from None
+        raise ValueError(
+            f"unknown chat role {role!r}: use system, user, assistant or tool"
+        ) from None
 
 
 def _enum_name(prefix: str, wrapper: EnumTypeWrapper, value: str | int) -> str:
@@ -369,7 +368,9 @@ def _keep_alive(keep_alive: float | Literal["forever"] | None) -> common_pb2.Kee
 # ------------------------------------------------------------------------------ client
 
 
-def _method(file: descriptor.FileDescriptor, service: str, name: str, response: type[Message]) -> str:
+def _method(
+    file: descriptor.FileDescriptor, service: str, name: str, response: type[Message]
+) -> str:
     method = file.services_by_name[service].methods_by_name[name]
     if method.output_type.full_name != response.DESCRIPTOR.full_name:
         raise TypeError(f"{service}.{name} returns {method.output_type.full_name}")
@@ -659,4 +660,3 @@ class Client:
         tb: TracebackType | None,
     ) -> None:
         self.close()
-
