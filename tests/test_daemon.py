@@ -206,3 +206,27 @@ def test_health_reflection_and_unimplemented_services(tmp_path: Path) -> None:
             assert info.value.code() == grpc.StatusCode.UNIMPLEMENTED
             assert "Service." in info.value.details() and "not served" in info.value.details()
         channel.close()
+
+
+def test_model_file_removed_during_a_stream(tmp_path: Path, model_files: dict[str, Path]) -> None:
+    path = add_model(tmp_path, model_files["slow"])
+    with run_daemon(tmp_path) as d:
+        channel = grpc.insecure_channel(d.address)
+        stub = generate_pb2_grpc.GenerateServiceStub(channel)
+        params = common_pb2.GenerationParams(max_tokens=80)
+        stream = iter(
+            stub.GenerateStream(
+                generate_pb2.GenerateStreamRequest(model_id="slow", prompt="hi", params=params)
+            )
+        )
+        next(stream)
+        path.unlink()
+        d.proc.send_signal(signal.SIGHUP)
+        d.wait_for("STATUS=reloaded")
+        rest = list(stream)  # the running request finishes on the model it started with
+        assert rest[-1].done.usage.completion_tokens == 80
+        with pytest.raises(grpc.RpcError) as info:
+            stub.Generate(generate_pb2.GenerateRequest(model_id="slow", prompt="hi"))
+        assert info.value.code() == grpc.StatusCode.NOT_FOUND
+        channel.close()
+        assert d.stop() == 0

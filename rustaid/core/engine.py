@@ -331,10 +331,12 @@ class Engine:
         def finished(fut: asyncio.Future[CompletionStats]) -> None:
             # Runs on the loop once the worker thread is done: only now is the model free.
             self._active.discard(cancel)
-            slot.entry = self.registry.update(slot.entry.id, last_used=time.time())
             slot.queue.leave(ticket)
-            if slot.closed and not slot.queue.busy:
-                slot.model.close()
+            if slot.closed:
+                if not slot.queue.busy:
+                    slot.model.close()  # its file went away while it generated
+            else:
+                slot.entry = self.registry.update(slot.entry.id, last_used=time.time())
             if fut.cancelled():
                 out.put_nowait(Unavailable("generation was cancelled"))
             elif (exc := fut.exception()) is not None:

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 from rustaid.api.v1 import common_pb2, generate_pb2, generate_pb2_grpc
 from rustaid.core.engine import Done, GenerationRequest, Queued, Text, chat_messages
 from rustaid.errors import InvalidArgument
-from rustaid.providers import Role
+from rustaid.providers import LoadedLLM, Role
 from rustaid.services import convert
 
 if TYPE_CHECKING:
@@ -108,10 +108,12 @@ class GenerateServicer(generate_pb2_grpc.GenerateServiceServicer):
         self, request: generate_pb2.TokenizeRequest, context: Context
     ) -> generate_pb2.TokenizeResponse:
         model_id = _require_model(request.model_id)
-        ids = await self.daemon.engine.run_on_model(
-            model_id, lambda m: m.tokenize(request.text, request.add_special)
-        )
-        pieces = await self.daemon.engine.run_on_model(model_id, lambda m: m.token_pieces(ids))
+
+        def tokenize(model: LoadedLLM) -> tuple[list[int], list[str]]:
+            ids = model.tokenize(request.text, request.add_special)
+            return ids, model.token_pieces(ids)
+
+        ids, pieces = await self.daemon.engine.run_on_model(model_id, tokenize)
         return generate_pb2.TokenizeResponse(token_ids=ids, pieces=pieces)
 
     async def CountTokens(

@@ -128,7 +128,9 @@ def _fields(pairs: Sequence[tuple[str, str]]) -> None:
 
 
 def _model_context(model: models_pb2.Model) -> str:
-    ctx = model.context_length or model.metadata.context_length
+    # The context in force while loaded, else the one the model was trained with.
+    loaded = model.state == models_pb2.MODEL_STATE_LOADED
+    ctx = (model.context_length if loaded else 0) or model.metadata.context_length
     return str(ctx) if ctx else ""
 
 
@@ -205,6 +207,19 @@ def cmd_models_load(client: Client, args: argparse.Namespace) -> int:
         _print_json(response)
         return 0
     model = response.model
+    kept = [
+        f"{what} {have} (asked {asked})"
+        for what, asked, have in (
+            ("context", args.context, model.context_length),
+            ("threads", args.threads, model.threads),
+        )
+        if asked and have and asked != have
+    ]
+    if kept:
+        _note(
+            f"{PROG}: warning: {model.id} was already loaded with {', '.join(kept)}; "
+            "unload it first to change that"
+        )
     pinned = ", pinned" if model.pinned else ""
     _print(
         f"loaded {model.id} in {response.load_ms:.0f} ms "
