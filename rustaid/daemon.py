@@ -42,11 +42,16 @@ class Daemon:
     def _plugins_changed(self) -> None:
         # Plugin changes may come from worker threads; providers decide which models work.
         if self._loop is not None:
-            self._loop.call_soon_threadsafe(self.rescan)
+            self._loop.call_soon_threadsafe(self._after_plugin_change)
+
+    def _after_plugin_change(self) -> None:
+        self.rescan()
+        self._spawn(self.engine.unload_orphans())
 
     def rescan(self) -> None:
         for event in self.registry.scan():
-            if event.type is ModelEventType.REMOVED:
+            if event.type in (ModelEventType.REMOVED, ModelEventType.CHANGED):
+                # Running requests finish on the old file; new ones load the new one.
                 self.engine.forget(event.model.id)
 
     async def start(self) -> None:

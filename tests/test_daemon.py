@@ -18,6 +18,10 @@ from rustaid.api.v1 import (
     common_pb2,
     generate_pb2,
     generate_pb2_grpc,
+    models_pb2,
+    models_pb2_grpc,
+    plugins_pb2,
+    plugins_pb2_grpc,
     rag_pb2,
     rag_pb2_grpc,
     resources_pb2,
@@ -230,3 +234,73 @@ def test_model_file_removed_during_a_stream(tmp_path: Path, model_files: dict[st
         assert info.value.code() == grpc.StatusCode.NOT_FOUND
         channel.close()
         assert d.stop() == 0
+
+
+def test_replaced_model_file_serves_new_requests_after_the_running_one(
+    tmp_path: Path, model_files: dict[str, Path]
+) -> None:
+    path = add_model(tmp_path, model_files["slow"], "m.gguf")
+    with run_daemon(tmp_path) as d:
+        channel = grpc.insecure_channel(d.address)
+        stub = generate_pb2_grpc.GenerateServiceStub(channel)
+        models = models_pb2_grpc.ModelsServiceStub(channel)
+        params = common_pb2.GenerationParams(max_tokens=60)
+        stream = iter(
+            stub.GenerateStream(
+                generate_pb2.GenerateStreamRequest(model_id="m", prompt="hi", params=params)
+            )
+        )
+        next(stream)
+        tmp = path.with_suffix(".tmp")
+        tmp.write_bytes(model_files["tiny"].read_bytes())
+        tmp.replace(path)  # an atomic replacement, as an updater would do
+        d.proc.send_signal(signal.SIGHUP)
+        d.wait_for("STATUS=reloaded")
+        assert list(stream)[-1].done.usage.completion_tokens == 60
+        after = models.GetModel(models_pb2.GetModelRequest(id="m")).model
+        assert after.metadata.embedding_length == 64  # the new (tiny) file's metadata
+        r = stub.Generate(
+            generate_pb2.GenerateRequest(
+                model_id="m", prompt="hi", params=common_pb2.GenerationParams(max_tokens=2)
+            )
+        )
+        assert r.timings.load_ms > 0  # loaded fresh from the new file
+        channel.close()
+
+
+def test_unloading_the_engine_plugin_unloads_its_models(
+    tmp_path: Path, model_files: dict[str, Path]
+) -> None:
+    add_model(tmp_path, model_files["tiny"])
+    with run_daemon(tmp_path) as d:
+        channel = grpc.insecure_channel(d.address)
+        stub = generate_pb2_grpc.GenerateServiceStub(channel)
+        models = models_pb2_grpc.ModelsServiceStub(channel)
+        plugins = plugins_pb2_grpc.PluginsServiceStub(channel)
+        models.LoadModel(models_pb2.LoadModelRequest(id="tiny"))
+        plugins.UnloadPlugin(plugins_pb2.UnloadPluginRequest(id="llama.cpp"))
+        deadline = time.monotonic() + 5
+        while (
+            models.GetModel(models_pb2.GetModelRequest(id="tiny")).model.state
+            == models_pb2.MODEL_STATE_LOADED
+        ):
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        tiny = models.GetModel(models_pb2.GetModelRequest(id="tiny")).model
+        assert tiny.state == models_pb2.MODEL_STATE_ERROR
+        assert "no loaded plugin" in tiny.error
+        with pytest.raises(grpc.RpcError) as info:
+            stub.Generate(generate_pb2.GenerateRequest(model_id="tiny", prompt="hi"))
+        assert info.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+        plugins.LoadPlugin(plugins_pb2.LoadPluginRequest(id="llama.cpp"))
+        deadline = time.monotonic() + 5
+        while models.GetModel(models_pb2.GetModelRequest(id="tiny")).model.error:
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        r = stub.Generate(
+            generate_pb2.GenerateRequest(
+                model_id="tiny", prompt="hi", params=common_pb2.GenerationParams(max_tokens=2)
+            )
+        )
+        assert r.usage.completion_tokens == 2
+        channel.close()

@@ -223,10 +223,15 @@ class LlamaModel(LoadedLLM):
             )
         max_tokens = min(params.max_tokens or 512, room)
         sampled = 0
+        t_first = 0.0
 
         def count(_ids: Any, scores: Any) -> Any:
-            nonlocal sampled
+            # Called once per sampled token: exact counts and the true first-token time
+            # (llama-cpp-python may hold text back until a UTF-8 character is complete).
+            nonlocal sampled, t_first
             sampled += 1
+            if sampled == 1:
+                t_first = time.perf_counter()
             return scores
 
         def should_stop(_ids: Any, _logits: Any) -> bool:
@@ -238,7 +243,6 @@ class LlamaModel(LoadedLLM):
         stops = StopScanner([*params.stop, *extra_stops])
         finish = FinishReason.LENGTH
         t0 = time.perf_counter()
-        t_first = 0.0
         from llama_cpp import LogitsProcessorList, StoppingCriteriaList
 
         stream: Iterator[Any] = self.llm.create_completion(  # type: ignore[assignment]
@@ -257,8 +261,6 @@ class LlamaModel(LoadedLLM):
         )
         try:
             for chunk in stream:
-                if not t_first:
-                    t_first = time.perf_counter()
                 choice = chunk["choices"][0]
                 text, hit = stops.feed(choice["text"])
                 if text:

@@ -138,7 +138,14 @@ class Engine:
     async def load(
         self, model_id: str, *, context_length: int = 0, threads: int = 0, pin: bool = False
     ) -> tuple[ModelEntry, float]:
-        """Load a model if needed; returns its entry and the load time in ms (0 if loaded)."""
+        """Load a model if needed; returns its entry and the load time in ms (0 if loaded).
+        A loaded model asked for another context length or thread count is reloaded."""
+        slot = self._slots.get(model_id)
+        if slot is not None and (
+            (context_length and context_length != slot.model.context_length)
+            or (threads and threads != slot.model.threads)
+        ):
+            await self.unload(model_id)
         slot, load_ms = await self._ensure_loaded(model_id, context_length, threads)
         if pin and not slot.entry.pinned:
             slot.entry = self.registry.update(model_id, ModelEventType.CHANGED, pinned=True)
@@ -211,10 +218,18 @@ class Engine:
         finally:
             slot.queue.leave(ticket)
         log.info("unloaded %s", model_id)
+        state = ModelState.ERROR if self.registry.get(model_id).error else ModelState.AVAILABLE
         return self.registry.update(
-            model_id, ModelEventType.UNLOADED, state=ModelState.AVAILABLE, memory_bytes=0,
-            pinned=False,
-        )  # fmt: skip
+            model_id, ModelEventType.UNLOADED, state=state, memory_bytes=0, pinned=False
+        )
+
+    async def unload_orphans(self) -> None:
+        """Unload models whose engine plugin went away (after running requests finish)."""
+        providers = self._providers()
+        for model_id, slot in list(self._slots.items()):
+            if slot.entry.provider not in providers:
+                log.info("unloading %s: its engine %s is gone", model_id, slot.entry.provider)
+                await self.unload(model_id)
 
     def forget(self, model_id: str) -> None:
         """Drop a model whose file disappeared (it is closed once idle)."""

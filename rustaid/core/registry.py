@@ -164,6 +164,7 @@ class ModelRegistry:
                 and old.path == path
                 and old.mtime == st.st_mtime
                 and old.size_bytes == st.st_size
+                and old.provider == self._provider_for(path)
             ):
                 seen[model_id] = old
                 continue

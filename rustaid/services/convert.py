@@ -94,10 +94,12 @@ def priority_from_pb(priority: int) -> Priority:
     raise InvalidArgument(f"priority {priority} is not a known Priority", field="priority")
 
 
-def _timestamp(seconds: float) -> Timestamp:
+def _timestamp(seconds: float) -> Timestamp | None:
+    """None (field left unset) for "never"."""
+    if not seconds:
+        return None
     ts = Timestamp()
-    if seconds:
-        ts.FromNanoseconds(int(seconds * 1e9))
+    ts.FromNanoseconds(int(seconds * 1e9))
     return ts
 
 

@@ -53,6 +53,39 @@ def synthetic_model(shape: Any, name: str, file_type: str = "Q8_0", seed: int = 
     return path
 
 
+class ForeignLoad:
+    """CPU used by everything except the given processes while a measurement runs, in
+    cores (from /proc/stat, steal time included), to tell clean samples from ones that
+    shared the machine with someone else. Resolution: one clock tick (10 ms)."""
+
+    def __init__(self, *pids: int) -> None:
+        import psutil
+
+        self.procs = [psutil.Process(p) for p in pids or (os.getpid(),)]
+        self.hz = os.sysconf("SC_CLK_TCK")
+        self._start: tuple[float, float, float] | None = None
+
+    def _snapshot(self) -> tuple[float, float, float]:
+        fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+        # user nice system idle iowait irq softirq steal (guest is counted in user)
+        busy = sum(fields[i] for i in (0, 1, 2, 5, 6, 7) if i < len(fields)) / self.hz
+        own = 0.0
+        for p in self.procs:
+            t = p.cpu_times()
+            own += t.user + t.system
+        return time.monotonic(), busy, own
+
+    def start(self) -> None:
+        self._start = self._snapshot()
+
+    def stop(self) -> float:
+        """Average number of cores others kept busy since start()."""
+        assert self._start is not None
+        t1, busy1, own1 = self._snapshot()
+        t0, busy0, own0 = self._start
+        return max(0.0, (busy1 - busy0) - (own1 - own0)) / max(t1 - t0, 1e-9)
+
+
 def median(values: Sequence[float]) -> float:
     return statistics.median(values) if values else float("nan")
 

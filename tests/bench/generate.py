@@ -34,6 +34,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import os
 import sys
 import tempfile
 import time
@@ -74,6 +75,7 @@ class Sample:
     total_ms: float
     text: str = field(repr=False, default="")
     server: dict[str, Any] = field(default_factory=dict)
+    foreign_cores: float = 0.0
 
 
 def _sample(
@@ -232,14 +234,33 @@ def loaded_settings(channel: Any, model_id: str) -> dict[str, int]:
 # -- main ---------------------------------------------------------------------------------
 
 
+@dataclass
+class Round:
+    number: int
+    samples: dict[str, Sample] = field(default_factory=dict)
+    probes: dict[str, list[float]] = field(default_factory=dict)
+    # Cores others kept busy: the worst of the arms' generations and the probe block.
+    foreign_cores: float = 0.0
+    clean: bool = True
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--tokens", type=int, default=128, help="max_tokens per generation")
-    parser.add_argument("--runs", type=int, default=5, help="measured rounds (after warm-up)")
+    parser.add_argument("--runs", type=int, default=5, help="clean rounds wanted (after warm-up)")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--no-lp-arm", action="store_true", help="skip the direct+lp arm")
     parser.add_argument(
         "--probe-reps", type=int, default=10, help="cached-prompt TTFT probes per arm and round"
+    )
+    parser.add_argument(
+        "--max-foreign",
+        type=float,
+        default=0.15,
+        help="a round is clean when other processes used at most this many cores",
+    )
+    parser.add_argument(
+        "--budget", type=float, default=150, help="seconds of rounds before giving up on clean ones"
     )
     parser.add_argument("--json", help="write the results here")
     args = parser.parse_args(argv)
@@ -256,7 +277,7 @@ def main(argv: list[str] | None = None) -> int:
     print(
         f"model {model.name} ({model.stat().st_size / 1e6:.0f} MB, Q8_0, SmolLM2-135M "
         f"shapes), n_ctx {n_ctx}, {args.threads} threads, {args.tokens} tokens, "
-        f"{args.runs} rounds",
+        f"{args.runs} clean rounds wanted",
         file=sys.stderr,
     )
     t_load = time.perf_counter()
@@ -267,9 +288,9 @@ def main(argv: list[str] | None = None) -> int:
     n_prompt = direct.prompt_tokens(prompt_for(0))
 
     arms = ["direct", "daemon"] if args.no_lp_arm else ["direct", "direct+lp", "daemon"]
-    samples: list[Sample] = []
-    probes: dict[str, list[float]] = {a: [] for a in arms}
+    rounds: list[Round] = []
     with daemon_client(model, n_ctx, args.threads) as (d, channel, stub):
+        load = common.ForeignLoad(os.getpid(), d.proc.pid)
 
         def run(arm: str, round_no: int, max_tokens: int = args.tokens) -> Sample:
             if arm == "daemon":
@@ -287,53 +308,66 @@ def main(argv: list[str] | None = None) -> int:
         info["daemon_loaded"] = loaded_settings(channel, model_id)
         for arm in arms:
             run(arm, 0)
-        for r in range(1, args.runs + 1):
-            order = arms if r % 2 else arms[::-1]
+
+        t_rounds = time.monotonic()
+        while sum(r.clean for r in rounds) < args.runs and (
+            len(rounds) < args.runs or time.monotonic() - t_rounds < args.budget
+        ):
+            rnd = Round(len(rounds) + 1, probes={a: [] for a in arms})
+            order = arms if rnd.number % 2 else arms[::-1]
             for arm in order:
-                s = run(arm, r)
-                samples.append(s)
+                load.start()
+                s = rnd.samples[arm] = run(arm, rnd.number)
+                s.foreign_cores = load.stop()
                 print(
-                    f"  round {r} {arm:9s} ttft {s.ttft_ms:6.1f} ms  {s.tokens} tokens "
-                    f"{s.tokens_per_s:6.1f} tok/s",
+                    f"  round {rnd.number} {arm:9s} ttft {s.ttft_ms:6.1f} ms  {s.tokens} tokens "
+                    f"{s.tokens_per_s:6.1f} tok/s  (others: {s.foreign_cores:.2f} cores)",
                     file=sys.stderr,
                 )
+            load.start()
             for _ in range(args.probe_reps):
                 for arm in order:
-                    probes[arm].append(run(arm, r, 2).ttft_ms)
+                    rnd.probes[arm].append(run(arm, rnd.number, 2).ttft_ms)
+            probe_foreign = load.stop()
+            rnd.foreign_cores = max(
+                [probe_foreign, *(s.foreign_cores for s in rnd.samples.values())]
+            )
+            rnd.clean = rnd.foreign_cores <= args.max_foreign
+            rounds.append(rnd)
         daemon_rss = _rss(d.proc.pid)
+
+    clean = [r for r in rounds if r.clean]
+    used = clean if len(clean) >= min(3, args.runs) else rounds
+    noisy = used is rounds and len(clean) < len(rounds)
+
+    def col(arm: str, attr: str) -> list[float]:
+        return [getattr(r.samples[arm], attr) for r in used]
 
     # Greedy decoding with one seed: every arm must produce the same text in a round.
     mismatches = [
-        (s.round, s.arm)
-        for s in samples
-        if s.text != next(x.text for x in samples if x.round == s.round and x.arm == "direct")
+        (r.number, a) for r in rounds for a in arms if r.samples[a].text != r.samples["direct"].text
     ]
-    by_arm = {a: [s for s in samples if s.arm == a] for a in arms}
     summary: dict[str, Any] = {}
-    for arm, ss in by_arm.items():
+    for arm in arms:
         summary[arm] = {
-            "tokens_per_s": common.spread([s.tokens_per_s for s in ss]),
-            "ttft_ms": common.spread([s.ttft_ms for s in ss]),
-            "tokens": sorted({s.tokens for s in ss}),
-            "ttft_cached_prompt_ms": common.spread(probes[arm]),
+            "tokens_per_s": common.spread(col(arm, "tokens_per_s")),
+            "ttft_ms": common.spread(col(arm, "ttft_ms")),
+            "ttft_cached_prompt_ms": common.spread([t for r in used for t in r.probes[arm]]),
+            "tokens": sorted({r.samples[arm].tokens for r in used}),
         }
-    dd = by_arm["daemon"]
+    timings = [r.samples["daemon"].server["timings"] for r in used]
     summary["daemon"]["server_tokens_per_s"] = common.spread(
-        [s.server["timings"].get("tokens_per_second", 0.0) for s in dd]
+        [t.get("tokens_per_second", 0.0) for t in timings]
     )
     summary["daemon"]["server_ttft_ms"] = common.spread(
-        [s.server["timings"].get("time_to_first_token_ms", 0.0) for s in dd]
+        [t.get("time_to_first_token_ms", 0.0) for t in timings]
     )
     med = {a: summary[a]["tokens_per_s"]["median"] for a in arms}
     ttft = {a: summary[a]["ttft_ms"]["median"] for a in arms}
-    probe = {a: common.median(probes[a]) for a in arms}
+    probe = {a: summary[a]["ttft_cached_prompt_ms"]["median"] for a in arms}
     # Per-round ratios cancel slow drift better than a ratio of medians; report both.
-    per_round = [
-        next(s for s in dd if s.round == r).tokens_per_s
-        / next(s for s in by_arm["direct"] if s.round == r).tokens_per_s
-        for r in range(1, args.runs + 1)
-    ]
-    result = {
+    per_round = [r.samples["daemon"].tokens_per_s / r.samples["direct"].tokens_per_s for r in used]
+    result: dict[str, Any] = {
         "benchmark": "generate",
         "model": {"file": model.name, "shape": asdict(shape), "file_type": "Q8_0"},
         "settings": {
@@ -343,7 +377,10 @@ def main(argv: list[str] | None = None) -> int:
             "n_ctx": n_ctx,
             "prompt_tokens": n_prompt,
             "seed": SEED,
+            "probe_reps": args.probe_reps,
+            "max_foreign_cores": args.max_foreign,
         },
+        "rounds": {"total": len(rounds), "clean": len(clean), "used": len(used), "noisy": noisy},
         "summary": summary,
         "ratio_tokens_per_s": med["daemon"] / med["direct"],
         "ratio_tokens_per_s_per_round_median": common.median(per_round),
@@ -353,7 +390,11 @@ def main(argv: list[str] | None = None) -> int:
         "text_mismatches": mismatches,
         "daemon_rss_mb": daemon_rss / 1e6,
         "info": info | {"machine_end": common.machine()},
-        "samples": [asdict(s) | {"text": s.text[:40]} for s in samples],
+        "samples": [
+            asdict(s) | {"text": s.text[:40], "clean_round": r.clean}
+            for r in rounds
+            for s in r.samples.values()
+        ],
     }
     if "direct+lp" in arms:
         result["ratio_direct_lp_vs_direct"] = med["direct+lp"] / med["direct"]
@@ -374,17 +415,10 @@ def main(argv: list[str] | None = None) -> int:
     print()
     print(
         f"generate: {n_prompt}-token prompt, {args.tokens} tokens, {args.threads} threads, "
-        f"median of {args.runs} interleaved rounds"
+        f"median of {len(used)} interleaved rounds ({len(clean)} of {len(rounds)} clean"
+        f"{'; NOISY: too few clean rounds, all used' if noisy else ''})"
     )
-    headers = [
-        "arm",
-        "tok/s",
-        "vs direct",
-        "TTFT ms",
-        "overhead ms",
-        "TTFT cached ms",
-        "overhead ms",
-    ]
+    headers = ["arm", "tok/s", "vs direct", "TTFT ms", "+ms", "TTFT cached ms", "+ms"]
     print(common.table(headers, rows))
     ok_ratio = result["ratio_tokens_per_s"] >= TARGET_RATIO
     ok_ttft = result["ttft_overhead_ms"] <= TARGET_TTFT_OVERHEAD_MS

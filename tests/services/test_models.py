@@ -233,3 +233,12 @@ def test_watch_streams_load_unload_and_folder_changes(
     assert tiny_events[-2:] == ["MODEL_EVENT_TYPE_LOADED", "MODEL_EVENT_TYPE_UNLOADED"]
     assert ("MODEL_EVENT_TYPE_ADDED", "extra") in kinds
     assert ("MODEL_EVENT_TYPE_REMOVED", "extra") in kinds
+
+
+def test_load_with_other_settings_reloads(served: Stubs) -> None:
+    served.models.LoadModel(models_pb2.LoadModelRequest(id="tiny", context_length=256))
+    r = served.models.LoadModel(models_pb2.LoadModelRequest(id="tiny", context_length=512))
+    assert r.model.context_length == 512
+    assert r.load_ms > 0
+    never = served.models.GetModel(models_pb2.GetModelRequest(id="truncated")).model
+    assert not never.HasField("last_used_time")  # never used: unset, not 1970
