@@ -1,15 +1,24 @@
-"""Every message of the implemented services has its converter in services/convert.py
-(the qdrant-client completeness check): a new field or message cannot be forgotten."""
+"""Every message of the served services has its converter (the qdrant-client
+completeness check): a new field or message cannot be forgotten.
+
+Messages of common/generate/models/plugins.proto convert in rustaid.services.convert;
+those of another X.proto in rustaid.services.convert.X. Add a proto module to SERVED
+when its service is implemented.
+"""
 
 from __future__ import annotations
 
+import importlib
 import re
+from types import ModuleType
 
 from rustaid.api.v1 import common_pb2, generate_pb2, models_pb2, plugins_pb2
 from rustaid.services import convert
 
-# Request/response wrappers are unpacked by the servicers themselves.
+SERVED: list[ModuleType] = [common_pb2, generate_pb2, models_pb2, plugins_pb2]
+# Request/response wrappers are unpacked by the servicers, except these streamed events.
 WRAPPER = re.compile(r".*(Request|Response)$")
+CONVERTED_WRAPPERS = {"WatchModelsResponse", "SelectModelResponse"}
 # Read by servicers field by field (no domain type of their own).
 HANDLED_INLINE = {"KeepAlive", "TokenChunk", "QueueStatus"}
 
@@ -18,22 +27,28 @@ def snake(name: str) -> str:
     return re.sub(r"(?<!^)(?=[A-Z])", "_", name).lower()
 
 
+def converters_for(module: ModuleType) -> list[ModuleType]:
+    proto = module.__name__.rsplit(".", 1)[1].removesuffix("_pb2")
+    try:
+        return [convert, importlib.import_module(f"rustaid.services.convert.{proto}")]
+    except ModuleNotFoundError:
+        return [convert]
+
+
 def test_every_message_has_a_converter() -> None:
     missing = []
-    for module in (common_pb2, generate_pb2, models_pb2, plugins_pb2):
+    for module in SERVED:
+        places = converters_for(module)
         for name in module.DESCRIPTOR.message_types_by_name:
-            if name in HANDLED_INLINE or (
-                WRAPPER.match(name)
-                and name != "WatchModelsResponse"
-                and name != "SelectModelResponse"
-            ):
+            if name in HANDLED_INLINE or (WRAPPER.match(name) and name not in CONVERTED_WRAPPERS):
                 continue
-            if not any(hasattr(convert, f"{snake(name)}_{d}_pb") for d in ("to", "from")):
-                missing.append(name)
-    assert not missing, f"add converters to rustaid/services/convert.py for: {missing}"
+            names = [f"{snake(name)}_{d}_pb" for d in ("to", "from")]
+            if not any(hasattr(m, n) for m in places for n in names):
+                missing.append(f"{module.__name__}.{name}")
+    assert not missing, f"add converters for: {missing}"
 
 
-def test_generation_params_round_trip_keeps_unset_fields_unset() -> None:
+def test_generation_params_keep_unset_fields_unset() -> None:
     p = convert.generation_params_from_pb(common_pb2.GenerationParams(temperature=0.0, stop=["\n"]))
     assert p.temperature == 0.0  # explicitly greedy, not "default"
     assert p.max_tokens is None and p.top_p is None and p.seed is None

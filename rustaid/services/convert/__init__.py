@@ -1,5 +1,8 @@
 """The one conversion layer between protobuf messages and the core's dataclasses.
 
+Shared, generation, models and plugins messages convert here; each further service has
+its own module beside this one (convert/rag.py for rag.proto, ...).
+
 Naming rule (checked by tests/services/test_convert.py): a message `FooBar` converts
 with `foo_bar_to_pb` and/or `foo_bar_from_pb`.
 """
