@@ -55,6 +55,13 @@ class Settings:
     threads: int = 0
     # Requests allowed to wait per loaded model before RESOURCE_EXHAUSTED.
     max_queue_per_model: int = 64
+    # Memory for loaded models: a fixed size, or 0 for a share of the available memory.
+    memory_budget_mb: int = 0
+    memory_budget_fraction: float = 0.8
+    # Seconds an idle model stays loaded (-1: until evicted or unloaded; 0: unload after use).
+    keep_alive_s: float = 300.0
+    # Evaluated prompt states kept per model for chat sessions (0 disables).
+    prompt_cache_mb: int = 256
     # Drop-in plugin folder enabled.
     drop_in_plugins: bool = True
     # Entry-point plugins enabled (RUSTAID_ENTRY_POINTS=0 disables them, e.g. in tests).
@@ -135,6 +142,16 @@ def _validate(s: Settings) -> Settings:
     for name in ("default_max_tokens", "max_tokens_limit", "max_context_length"):
         if getattr(s, name) < 1:
             raise InvalidArgument(f"{name} must be >= 1", field=name)
+    if not 0 < s.memory_budget_fraction <= 1:
+        raise InvalidArgument(
+            "memory_budget_fraction must be in (0, 1]", field="memory_budget_fraction"
+        )
+    if s.memory_budget_mb < 0 or s.prompt_cache_mb < 0:
+        raise InvalidArgument(
+            "memory_budget_mb and prompt_cache_mb must be >= 0", field="memory_budget_mb"
+        )
+    if s.keep_alive_s < 0 and s.keep_alive_s != -1:
+        raise InvalidArgument("keep_alive_s must be >= 0, or -1 for never", field="keep_alive_s")
     if s.default_max_tokens > s.max_tokens_limit:
         raise InvalidArgument(
             "default_max_tokens must not exceed max_tokens_limit", field="default_max_tokens"

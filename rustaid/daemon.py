@@ -16,7 +16,8 @@ import grpc
 from rustaid import __version__
 from rustaid.config import Settings, load_settings
 from rustaid.core.engine import Engine
-from rustaid.core.registry import ModelEventType, ModelRegistry
+from rustaid.core.registry import ModelEvent, ModelEventType, ModelRegistry
+from rustaid.core.watcher import FolderWatcher
 from rustaid.errors import RustaidError
 from rustaid.plugins import PluginManager
 from rustaid.sdnotify import Notifier
@@ -29,8 +30,19 @@ class Daemon:
         self.settings = settings
         self.notifier = notifier or Notifier()
         self.plugins = PluginManager(settings, daemon=self, on_change=self._plugins_changed)
-        self.registry = ModelRegistry(settings.models_dir, provider_for=self._provider_for)
+        self.registry = ModelRegistry(
+            settings.models_dir,
+            provider_for=self._provider_for,
+            models_toml=settings.config_dir / "models.toml",
+            providers=lambda: self.engine.provider_names(),
+        )
         self.engine = Engine(settings, self.registry, self.plugins.llm_providers)
+        self.watcher = FolderWatcher(
+            [settings.models_dir, settings.config_dir], on_change=self.rescan_async
+        )
+        self._scan_lock = asyncio.Lock()
+        self._recheck: asyncio.TimerHandle | None = None
+        self._last_problems: set[str] = set()
         self.server: grpc.aio.Server | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._stop = asyncio.Event()
@@ -45,14 +57,42 @@ class Daemon:
             self._loop.call_soon_threadsafe(self._after_plugin_change)
 
     def _after_plugin_change(self) -> None:
-        self.rescan()
-        self._spawn(self.engine.unload_orphans())
+        async def refresh() -> None:
+            await self.rescan_async()
+            await self.engine.unload_orphans()
 
-    def rescan(self) -> None:
-        for event in self.registry.scan():
+        self._spawn(refresh())
+
+    def _handle(self, events: list[ModelEvent]) -> None:
+        for event in events:
             if event.type in (ModelEventType.REMOVED, ModelEventType.CHANGED):
                 # Running requests finish on the old file; new ones load the new one.
                 self.engine.forget(event.model.id)
+
+    def _report(self, problems: list[str]) -> None:
+        for problem in problems:
+            if problem not in self._last_problems:
+                log.warning("%s", problem)
+        self._last_problems = set(problems)
+
+    def rescan(self) -> None:
+        """Blocking rescan of the models folder and models.toml (start-up)."""
+        found, _, problems = self.registry.scan()
+        self._report(problems)
+        self._handle(self.registry.apply(found))
+
+    async def rescan_async(self) -> None:
+        """Rescan off the event loop; files still being written are looked at again."""
+        async with self._scan_lock:
+            found, recheck, problems = await asyncio.to_thread(self.registry.scan)
+            self._report(problems)
+            self._handle(self.registry.apply(found))
+        if self._recheck is not None:
+            self._recheck.cancel()
+            self._recheck = None
+        if recheck is not None and self._loop is not None:
+            delay = max(0.05, recheck - time.time())
+            self._recheck = self._loop.call_later(delay, lambda: self._spawn(self.rescan_async()))
 
     async def start(self) -> None:
         t0 = time.perf_counter()
@@ -61,6 +101,7 @@ class Daemon:
         self.notifier.notify("STATUS=loading plugins")
         self.plugins.start()
         self.rescan()
+        self.watcher.start()
         from rustaid.services.server import build_server, set_serving
 
         self.server, self._health = build_server(self)
@@ -108,8 +149,12 @@ class Daemon:
             self.engine.settings = fresh
             logging.getLogger().setLevel(fresh.log_level.upper())
             log.info("configuration reloaded")
-        self.rescan()
-        self.notifier.notify("READY=1", "STATUS=reloaded")
+
+        async def rescan_then_ready() -> None:
+            await self.rescan_async()
+            self.notifier.notify("READY=1", "STATUS=reloaded")
+
+        self._spawn(rescan_then_ready())
 
     def request_stop(self) -> None:
         self._stop.set()
@@ -124,9 +169,13 @@ class Daemon:
             await set_serving(self._health, False)
             await self.server.stop(grace)
             remove_sockets(self.settings.listen)
+        await self.watcher.stop()
+        if self._recheck is not None:
+            self._recheck.cancel()
         for task in list(self._tasks):
             task.cancel()
         await self.engine.stop()
+        self._loop = None  # plugin shutdown must not trigger rescans any more
         self.plugins.stop()
         log.info("stopped")
 

@@ -42,9 +42,17 @@ class ResourceExhausted(RustaidError):
 class Unavailable(RustaidError):
     """Transient: the daemon is shutting down or a backend is unreachable."""
 
+    def __init__(self, message: str, *, retry_after_s: float = 0.0, reason: str = "") -> None:
+        super().__init__(message, reason=reason)
+        self.retry_after_s = retry_after_s
+
 
 class PermissionDenied(RustaidError):
     pass
+
+
+class Unauthenticated(RustaidError):
+    """Credentials are missing or were refused (e.g. a remote endpoint's 401)."""
 
 
 class Cancelled(RustaidError):

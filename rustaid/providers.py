@@ -85,11 +85,23 @@ EmitText = Callable[[str], None]
 
 
 @dataclass(frozen=True)
+class ModelSpec:
+    """What to load: a local file, or a remote endpoint with its provider options."""
+
+    id: str
+    path: Path | None = None
+    url: str = ""
+    # Provider-specific settings from models.toml (remote_model, api_key_env, timeout_s...).
+    options: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
 class LoadOptions:
     context_length: int = 0  # 0: the model's own, capped by settings
     threads: int = 0  # 0: from the power profile / CPU count
     batch_size: int = 0
     gpu_layers: int = 0
+    chat_format: str = ""  # "" : the model's own chat template
 
 
 class LoadedLLM(ABC):
@@ -128,6 +140,10 @@ class LoadedLLM(ABC):
     @abstractmethod
     def count_chat_tokens(self, messages: Sequence[ChatMessage]) -> int: ...
 
+    def enable_prompt_cache(self, capacity_bytes: int) -> None:  # noqa: B027 (optional)
+        """Keep the evaluated state of recent prompts so a follow-up turn of a
+        conversation does not evaluate its history again. Optional."""
+
     @abstractmethod
     def close(self) -> None:
         """Free the model's memory."""
@@ -137,59 +153,282 @@ class LLMProvider(ABC):
     """An engine that can load language models (llama.cpp, a remote endpoint...)."""
 
     name: str
+    # Remote engines run elsewhere: no local memory, network needed (routing uses this).
+    remote: bool = False
 
     @abstractmethod
     def handles(self, path: Path) -> bool:
-        """True if this provider serves model files like `path`."""
+        """True if this provider serves model files like `path` (False for remote ones)."""
 
     @abstractmethod
-    def load(self, path: Path, options: LoadOptions) -> LoadedLLM:
-        """Load a model (blocking; runs in a worker thread)."""
+    def load(self, spec: ModelSpec, options: LoadOptions) -> LoadedLLM:
+        """Load a model or connect to it (blocking; runs in a worker thread).
+        Remote engines raise errors.Unavailable / Unauthenticated for endpoint failures."""
 
 
-# --- Embeddings, vector stores, parsers -------------------------------------------------
+# --- Embeddings -------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class EmbeddingOptions:
+    threads: int = 0  # 0: the daemon's setting / physical cores
+    batch_size: int = 0  # 0: the provider's default
+
+
+class LoadedEmbedder(ABC):
+    """An embedding model in memory. The daemon serialises calls to one model."""
+
+    # Length of every vector.
+    dimension: int
+    # Longest input in tokens, special tokens included; longer inputs are truncated.
+    max_tokens: int
+    # Tokens the model adds around every input (e.g. [CLS] and [SEP]: 2).
+    special_tokens: int
+    threads: int
+    # How token vectors become one vector: "mean", "cls", "max", "last" or "model".
+    pooling: str
+
+    @abstractmethod
+    def embed(self, texts: Sequence[str]) -> list[list[float]]:
+        """One L2-normalised vector per text, in order; long texts are truncated."""
+
+    @abstractmethod
+    def token_offsets(self, texts: Sequence[str]) -> list[list[tuple[int, int]]]:
+        """For each text, the [start, end) character span of each of its tokens, without
+        special tokens and without truncation (chunking uses this to count tokens)."""
+
+    def memory_bytes(self) -> int:
+        """Approximate memory the model holds (0 when unknown)."""
+        return 0
+
+    @abstractmethod
+    def close(self) -> None:
+        """Free the model's memory."""
 
 
 class EmbeddingProvider(ABC):
+    """An engine that turns text into vectors (ONNX Runtime, llama.cpp...)."""
+
     name: str
 
     @abstractmethod
-    def handles(self, path: Path) -> bool: ...
+    def handles(self, path: Path) -> bool:
+        """True if this provider can load the model file or folder at `path`. Called
+        from a worker thread during model scans: look at file names, do not load."""
 
     @abstractmethod
-    def embed(self, model_path: Path, texts: Sequence[str]) -> list[list[float]]: ...
+    def load(self, path: Path, options: EmbeddingOptions) -> LoadedEmbedder:
+        """Load a model (blocking; runs in a worker thread). Raise errors.PreconditionFailed
+        with a message saying what is wrong with the files."""
 
 
-class VectorStore(ABC):
-    name: str
+# --- Vector stores ----------------------------------------------------------------------
+
+
+class Distance(StrEnum):
+    COSINE = "cosine"
+    DOT = "dot"
+    EUCLID = "euclid"
+
+
+class PayloadType(StrEnum):
+    """Type of a payload field's index; decides which conditions it supports."""
+
+    KEYWORD = "keyword"
+    INTEGER = "integer"
+    FLOAT = "float"
+    BOOL = "bool"
+
+
+@dataclass(frozen=True)
+class FieldMatch:
+    """The field (a dotted payload path, e.g. "metadata.lang") equals `value`."""
+
+    key: str
+    value: str | int | bool
+
+
+@dataclass(frozen=True)
+class FieldAnyOf:
+    """The field equals one of `values`."""
+
+    key: str
+    values: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class FieldRange:
+    """The field is a number within the given bounds (None: unbounded)."""
+
+    key: str
+    gt: float | None = None
+    gte: float | None = None
+    lt: float | None = None
+    lte: float | None = None
+
+
+Condition = FieldMatch | FieldAnyOf | FieldRange
+
+
+@dataclass(frozen=True)
+class Filter:
+    """All of `must`, none of `must_not`, and at least one of `should` (when given)."""
+
+    must: tuple[Condition, ...] = ()
+    must_not: tuple[Condition, ...] = ()
+    should: tuple[Condition, ...] = ()
+
+    @property
+    def empty(self) -> bool:
+        return not (self.must or self.must_not or self.should)
+
+    def conditions(self) -> tuple[Condition, ...]:
+        return (*self.must, *self.must_not, *self.should)
+
+
+@dataclass(frozen=True)
+class VectorPoint:
+    # A UUID (vector stores accept UUIDs or integers as point ids).
+    id: str
+    vector: Sequence[float]
+    payload: Mapping[str, Any]
+
+
+@dataclass(frozen=True)
+class ScoredPoint:
+    id: str
+    # Similarity for cosine and dot (higher is closer), distance for euclid (lower is closer).
+    score: float
+    payload: Mapping[str, Any]
+
+
+@dataclass(frozen=True)
+class CollectionStats:
+    points: int
+    # Points reachable through the vector index (the rest are searched exhaustively).
+    indexed_points: int
+    dimension: int
+    distance: Distance
+    # A vector index is being built in the background (searches keep working).
+    index_building: bool = False
+
+
+class VectorStoreClient(ABC):
+    """An open vector store. Methods block (the daemon calls them from worker threads)
+    and raise errors.NotFound for a missing collection, errors.InvalidArgument for
+    vectors of the wrong dimension, errors.Unavailable when a server cannot be reached."""
 
     @abstractmethod
-    def create_collection(self, name: str, dimension: int, distance: str) -> None: ...
+    def create_collection(self, name: str, dimension: int, distance: Distance) -> None:
+        """Create an empty collection; errors.AlreadyExists if it exists."""
 
     @abstractmethod
-    def delete_collection(self, name: str) -> None: ...
+    def delete_collection(self, name: str) -> bool:
+        """Delete a collection and its data; False if there was none."""
 
     @abstractmethod
     def list_collections(self) -> list[str]: ...
 
     @abstractmethod
-    def upsert(
-        self, collection: str, points: Sequence[tuple[str, Sequence[float], Mapping[str, Any]]]
-    ) -> None: ...
+    def stats(self, name: str) -> CollectionStats: ...
+
+    @abstractmethod
+    def create_payload_index(self, name: str, key: str, field_type: PayloadType) -> None:
+        """Index a payload field so filters on it stay fast (idempotent)."""
+
+    @abstractmethod
+    def upsert(self, name: str, points: Sequence[VectorPoint]) -> None:
+        """Insert or replace points (durable when the call returns)."""
+
+    @abstractmethod
+    def delete(self, name: str, ids: Sequence[str] = (), filter: Filter | None = None) -> None:
+        """Delete the points with these ids and/or the points matching `filter`."""
+
+    @abstractmethod
+    def count(self, name: str, filter: Filter | None = None) -> int: ...
 
     @abstractmethod
     def search(
-        self, collection: str, vector: Sequence[float], top_k: int, filter: Mapping[str, Any]
-    ) -> list[tuple[str, float, Mapping[str, Any]]]: ...
+        self,
+        name: str,
+        vector: Sequence[float],
+        limit: int,
+        filter: Filter | None = None,
+        score_threshold: float | None = None,
+    ) -> list[ScoredPoint]:
+        """The `limit` nearest points, best first (with payloads)."""
+
+    @abstractmethod
+    def scroll(
+        self, name: str, filter: Filter | None = None, limit: int = 100, offset: str | None = None
+    ) -> tuple[list[ScoredPoint], str | None]:
+        """Points matching `filter` (score 0) and the offset of the next page (None: done)."""
+
+    def maintain(self) -> None:  # noqa: B027 (optional)
+        """Called from time to time when the store is idle (e.g. to start index builds)."""
+
+    @abstractmethod
+    def close(self) -> None:
+        """Flush and release everything."""
+
+
+class VectorStore(ABC):
+    """A vector database engine (Qdrant Edge embedded, a Qdrant server...)."""
+
+    name: str
+    # Runs inside the daemon's process with data under its state folder.
+    embedded: bool = True
+
+    @abstractmethod
+    def open(self, state_dir: Path, options: Mapping[str, Any]) -> VectorStoreClient:
+        """Open the store (blocking). `state_dir` is this store's own folder under the
+        daemon's state; `options` come from the [rag.stores.NAME] settings table.
+        Raise errors.InvalidArgument for bad options."""
+
+
+# --- Document parsers -------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Section:
+    """A run of text under one heading path, on one page."""
+
+    text: str
+    # Headings above the text, outermost first.
+    heading_path: tuple[str, ...] = ()
+    # 1-based page number; 0 when the format has no pages.
+    page: int = 0
+
+
+@dataclass(frozen=True)
+class ParsedDocument:
+    sections: tuple[Section, ...]
+    title: str = ""
+    # Facts about the file worth keeping with it (e.g. "pages": 12).
+    metadata: Mapping[str, Any] = field(default_factory=dict)
+
+    @property
+    def text(self) -> str:
+        return "\n\n".join(s.text for s in self.sections)
 
 
 class DocumentParser(ABC):
+    """Turns a file's bytes into text with its structure (headings, pages)."""
+
     name: str
-    # File suffixes handled, e.g. (".md", ".txt").
+    # File suffixes handled, lower case with the dot, e.g. (".md", ".markdown").
     suffixes: tuple[str, ...]
+    # MIME types handled, e.g. ("text/markdown",).
+    mime_types: tuple[str, ...] = ()
+
+    def sniff(self, head: bytes) -> bool:
+        """True if the first bytes of a file of unknown type look like this format."""
+        return False
 
     @abstractmethod
-    def parse(self, content: bytes, filename: str) -> str: ...
+    def parse(self, content: bytes, filename: str) -> ParsedDocument:
+        """Parse a whole file (blocking). Raise errors.InvalidArgument with a message that
+        says what is wrong with the file (empty, encrypted, not this format...)."""
 
 
 # --- Tools and monitors -----------------------------------------------------------------

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 import shutil
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -52,7 +54,10 @@ def served(
     add_model(data_dir, model_files["tiny"])
     add_model(data_dir, model_files["slow"])
     tiny = model_files["tiny"].read_bytes()
-    (data_dir / "models" / "truncated.gguf").write_bytes(tiny[: len(tiny) // 2])
+    truncated = data_dir / "models" / "truncated.gguf"
+    truncated.write_bytes(tiny[: len(tiny) // 2])
+    old = time.time() - 3600  # an aborted download lying there, not a file being copied
+    os.utime(truncated, (old, old))
     with run_daemon(data_dir) as daemon:
         stubs = Stubs(daemon)
         yield stubs

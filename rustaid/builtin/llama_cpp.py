@@ -26,6 +26,7 @@ from rustaid.providers import (
     LLMProvider,
     LoadedLLM,
     LoadOptions,
+    ModelSpec,
     PluginInfo,
     ResourceRequirements,
 )
@@ -108,15 +109,25 @@ class StopScanner:
 
 
 class LlamaModel(LoadedLLM):
-    def __init__(self, llm: llama_cpp.Llama, path: Path, threads: int) -> None:
+    def __init__(self, llm: llama_cpp.Llama, path: Path, threads: int, chat_format: str) -> None:
         self.llm = llm
         self.path = path
         self.threads = threads
         self.context_length = llm.n_ctx()
-        meta = llm.metadata
-        self._formatter = self._make_formatter(meta)
+        self._formatter = self._make_formatter(llm.metadata, chat_format)
+        self._cache_enabled = False
 
-    def _make_formatter(self, meta: dict[str, str]) -> Any:
+    def enable_prompt_cache(self, capacity_bytes: int) -> None:
+        # llama-cpp-python reuses the longest evaluated prefix by itself; the RAM cache
+        # also keeps states of other conversations so interleaved sessions stay fast.
+        if self._cache_enabled or capacity_bytes <= 0:
+            return
+        from llama_cpp.llama_cache import LlamaRAMCache
+
+        self.llm.set_cache(LlamaRAMCache(capacity_bytes=capacity_bytes))
+        self._cache_enabled = True
+
+    def _make_formatter(self, meta: dict[str, str], chat_format: str) -> Any:
         from llama_cpp.llama_chat_format import Jinja2ChatFormatter
 
         def token_text(key: str) -> str:
@@ -126,7 +137,9 @@ class LlamaModel(LoadedLLM):
             return self.llm._model.token_get_text(int(tid))
 
         return Jinja2ChatFormatter(
-            template=meta.get("tokenizer.chat_template") or CHATML_TEMPLATE,
+            template=CHATML_TEMPLATE
+            if chat_format == "chatml"
+            else meta.get("tokenizer.chat_template") or CHATML_TEMPLATE,
             eos_token=token_text("tokenizer.ggml.eos_token_id"),
             bos_token=token_text("tokenizer.ggml.bos_token_id"),
         )
@@ -193,7 +206,8 @@ class LlamaModel(LoadedLLM):
     def complete(
         self, prompt: str, params: GenerationParams, emit: EmitText, cancel: CancelToken
     ) -> CompletionStats:
-        return self._run(self.tokenize(prompt, add_special=True), [], params, emit, cancel)
+        tokens = self.tokenize(prompt, add_special=True)
+        return self._run(tokens, [], params, emit, cancel, field="prompt")
 
     def chat(
         self,
@@ -203,7 +217,7 @@ class LlamaModel(LoadedLLM):
         cancel: CancelToken,
     ) -> CompletionStats:
         tokens, template_stops = self._chat_prompt(messages)
-        return self._run(tokens, template_stops, params, emit, cancel)
+        return self._run(tokens, template_stops, params, emit, cancel, field="messages")
 
     def _run(
         self,
@@ -212,6 +226,7 @@ class LlamaModel(LoadedLLM):
         params: GenerationParams,
         emit: EmitText,
         cancel: CancelToken,
+        field: str,
     ) -> CompletionStats:
         n_prompt = len(tokens)
         room = self.context_length - n_prompt
@@ -219,7 +234,7 @@ class LlamaModel(LoadedLLM):
             raise InvalidArgument(
                 f"prompt is {n_prompt} tokens but the model is loaded with a context of "
                 f"{self.context_length}: shorten it or load the model with a larger context",
-                field="prompt",
+                field=field,
             )
         max_tokens = min(params.max_tokens or 512, room)
         sampled = 0
@@ -315,9 +330,12 @@ class LlamaCppProvider(LLMProvider):
     def handles(self, path: Path) -> bool:
         return path.suffix.lower() == ".gguf"
 
-    def load(self, path: Path, options: LoadOptions) -> LoadedLLM:
+    def load(self, spec: ModelSpec, options: LoadOptions) -> LoadedLLM:
         import llama_cpp
 
+        if spec.path is None:
+            raise PreconditionFailed(f"model {spec.id!r}: llama.cpp needs a local .gguf file")
+        path = spec.path
         threads = options.threads or psutil.cpu_count(logical=False) or 1
         try:
             llm = llama_cpp.Llama(
@@ -334,7 +352,7 @@ class LlamaCppProvider(LLMProvider):
                 f"llama.cpp could not load {path.name}: {e}", reason="MODEL_LOAD_FAILED"
             ) from e
         log.info("loaded %s (context %d, %d threads)", path.name, llm.n_ctx(), threads)
-        return LlamaModel(llm, path, threads)
+        return LlamaModel(llm, path, threads, options.chat_format)
 
 
 @hookimpl

@@ -9,20 +9,23 @@ its client goes away.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import math
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, TypeVar
 
 from rustaid.config import Settings
+from rustaid.core.cache import MIB, LoadedSlot, MemoryBudget, estimate_bytes, mb
 from rustaid.core.registry import ModelEntry, ModelEventType, ModelKind, ModelRegistry, ModelState
-from rustaid.core.router import SelectionCriteria, select_model
-from rustaid.core.scheduler import ModelQueue, Priority
-from rustaid.errors import InvalidArgument, PreconditionFailed, Unavailable
+from rustaid.core.router import Selection, SelectionCriteria, select_model
+from rustaid.core.scheduler import ModelQueue, Priority, Ticket
+from rustaid.core.sessions import SessionStore
+from rustaid.errors import InvalidArgument, NotFound, PreconditionFailed, RustaidError, Unavailable
 from rustaid.providers import (
     CancelToken,
     ChatMessage,
@@ -31,6 +34,8 @@ from rustaid.providers import (
     LLMProvider,
     LoadedLLM,
     LoadOptions,
+    ModelSpec,
+    Role,
 )
 
 log = logging.getLogger(__name__)
@@ -50,6 +55,10 @@ class GenerationRequest:
     params: GenerationParams = field(default_factory=GenerationParams)
     selection: SelectionCriteria = field(default_factory=SelectionCriteria)
     priority: Priority = Priority.INTERACTIVE
+    # Seconds the model stays loaded after this request (None: the model's default).
+    keep_alive_s: float | None = None
+    # Chat only: the daemon keeps the conversation; messages are this turn's new ones.
+    session_id: str = ""
 
 
 @dataclass(frozen=True)
@@ -82,15 +91,23 @@ class Done:
     timings: Timings
 
 
-GenerationEvent = Queued | Text | Done
-
-
 @dataclass
-class LoadedSlot:
-    entry: ModelEntry
-    model: LoadedLLM
-    queue: ModelQueue
-    closed: bool = False
+class Speed:
+    """A model's measured speed on this device (moving averages of recent requests)."""
+
+    tokens_per_second: float = 0.0
+    time_to_first_token_ms: float = 0.0
+    samples: int = 0
+
+    def add(self, tps: float, ttft_ms: float) -> None:
+        a = 0.3 if self.samples else 1.0
+        if tps > 0:
+            self.tokens_per_second += a * (tps - self.tokens_per_second)
+        self.time_to_first_token_ms += a * (ttft_ms - self.time_to_first_token_ms)
+        self.samples += 1
+
+
+GenerationEvent = Queued | Text | Done
 
 
 class Engine:
@@ -105,6 +122,11 @@ class Engine:
         self._providers = providers
         self._slots: dict[str, LoadedSlot] = {}
         self._load_locks: dict[str, asyncio.Lock] = {}
+        self._budget_lock = asyncio.Lock()
+        self._reserved = 0  # bytes of models being loaded right now
+        self.budget = MemoryBudget(settings)
+        self.sessions = SessionStore()
+        self.speed: dict[str, Speed] = {}
         self._active: set[CancelToken] = set()
         self._running: set[asyncio.Future[Any]] = set()
         # One thread per concurrently running model is plenty; loads share the pool.
@@ -115,6 +137,13 @@ class Engine:
 
     def provider_for(self, path: Path) -> str:
         return next((n for n, p in self._providers().items() if p.handles(path)), "")
+
+    def provider_names(self) -> list[str]:
+        return list(self._providers())
+
+    def is_remote(self, entry: ModelEntry) -> bool:
+        provider = self._providers().get(entry.provider)
+        return bool(provider and provider.remote) or entry.path is None
 
     def _provider(self, entry: ModelEntry) -> LLMProvider:
         provider = self._providers().get(entry.provider)
@@ -135,6 +164,25 @@ class Engine:
     def loaded(self) -> list[ModelEntry]:
         return [s.entry for s in self._slots.values()]
 
+    def _context_for(self, entry: ModelEntry, requested: int) -> int:
+        want = requested or entry.config.context_length or entry.metadata.context_length
+        return min(want or self.settings.max_context_length, self.settings.max_context_length)
+
+    def fits(self, entry: ModelEntry) -> str:
+        """Why `entry` cannot be loaded here now ("" when it can): for the router."""
+        if entry.path is None:
+            return ""
+        need = estimate_bytes(entry, self._context_for(entry, 0))
+        loaded = sum(s.estimate_bytes for s in self._slots.values())
+        total = self.budget.total_bytes(loaded)
+        if need > total:
+            return f"needs about {mb(need)}, more than the {mb(total)} memory budget"
+        if entry.constraints.min_memory_bytes > total:
+            return (
+                f"requires {mb(entry.constraints.min_memory_bytes)} of memory; budget {mb(total)}"
+            )
+        return ""
+
     async def load(
         self, model_id: str, *, context_length: int = 0, threads: int = 0, pin: bool = False
     ) -> tuple[ModelEntry, float]:
@@ -149,17 +197,19 @@ class Engine:
         slot, load_ms = await self._ensure_loaded(model_id, context_length, threads)
         if pin and not slot.entry.pinned:
             slot.entry = self.registry.update(model_id, ModelEventType.CHANGED, pinned=True)
+        self._release_idle(slot)
         return slot.entry, load_ms
 
     async def _ensure_loaded(
         self, model_id: str, context_length: int = 0, threads: int = 0
     ) -> tuple[LoadedSlot, float]:
         if self._stopping:
-            raise Unavailable("the daemon is shutting down")
+            raise Unavailable("the daemon is shutting down", retry_after_s=5.0)
         lock = self._load_locks.setdefault(model_id, asyncio.Lock())
         async with lock:  # concurrent requests for one model share one load
             slot = self._slots.get(model_id)
             if slot is not None and not slot.closed:
+                self._cancel_timer(slot)
                 return slot, 0.0
             entry = self.registry.get(model_id)
             if entry.kind is not ModelKind.LLM:
@@ -172,22 +222,39 @@ class Engine:
                     f"model {model_id!r} cannot be used: {entry.error}", reason="MODEL_BROKEN"
                 )
             provider = self._provider(entry)
-            ctx = min(
-                context_length or entry.metadata.context_length or self.settings.max_context_length,
-                self.settings.max_context_length,
+            ctx = self._context_for(entry, context_length)
+            need = 0 if provider.remote else estimate_bytes(entry, ctx)
+            async with self._budget_lock:
+                victims = self.budget.plan_eviction(
+                    entry, need, list(self._slots.values()), self._reserved
+                )
+                for victim in victims:
+                    log.info(
+                        "evicting %s (least recently used) to load %s", victim.entry.id, model_id
+                    )
+                    await self._close(victim, ModelEventType.UNLOADED)
+                self._reserved += need
+            options = LoadOptions(
+                context_length=ctx,
+                threads=threads or entry.config.threads or self.settings.threads,
+                batch_size=entry.config.batch_size,
+                gpu_layers=entry.config.gpu_layers,
+                chat_format=entry.config.chat_format,
             )
-            options = LoadOptions(context_length=ctx, threads=threads or self.settings.threads)
+            spec = ModelSpec(id=entry.id, path=entry.path, url=entry.url, options=entry.options)
             self.registry.update(model_id, state=ModelState.LOADING)
             t0 = time.perf_counter()
             try:
-                model = await self._in_thread(lambda: provider.load(entry.path, options))
+                model = await self._in_thread(lambda: provider.load(spec, options))
             except Exception as e:
                 self.registry.update(model_id, ModelEventType.FAILED, state=ModelState.AVAILABLE)
-                if isinstance(e, PreconditionFailed):
+                if isinstance(e, RustaidError):
                     raise
                 raise PreconditionFailed(
                     f"model {model_id!r} failed to load: {e}", reason="MODEL_LOAD_FAILED"
                 ) from e
+            finally:
+                self._reserved -= need
             load_ms = (time.perf_counter() - t0) * 1000
             entry = self.registry.update(
                 model_id,
@@ -195,12 +262,66 @@ class Engine:
                 state=ModelState.LOADED,
                 context_length=model.context_length,
                 threads=model.threads,
-                memory_bytes=entry.size_bytes,
+                memory_bytes=need,
                 last_used=time.time(),
             )
-            slot = LoadedSlot(entry, model, ModelQueue(model_id, self.settings.max_queue_per_model))
+            keep_alive = entry.config.keep_alive_s
+            slot = LoadedSlot(
+                entry,
+                model,
+                ModelQueue(model_id, self.settings.max_queue_per_model),
+                estimate_bytes=need,
+                keep_alive_s=self.settings.keep_alive_s if keep_alive is None else keep_alive,
+            )
             self._slots[model_id] = slot
             return slot, load_ms
+
+    async def _close(self, slot: LoadedSlot, event: ModelEventType | None) -> None:
+        """Free an idle slot's model (in a worker thread) and update the registry."""
+        if self._slots.get(slot.entry.id) is slot:
+            del self._slots[slot.entry.id]
+        slot.closed = True
+        self._cancel_timer(slot)
+        if not slot.freed:
+            slot.freed = True
+            await self._in_thread(slot.model.close)
+        if event is not None:
+            with contextlib.suppress(NotFound):  # its file may be gone already
+                current = self.registry.get(slot.entry.id)
+                state = ModelState.ERROR if current.error else ModelState.AVAILABLE
+                self.registry.update(
+                    slot.entry.id, event, state=state, memory_bytes=0, pinned=False
+                )
+
+    def _cancel_timer(self, slot: LoadedSlot) -> None:
+        if slot.timer is not None:
+            slot.timer.cancel()
+            slot.timer = None
+
+    def _release_idle(self, slot: LoadedSlot, keep_alive_s: float | None = None) -> None:
+        """After a use: free a closed slot once idle, else (re)arm its keep-alive timer."""
+        slot.last_used = time.monotonic()
+        if not slot.idle:
+            return
+        if slot.closed:
+            if not slot.freed:
+                slot.freed = True
+                slot.model.close()  # its file went away or it was unloaded while in use
+            return
+        self._cancel_timer(slot)
+        keep = slot.keep_alive_s if keep_alive_s is None else keep_alive_s
+        if keep < 0 or slot.entry.pinned:
+            return
+        loop = asyncio.get_running_loop()
+        slot.timer = loop.call_later(keep, lambda: self._spawn_expiry(slot))
+
+    def _spawn_expiry(self, slot: LoadedSlot) -> None:
+        slot.timer = None
+        if slot.idle and not slot.closed and not slot.entry.pinned:
+            log.info("unloading %s: idle for its keep-alive", slot.entry.id)
+            task = asyncio.ensure_future(self._close(slot, ModelEventType.UNLOADED))
+            self._running.add(task)
+            task.add_done_callback(self._running.discard)
 
     async def unload(self, model_id: str) -> ModelEntry:
         """Unload after the running request (if any) finishes; waiting ones reload it."""
@@ -211,17 +332,17 @@ class Engine:
         ticket = slot.queue.join(Priority.INTERACTIVE - 1)  # next in line
         try:
             await ticket.granted
+            slot.closed = True
             if self._slots.get(model_id) is slot:
                 del self._slots[model_id]
-                slot.closed = True
-                await self._in_thread(slot.model.close)
         finally:
             slot.queue.leave(ticket)
+        if slot.idle:
+            await self._close(slot, ModelEventType.UNLOADED)
+        else:  # waiters took their turn: the last one frees it
+            self.registry.update(model_id, ModelEventType.UNLOADED, state=ModelState.AVAILABLE)
         log.info("unloaded %s", model_id)
-        state = ModelState.ERROR if self.registry.get(model_id).error else ModelState.AVAILABLE
-        return self.registry.update(
-            model_id, ModelEventType.UNLOADED, state=state, memory_bytes=0, pinned=False
-        )
+        return self.registry.get(model_id)
 
     async def unload_orphans(self) -> None:
         """Unload models whose engine plugin went away (after running requests finish)."""
@@ -232,12 +353,12 @@ class Engine:
                 await self.unload(model_id)
 
     def forget(self, model_id: str) -> None:
-        """Drop a model whose file disappeared (it is closed once idle)."""
+        """Stop serving a model whose file changed or disappeared: running requests
+        finish on it, new ones load the new file."""
         slot = self._slots.pop(model_id, None)
         if slot is not None:
             slot.closed = True
-            if not slot.queue.busy:
-                slot.model.close()
+            self._release_idle(slot)
 
     # -- requests -----------------------------------------------------------------------
 
@@ -245,7 +366,13 @@ class Engine:
         if model_id:
             self.registry.get(model_id)  # NotFound with the list of known ids
             return model_id
-        return select_model(self.registry.list(), criteria).model_id
+        return self.select(criteria).model_id
+
+    def select(self, criteria: SelectionCriteria, kind: ModelKind = ModelKind.LLM) -> Selection:
+        return select_model(
+            self.registry.list(), criteria, kind,
+            speed=self.speed, fits=self.fits, remote=self.is_remote,
+        )  # fmt: skip
 
     def validate(self, request: GenerationRequest) -> None:
         if request.messages:
@@ -259,59 +386,98 @@ class Engine:
         validate_params(request.params, self.settings.max_tokens_limit)
 
     async def generate(self, request: GenerationRequest) -> AsyncIterator[GenerationEvent]:
-        """Yield Queued while waiting, Text as it is produced, then one Done."""
-        t_start = time.perf_counter()
+        """Yield Queued while waiting, Text as it is produced, then one Done.
+
+        Without a model id the router picks one; if that model is unreachable before it
+        produced anything (a remote endpoint down), the next candidate serves instead."""
         self.validate(request)
-        model_id = self.resolve(request.model_id, request.selection)
+        history: tuple[ChatMessage, ...] = ()
+        if request.session_id:
+            history = self.sessions.history(request.session_id)
+        candidates = (
+            [request.model_id]
+            if request.model_id
+            else [c.model_id for c in self.select(request.selection).candidates if not c.excluded]
+        )
+        if request.model_id:
+            self.registry.get(request.model_id)
+        reply: list[str] = []
+        for i, model_id in enumerate(candidates):
+            produced = False
+            try:
+                async for event in self._generate_on(model_id, request, history):
+                    produced = True
+                    if isinstance(event, Text):
+                        reply.append(event.text)
+                    elif isinstance(event, Done) and request.session_id:
+                        turn = (*request.messages, ChatMessage(Role.ASSISTANT, "".join(reply)))
+                        self.sessions.append(request.session_id, turn)
+                    yield event
+                return
+            except Unavailable as e:
+                if produced or i == len(candidates) - 1 or self._stopping:
+                    raise
+                log.warning(
+                    "%s unavailable (%s); falling back to %s", model_id, e, candidates[i + 1]
+                )
+
+    async def _generate_on(
+        self, model_id: str, request: GenerationRequest, history: tuple[ChatMessage, ...]
+    ) -> AsyncIterator[GenerationEvent]:
+        t_start = time.perf_counter()
         params = request.params
         if params.max_tokens is None:
-            params = _replace_max_tokens(params, self.settings.default_max_tokens)
+            params = replace(params, max_tokens=self.settings.default_max_tokens)
+        messages = (*history, *request.messages)
         load_ms = 0.0
         while True:  # retried if the model is unloaded while this request waits
             slot, took = await self._ensure_loaded(model_id)
             load_ms += took
-            slot.model.validate_params(params)
             ticket = slot.queue.join(request.priority)
             try:
+                slot.model.validate_params(params)
                 if not ticket.granted.done():
                     async for position in self._wait_turn(slot.queue, ticket):
                         yield Queued(position, model_id)
-                if slot.closed:
-                    continue
             except BaseException:
                 slot.queue.leave(ticket)
+                self._release_idle(slot)
                 raise
+            if slot.closed:  # unloaded or replaced while we waited: give the turn back
+                slot.queue.leave(ticket)
+                self._release_idle(slot)
+                continue
             break
+        if request.session_id:
+            slot.model.enable_prompt_cache(self.settings.prompt_cache_mb * MIB)
         t_turn = time.perf_counter()
-        async for event in self._run(slot, ticket, request, params):
+        async for event in self._run(slot, ticket, request, params, messages):
             if isinstance(event, Done):
                 s = event.stats
-                queue_ms = (t_turn - t_start) * 1000 - load_ms
                 gen_s = s.generation_ms / 1000
                 tps = (
                     (s.completion_tokens - 1) / gen_s
                     if gen_s > 0 and s.completion_tokens > 1
                     else 0.0
                 )
+                ttft = (t_turn - t_start) * 1000 + s.prompt_eval_ms
+                self.speed.setdefault(model_id, Speed()).add(tps, s.prompt_eval_ms)
                 event = Done(
                     model_id,
                     s,
                     Timings(
-                        queue_ms=max(0.0, queue_ms),
+                        queue_ms=max(0.0, (t_turn - t_start) * 1000 - load_ms),
                         load_ms=load_ms,
                         prompt_eval_ms=s.prompt_eval_ms,
                         generation_ms=s.generation_ms,
-                        time_to_first_token_ms=(t_turn - t_start) * 1000 + s.prompt_eval_ms,
+                        time_to_first_token_ms=ttft,
                         tokens_per_second=tps,
                         total_ms=(time.perf_counter() - t_start) * 1000,
                     ),
                 )
             yield event
 
-    async def _wait_turn(self, queue: ModelQueue, ticket: object) -> AsyncIterator[int]:
-        from rustaid.core.scheduler import Ticket
-
-        assert isinstance(ticket, Ticket)
+    async def _wait_turn(self, queue: ModelQueue, ticket: Ticket) -> AsyncIterator[int]:
         last = -1
         while not ticket.granted.done():
             position = queue.position(ticket)
@@ -323,13 +489,11 @@ class Engine:
     async def _run(
         self,
         slot: LoadedSlot,
-        ticket: object,
+        ticket: Ticket,
         request: GenerationRequest,
         params: GenerationParams,
+        messages: tuple[ChatMessage, ...],
     ) -> AsyncIterator[GenerationEvent]:
-        from rustaid.core.scheduler import Ticket
-
-        assert isinstance(ticket, Ticket)
         loop = asyncio.get_running_loop()
         out: asyncio.Queue[str | BaseException | CompletionStats] = asyncio.Queue()
         cancel = CancelToken()
@@ -339,19 +503,18 @@ class Engine:
             loop.call_soon_threadsafe(out.put_nowait, text)
 
         def work() -> CompletionStats:
-            if request.messages:
-                return slot.model.chat(request.messages, params, emit, cancel)
+            if messages:
+                return slot.model.chat(messages, params, emit, cancel)
             return slot.model.complete(request.prompt, params, emit, cancel)
 
         def finished(fut: asyncio.Future[CompletionStats]) -> None:
             # Runs on the loop once the worker thread is done: only now is the model free.
             self._active.discard(cancel)
             slot.queue.leave(ticket)
-            if slot.closed:
-                if not slot.queue.busy:
-                    slot.model.close()  # its file went away while it generated
-            else:
-                slot.entry = self.registry.update(slot.entry.id, last_used=time.time())
+            if not slot.closed:
+                with contextlib.suppress(NotFound):
+                    slot.entry = self.registry.update(slot.entry.id, last_used=time.time())
+            self._release_idle(slot, request.keep_alive_s)
             if fut.cancelled():
                 out.put_nowait(Unavailable("generation was cancelled"))
             elif (exc := fut.exception()) is not None:
@@ -387,6 +550,7 @@ class Engine:
             return await self._in_thread(lambda: fn(slot.model))
         finally:
             slot.queue.leave(ticket)
+            self._release_idle(slot)
 
     async def stop(self) -> None:
         """Cancel what still runs, wait for the threads, free every model."""
@@ -395,18 +559,9 @@ class Engine:
             token.cancel()
         if self._running:
             await asyncio.wait(list(self._running), timeout=30)
-        for model_id, slot in list(self._slots.items()):
-            slot.closed = True
-            slot.model.close()
-            del self._slots[model_id]
-            self.registry.update(model_id, ModelEventType.UNLOADED, state=ModelState.AVAILABLE)
+        for slot in list(self._slots.values()):
+            await self._close(slot, ModelEventType.UNLOADED)
         self._executor.shutdown(wait=False, cancel_futures=True)
-
-
-def _replace_max_tokens(params: GenerationParams, value: int) -> GenerationParams:
-    from dataclasses import replace
-
-    return replace(params, max_tokens=value)
 
 
 def validate_params(p: GenerationParams, max_tokens_limit: int) -> None:

@@ -59,6 +59,8 @@ class GGUFInfo:
     context_length: int
     embedding_length: int
     block_count: int
+    head_count: int
+    head_count_kv: int
     vocab_size: int
     quantization: str
     chat_template: str
@@ -187,6 +189,8 @@ def _parse(r: _Reader, size: int) -> GGUFInfo:
         context_length=arch_int("context_length"),
         embedding_length=arch_int("embedding_length"),
         block_count=arch_int("block_count"),
+        head_count=arch_int("attention.head_count"),
+        head_count_kv=arch_int("attention.head_count_kv") or arch_int("attention.head_count"),
         vocab_size=tokens if isinstance(tokens, int) else 0,
         quantization=quant,
         chat_template=str(meta.get("tokenizer.chat_template", "")),

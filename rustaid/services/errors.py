@@ -30,6 +30,7 @@ CODES: dict[type[errors.RustaidError], grpc.StatusCode] = {
     errors.ResourceExhausted: grpc.StatusCode.RESOURCE_EXHAUSTED,
     errors.Unavailable: grpc.StatusCode.UNAVAILABLE,
     errors.PermissionDenied: grpc.StatusCode.PERMISSION_DENIED,
+    errors.Unauthenticated: grpc.StatusCode.UNAUTHENTICATED,
     errors.Cancelled: grpc.StatusCode.CANCELLED,
     errors.NotImplementedYet: grpc.StatusCode.UNIMPLEMENTED,
 }
@@ -57,7 +58,7 @@ def status_details(error: errors.RustaidError, code: grpc.StatusCode) -> bytes:
             field=error.field, description=error.message
         )
         details.append(_pack(error_details_pb2.BadRequest(field_violations=[violation])))
-    if isinstance(error, errors.ResourceExhausted):
+    if isinstance(error, errors.ResourceExhausted | errors.Unavailable) and error.retry_after_s:
         delay = duration_pb2.Duration()
         delay.FromMilliseconds(int(error.retry_after_s * 1000))
         details.append(_pack(error_details_pb2.RetryInfo(retry_delay=delay)))

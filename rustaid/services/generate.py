@@ -23,9 +23,15 @@ class _GenerationFields(Protocol):
     params: common_pb2.GenerationParams
     selection: common_pb2.SelectionCriteria
     priority: common_pb2.Priority
+    keep_alive: common_pb2.KeepAlive
+
+    def HasField(self, field_name: str) -> bool: ...
 
 
-def _request(pb: _GenerationFields, prompt: str = "", messages: Any = ()) -> GenerationRequest:
+def _request(
+    pb: _GenerationFields, prompt: str = "", messages: Any = (), session_id: str = ""
+) -> GenerationRequest:
+    keep_alive = pb.keep_alive if pb.HasField("keep_alive") else None
     return GenerationRequest(
         model_id=pb.model_id,
         prompt=prompt,
@@ -33,13 +39,20 @@ def _request(pb: _GenerationFields, prompt: str = "", messages: Any = ()) -> Gen
         params=convert.generation_params_from_pb(pb.params),
         selection=convert.selection_criteria_from_pb(pb.selection),
         priority=convert.priority_from_pb(pb.priority),
+        keep_alive_s=convert.keep_alive_from_pb(keep_alive) if keep_alive else None,
+        session_id=session_id,
     )
 
 
 def _chat_request(
     pb: generate_pb2.ChatRequest | generate_pb2.ChatStreamRequest,
 ) -> GenerationRequest:
-    return _request(pb, messages=chat_messages(convert.chat_messages_from_pb(pb.messages)))
+    messages = convert.chat_messages_from_pb(pb.messages)
+    if not pb.session_id:
+        messages = chat_messages(messages)  # a stateless chat needs at least one message
+    elif not messages:
+        raise InvalidArgument("messages is empty: give this turn's message", field="messages")
+    return _request(pb, messages=messages, session_id=pb.session_id)
 
 
 class GenerateServicer(generate_pb2_grpc.GenerateServiceServicer):

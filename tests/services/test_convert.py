@@ -20,7 +20,7 @@ SERVED: list[ModuleType] = [common_pb2, generate_pb2, models_pb2, plugins_pb2]
 WRAPPER = re.compile(r".*(Request|Response)$")
 CONVERTED_WRAPPERS = {"WatchModelsResponse", "SelectModelResponse"}
 # Read by servicers field by field (no domain type of their own).
-HANDLED_INLINE = {"KeepAlive", "TokenChunk", "QueueStatus"}
+HANDLED_INLINE = {"TokenChunk", "QueueStatus"}
 
 
 def snake(name: str) -> str:

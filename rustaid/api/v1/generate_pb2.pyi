@@ -88,20 +88,22 @@ class ChatMessage(_message.Message):
     def __init__(self, role: _Optional[_Union[Role, str]] = ..., content: _Optional[str] = ..., name: _Optional[str] = ...) -> None: ...
 
 class ChatRequest(_message.Message):
-    __slots__ = ("model_id", "messages", "params", "selection", "priority", "keep_alive")
+    __slots__ = ("model_id", "messages", "params", "selection", "priority", "keep_alive", "session_id")
     MODEL_ID_FIELD_NUMBER: _ClassVar[int]
     MESSAGES_FIELD_NUMBER: _ClassVar[int]
     PARAMS_FIELD_NUMBER: _ClassVar[int]
     SELECTION_FIELD_NUMBER: _ClassVar[int]
     PRIORITY_FIELD_NUMBER: _ClassVar[int]
     KEEP_ALIVE_FIELD_NUMBER: _ClassVar[int]
+    SESSION_ID_FIELD_NUMBER: _ClassVar[int]
     model_id: str
     messages: _containers.RepeatedCompositeFieldContainer[ChatMessage]
     params: _common_pb2.GenerationParams
     selection: _common_pb2.SelectionCriteria
     priority: _common_pb2.Priority
     keep_alive: _common_pb2.KeepAlive
-    def __init__(self, model_id: _Optional[str] = ..., messages: _Optional[_Iterable[_Union[ChatMessage, _Mapping]]] = ..., params: _Optional[_Union[_common_pb2.GenerationParams, _Mapping]] = ..., selection: _Optional[_Union[_common_pb2.SelectionCriteria, _Mapping]] = ..., priority: _Optional[_Union[_common_pb2.Priority, str]] = ..., keep_alive: _Optional[_Union[_common_pb2.KeepAlive, _Mapping]] = ...) -> None: ...
+    session_id: str
+    def __init__(self, model_id: _Optional[str] = ..., messages: _Optional[_Iterable[_Union[ChatMessage, _Mapping]]] = ..., params: _Optional[_Union[_common_pb2.GenerationParams, _Mapping]] = ..., selection: _Optional[_Union[_common_pb2.SelectionCriteria, _Mapping]] = ..., priority: _Optional[_Union[_common_pb2.Priority, str]] = ..., keep_alive: _Optional[_Union[_common_pb2.KeepAlive, _Mapping]] = ..., session_id: _Optional[str] = ...) -> None: ...
 
 class ChatResponse(_message.Message):
     __slots__ = ("message", "model_id", "finish_reason", "usage", "timings")
@@ -118,20 +120,22 @@ class ChatResponse(_message.Message):
     def __init__(self, message: _Optional[_Union[ChatMessage, _Mapping]] = ..., model_id: _Optional[str] = ..., finish_reason: _Optional[_Union[_common_pb2.FinishReason, str]] = ..., usage: _Optional[_Union[_common_pb2.Usage, _Mapping]] = ..., timings: _Optional[_Union[_common_pb2.Timings, _Mapping]] = ...) -> None: ...
 
 class ChatStreamRequest(_message.Message):
-    __slots__ = ("model_id", "messages", "params", "selection", "priority", "keep_alive")
+    __slots__ = ("model_id", "messages", "params", "selection", "priority", "keep_alive", "session_id")
     MODEL_ID_FIELD_NUMBER: _ClassVar[int]
     MESSAGES_FIELD_NUMBER: _ClassVar[int]
     PARAMS_FIELD_NUMBER: _ClassVar[int]
     SELECTION_FIELD_NUMBER: _ClassVar[int]
     PRIORITY_FIELD_NUMBER: _ClassVar[int]
     KEEP_ALIVE_FIELD_NUMBER: _ClassVar[int]
+    SESSION_ID_FIELD_NUMBER: _ClassVar[int]
     model_id: str
     messages: _containers.RepeatedCompositeFieldContainer[ChatMessage]
     params: _common_pb2.GenerationParams
     selection: _common_pb2.SelectionCriteria
     priority: _common_pb2.Priority
     keep_alive: _common_pb2.KeepAlive
-    def __init__(self, model_id: _Optional[str] = ..., messages: _Optional[_Iterable[_Union[ChatMessage, _Mapping]]] = ..., params: _Optional[_Union[_common_pb2.GenerationParams, _Mapping]] = ..., selection: _Optional[_Union[_common_pb2.SelectionCriteria, _Mapping]] = ..., priority: _Optional[_Union[_common_pb2.Priority, str]] = ..., keep_alive: _Optional[_Union[_common_pb2.KeepAlive, _Mapping]] = ...) -> None: ...
+    session_id: str
+    def __init__(self, model_id: _Optional[str] = ..., messages: _Optional[_Iterable[_Union[ChatMessage, _Mapping]]] = ..., params: _Optional[_Union[_common_pb2.GenerationParams, _Mapping]] = ..., selection: _Optional[_Union[_common_pb2.SelectionCriteria, _Mapping]] = ..., priority: _Optional[_Union[_common_pb2.Priority, str]] = ..., keep_alive: _Optional[_Union[_common_pb2.KeepAlive, _Mapping]] = ..., session_id: _Optional[str] = ...) -> None: ...
 
 class ChatStreamResponse(_message.Message):
     __slots__ = ("chunk", "done", "queued")

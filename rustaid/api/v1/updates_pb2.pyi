@@ -79,7 +79,7 @@ class CheckUpdatesResponse(_message.Message):
     def __init__(self, updates: _Optional[_Iterable[_Union[AvailableUpdate, _Mapping]]] = ..., metadata_version: _Optional[int] = ..., checked_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
 
 class UpdateStatus(_message.Message):
-    __slots__ = ("phase", "artifact_id", "version", "bytes_done", "bytes_total", "message", "last_check_time", "next_check_time")
+    __slots__ = ("phase", "artifact_id", "version", "bytes_done", "bytes_total", "message", "last_check_time", "next_check_time", "update_id")
     PHASE_FIELD_NUMBER: _ClassVar[int]
     ARTIFACT_ID_FIELD_NUMBER: _ClassVar[int]
     VERSION_FIELD_NUMBER: _ClassVar[int]
@@ -88,6 +88,7 @@ class UpdateStatus(_message.Message):
     MESSAGE_FIELD_NUMBER: _ClassVar[int]
     LAST_CHECK_TIME_FIELD_NUMBER: _ClassVar[int]
     NEXT_CHECK_TIME_FIELD_NUMBER: _ClassVar[int]
+    UPDATE_ID_FIELD_NUMBER: _ClassVar[int]
     phase: UpdatePhase
     artifact_id: str
     version: str
@@ -96,31 +97,62 @@ class UpdateStatus(_message.Message):
     message: str
     last_check_time: _timestamp_pb2.Timestamp
     next_check_time: _timestamp_pb2.Timestamp
-    def __init__(self, phase: _Optional[_Union[UpdatePhase, str]] = ..., artifact_id: _Optional[str] = ..., version: _Optional[str] = ..., bytes_done: _Optional[int] = ..., bytes_total: _Optional[int] = ..., message: _Optional[str] = ..., last_check_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., next_check_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+    update_id: str
+    def __init__(self, phase: _Optional[_Union[UpdatePhase, str]] = ..., artifact_id: _Optional[str] = ..., version: _Optional[str] = ..., bytes_done: _Optional[int] = ..., bytes_total: _Optional[int] = ..., message: _Optional[str] = ..., last_check_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., next_check_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., update_id: _Optional[str] = ...) -> None: ...
+
+class InstalledArtifact(_message.Message):
+    __slots__ = ("artifact_id", "kind", "version", "previous_version", "path", "installed_time")
+    ARTIFACT_ID_FIELD_NUMBER: _ClassVar[int]
+    KIND_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    PREVIOUS_VERSION_FIELD_NUMBER: _ClassVar[int]
+    PATH_FIELD_NUMBER: _ClassVar[int]
+    INSTALLED_TIME_FIELD_NUMBER: _ClassVar[int]
+    artifact_id: str
+    kind: ArtifactKind
+    version: str
+    previous_version: str
+    path: str
+    installed_time: _timestamp_pb2.Timestamp
+    def __init__(self, artifact_id: _Optional[str] = ..., kind: _Optional[_Union[ArtifactKind, str]] = ..., version: _Optional[str] = ..., previous_version: _Optional[str] = ..., path: _Optional[str] = ..., installed_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
 
 class ApplyUpdateRequest(_message.Message):
-    __slots__ = ("artifact_ids", "channel")
+    __slots__ = ("artifact_ids", "channel", "force", "wait")
     ARTIFACT_IDS_FIELD_NUMBER: _ClassVar[int]
     CHANNEL_FIELD_NUMBER: _ClassVar[int]
+    FORCE_FIELD_NUMBER: _ClassVar[int]
+    WAIT_FIELD_NUMBER: _ClassVar[int]
     artifact_ids: _containers.RepeatedScalarFieldContainer[str]
     channel: str
-    def __init__(self, artifact_ids: _Optional[_Iterable[str]] = ..., channel: _Optional[str] = ...) -> None: ...
+    force: bool
+    wait: bool
+    def __init__(self, artifact_ids: _Optional[_Iterable[str]] = ..., channel: _Optional[str] = ..., force: _Optional[bool] = ..., wait: _Optional[bool] = ...) -> None: ...
 
 class ApplyUpdateResponse(_message.Message):
-    __slots__ = ("status",)
+    __slots__ = ("status", "records")
     STATUS_FIELD_NUMBER: _ClassVar[int]
+    RECORDS_FIELD_NUMBER: _ClassVar[int]
     status: UpdateStatus
-    def __init__(self, status: _Optional[_Union[UpdateStatus, _Mapping]] = ...) -> None: ...
+    records: _containers.RepeatedCompositeFieldContainer[UpdateRecord]
+    def __init__(self, status: _Optional[_Union[UpdateStatus, _Mapping]] = ..., records: _Optional[_Iterable[_Union[UpdateRecord, _Mapping]]] = ...) -> None: ...
 
 class GetUpdateStatusRequest(_message.Message):
     __slots__ = ()
     def __init__(self) -> None: ...
 
 class GetUpdateStatusResponse(_message.Message):
-    __slots__ = ("status",)
+    __slots__ = ("status", "installed", "metadata_version", "channel", "device_id")
     STATUS_FIELD_NUMBER: _ClassVar[int]
+    INSTALLED_FIELD_NUMBER: _ClassVar[int]
+    METADATA_VERSION_FIELD_NUMBER: _ClassVar[int]
+    CHANNEL_FIELD_NUMBER: _ClassVar[int]
+    DEVICE_ID_FIELD_NUMBER: _ClassVar[int]
     status: UpdateStatus
-    def __init__(self, status: _Optional[_Union[UpdateStatus, _Mapping]] = ...) -> None: ...
+    installed: _containers.RepeatedCompositeFieldContainer[InstalledArtifact]
+    metadata_version: int
+    channel: str
+    device_id: str
+    def __init__(self, status: _Optional[_Union[UpdateStatus, _Mapping]] = ..., installed: _Optional[_Iterable[_Union[InstalledArtifact, _Mapping]]] = ..., metadata_version: _Optional[int] = ..., channel: _Optional[str] = ..., device_id: _Optional[str] = ...) -> None: ...
 
 class RollbackRequest(_message.Message):
     __slots__ = ("artifact_id",)
@@ -129,7 +161,7 @@ class RollbackRequest(_message.Message):
     def __init__(self, artifact_id: _Optional[str] = ...) -> None: ...
 
 class UpdateRecord(_message.Message):
-    __slots__ = ("update_id", "artifact_id", "from_version", "to_version", "outcome", "message", "started_time", "finished_time")
+    __slots__ = ("update_id", "artifact_id", "from_version", "to_version", "outcome", "message", "started_time", "finished_time", "kind")
     UPDATE_ID_FIELD_NUMBER: _ClassVar[int]
     ARTIFACT_ID_FIELD_NUMBER: _ClassVar[int]
     FROM_VERSION_FIELD_NUMBER: _ClassVar[int]
@@ -138,6 +170,7 @@ class UpdateRecord(_message.Message):
     MESSAGE_FIELD_NUMBER: _ClassVar[int]
     STARTED_TIME_FIELD_NUMBER: _ClassVar[int]
     FINISHED_TIME_FIELD_NUMBER: _ClassVar[int]
+    KIND_FIELD_NUMBER: _ClassVar[int]
     update_id: str
     artifact_id: str
     from_version: str
@@ -146,7 +179,8 @@ class UpdateRecord(_message.Message):
     message: str
     started_time: _timestamp_pb2.Timestamp
     finished_time: _timestamp_pb2.Timestamp
-    def __init__(self, update_id: _Optional[str] = ..., artifact_id: _Optional[str] = ..., from_version: _Optional[str] = ..., to_version: _Optional[str] = ..., outcome: _Optional[_Union[UpdatePhase, str]] = ..., message: _Optional[str] = ..., started_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., finished_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+    kind: ArtifactKind
+    def __init__(self, update_id: _Optional[str] = ..., artifact_id: _Optional[str] = ..., from_version: _Optional[str] = ..., to_version: _Optional[str] = ..., outcome: _Optional[_Union[UpdatePhase, str]] = ..., message: _Optional[str] = ..., started_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., finished_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., kind: _Optional[_Union[ArtifactKind, str]] = ...) -> None: ...
 
 class RollbackResponse(_message.Message):
     __slots__ = ("record",)

@@ -89,6 +89,19 @@ def model_kind_from_pb(kind: int) -> ModelKind | None:
     return _KIND_FROM[kind]  # type: ignore[index]
 
 
+def keep_alive_from_pb(k: common_pb2.KeepAlive) -> float:
+    """Seconds; -1 for forever."""
+    if k.forever:
+        return -1.0
+    seconds = k.duration.ToTimedelta().total_seconds()
+    if seconds < 0:
+        raise InvalidArgument(
+            "keep_alive.duration must be >= 0 (use keep_alive.forever to never unload)",
+            field="keep_alive.duration",
+        )
+    return seconds
+
+
 def priority_from_pb(priority: int) -> Priority:
     if priority == common_pb2.PRIORITY_BACKGROUND:
         return Priority.BACKGROUND
@@ -128,7 +141,7 @@ def model_to_pb(e: ModelEntry) -> models_pb2.Model:
         id=e.id,
         kind=_KIND[e.kind],
         provider=e.provider,
-        path=str(e.path),
+        path=e.location,
         state=_MODEL_STATE[e.state],
         error=e.error,
         size_bytes=e.size_bytes,
