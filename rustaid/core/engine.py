@@ -21,6 +21,7 @@ from typing import Any, TypeVar
 
 from rustaid.config import Settings
 from rustaid.core.cache import MIB, LoadedSlot, MemoryBudget, estimate_bytes, mb
+from rustaid.core.events import EventBus
 from rustaid.core.registry import ModelEntry, ModelEventType, ModelKind, ModelRegistry, ModelState
 from rustaid.core.router import Selection, SelectionCriteria, select_model
 from rustaid.core.scheduler import ModelQueue, Priority, Ticket
@@ -110,6 +111,14 @@ class Speed:
 GenerationEvent = Queued | Text | Done
 
 
+@dataclass(frozen=True)
+class Activity:
+    """Published on Engine.activity when a request joins or leaves a model's queue."""
+
+    running: int  # requests generating (or tokenizing) right now
+    waiting: int  # requests waiting for their model's turn
+
+
 class Engine:
     def __init__(
         self,
@@ -132,6 +141,7 @@ class Engine:
         # One thread per concurrently running model is plenty; loads share the pool.
         self._executor = ThreadPoolExecutor(max_workers=8, thread_name_prefix="rustaid-engine")
         self._stopping = False
+        self.activity: EventBus[Activity] = EventBus()
 
     # -- models ---------------------------------------------------------------------------
 
@@ -163,6 +173,17 @@ class Engine:
 
     def loaded(self) -> list[ModelEntry]:
         return [s.entry for s in self._slots.values()]
+
+    def running(self) -> int:
+        """Requests that hold their model's turn (generating, tokenizing) right now."""
+        return sum(1 for s in self._slots.values() if s.queue.busy)
+
+    def queue_length(self) -> int:
+        """Requests waiting for their model's turn."""
+        return sum(s.queue.waiting for s in self._slots.values())
+
+    def _queue_changed(self) -> None:
+        self.activity.publish(Activity(self.running(), self.queue_length()))
 
     def _context_for(self, entry: ModelEntry, requested: int) -> int:
         want = requested or entry.config.context_length or entry.metadata.context_length
@@ -269,22 +290,19 @@ class Engine:
             slot = LoadedSlot(
                 entry,
                 model,
-                ModelQueue(model_id, self.settings.max_queue_per_model),
+                ModelQueue(model_id, self.settings.max_queue_per_model, self._queue_changed),
                 estimate_bytes=need,
                 keep_alive_s=self.settings.keep_alive_s if keep_alive is None else keep_alive,
             )
             self._slots[model_id] = slot
             return slot, load_ms
 
-    async def _close(self, slot: LoadedSlot, event: ModelEventType | None) -> None:
-        """Free an idle slot's model (in a worker thread) and update the registry."""
+    def _detach(self, slot: LoadedSlot, event: ModelEventType | None) -> bool:
+        """Take an idle slot out of service now; True if its model still needs freeing."""
         if self._slots.get(slot.entry.id) is slot:
             del self._slots[slot.entry.id]
         slot.closed = True
         self._cancel_timer(slot)
-        if not slot.freed:
-            slot.freed = True
-            await self._in_thread(slot.model.close)
         if event is not None:
             with contextlib.suppress(NotFound):  # its file may be gone already
                 current = self.registry.get(slot.entry.id)
@@ -292,6 +310,15 @@ class Engine:
                 self.registry.update(
                     slot.entry.id, event, state=state, memory_bytes=0, pinned=False
                 )
+        if slot.freed:
+            return False
+        slot.freed = True
+        return True
+
+    async def _close(self, slot: LoadedSlot, event: ModelEventType | None) -> None:
+        """Take an idle slot out of service and free its model (in a worker thread)."""
+        if self._detach(slot, event):
+            await self._in_thread(slot.model.close)
 
     def _cancel_timer(self, slot: LoadedSlot) -> None:
         if slot.timer is not None:
@@ -312,16 +339,20 @@ class Engine:
         keep = slot.keep_alive_s if keep_alive_s is None else keep_alive_s
         if keep < 0 or slot.entry.pinned:
             return
+        if keep == 0:
+            self._expire(slot)
+            return
         loop = asyncio.get_running_loop()
-        slot.timer = loop.call_later(keep, lambda: self._spawn_expiry(slot))
+        slot.timer = loop.call_later(keep, lambda: self._expire(slot))
 
-    def _spawn_expiry(self, slot: LoadedSlot) -> None:
+    def _expire(self, slot: LoadedSlot) -> None:
         slot.timer = None
         if slot.idle and not slot.closed and not slot.entry.pinned:
             log.info("unloading %s: idle for its keep-alive", slot.entry.id)
-            task = asyncio.ensure_future(self._close(slot, ModelEventType.UNLOADED))
-            self._running.add(task)
-            task.add_done_callback(self._running.discard)
+            if self._detach(slot, ModelEventType.UNLOADED):
+                fut = asyncio.get_running_loop().run_in_executor(self._executor, slot.model.close)
+                self._running.add(fut)
+                fut.add_done_callback(self._running.discard)
 
     async def unload(self, model_id: str) -> ModelEntry:
         """Unload after the running request (if any) finishes; waiting ones reload it."""
@@ -420,6 +451,16 @@ class Engine:
                 log.warning(
                     "%s unavailable (%s); falling back to %s", model_id, e, candidates[i + 1]
                 )
+
+    async def generate_text(self, request: GenerationRequest) -> tuple[str, Done]:
+        """The whole text of a generation and its Done (for unary APIs)."""
+        parts: list[str] = []
+        async for event in self.generate(request):
+            if isinstance(event, Text):
+                parts.append(event.text)
+            elif isinstance(event, Done):
+                return "".join(parts), event
+        raise AssertionError("generation ended without Done")
 
     async def _generate_on(
         self, model_id: str, request: GenerationRequest, history: tuple[ChatMessage, ...]

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import heapq
 import itertools
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import IntEnum
 
@@ -26,12 +27,16 @@ class Ticket:
 
 
 class ModelQueue:
-    def __init__(self, model_id: str, max_waiting: int) -> None:
+    def __init__(
+        self, model_id: str, max_waiting: int, on_change: Callable[[], None] | None = None
+    ) -> None:
         self.model_id = model_id
         self.max_waiting = max_waiting
         self._holder: Ticket | None = None
         self._waiting: list[Ticket] = []
         self._seq = itertools.count()
+        # Called after every join and leave (the engine publishes its activity from it).
+        self._on_change = on_change
 
     @property
     def busy(self) -> bool:
@@ -55,6 +60,8 @@ class ModelQueue:
             ticket.granted.set_result(None)
         else:
             heapq.heappush(self._waiting, ticket)
+        if self._on_change is not None:
+            self._on_change()
         return ticket
 
     def position(self, ticket: Ticket) -> int:
@@ -77,3 +84,5 @@ class ModelQueue:
             self._waiting.remove(ticket)
             heapq.heapify(self._waiting)
             ticket.granted.cancel()
+        if self._on_change is not None:
+            self._on_change()

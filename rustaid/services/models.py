@@ -7,7 +7,6 @@ from typing import TYPE_CHECKING, Any
 
 from rustaid.api.v1 import models_pb2, models_pb2_grpc
 from rustaid.core.registry import ModelEntry, ModelKind, ModelState
-from rustaid.core.router import select_model
 from rustaid.errors import InvalidArgument
 from rustaid.services import convert
 
@@ -85,5 +84,5 @@ class ModelsServicer(models_pb2_grpc.ModelsServiceServicer):
     ) -> models_pb2.SelectModelResponse:
         kind = convert.model_kind_from_pb(request.kind) or ModelKind.LLM
         criteria = convert.selection_criteria_from_pb(request.criteria)
-        selection = select_model(self.daemon.registry.list(), criteria, kind)
+        selection = self.daemon.engine.select(criteria, kind)
         return convert.select_model_response_to_pb(selection)

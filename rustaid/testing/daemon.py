@@ -82,6 +82,9 @@ def run_daemon(
         **os.environ,
         "NOTIFY_SOCKET": str(notify_path),
         "RUSTAID_ENTRY_POINT_PLUGINS": "0",
+        # One inference thread: tests run several daemons at once, and llama.cpp's
+        # spinning threads slow to a crawl when there are more of them than cores.
+        "RUSTAID_THREADS": "1",
         **(env or {}),
     }
     log = (data_dir / "daemon.log").open("wb")
