@@ -54,8 +54,8 @@ def select_model(
 ) -> Selection:
     """Filter by hard requirements, then score:
     priority; +50 local when prefer_local (+50 remote when prefer_remote); battery
-    efficiency (0..10) when battery_sensitive; measured tokens/s (0..20) when
-    prefer_speed; quality (0..20) when prefer_quality; +10 per required tag; +5 when
+    efficiency (0..10) when battery_sensitive; measured speed (10 per decade of
+    tokens/s) when prefer_speed; quality (0..20) when prefer_quality; +10 per required tag; +5 when
     already loaded (no load wait). Raises PreconditionFailed if no model fits."""
     speed = speed or {}
     candidates: list[Candidate] = []
@@ -112,7 +112,7 @@ def select_model(
         if criteria.prefer_speed:
             if measured is not None and measured.tokens_per_second > 0:
                 tps = measured.tokens_per_second
-                add(min(20.0, tps / 5), f"measured {tps:.0f} tokens/s")
+                add(10 * math.log10(1 + tps), f"measured {tps:.0f} tokens/s")
             elif not is_remote:
                 guess = min(10.0, 0.2 / (0.02 + e.size_bytes / 1e9))
                 add(guess, "speed not measured yet: estimated from size")
