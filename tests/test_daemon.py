@@ -67,10 +67,21 @@ def test_second_daemon_on_the_same_socket_refuses(tmp_path: Path) -> None:
         import sys
 
         r = subprocess.run(
-            [sys.executable, "-m", "rustaid", "serve", "--user", "--data-dir", str(tmp_path / "c"),
-             "--listen", first.address],
-            capture_output=True, text=True, timeout=30,
-        )  # fmt: skip
+            [
+                sys.executable,
+                "-m",
+                "rustaid",
+                "serve",
+                "--user",
+                "--data-dir",
+                str(tmp_path / "c"),
+                "--listen",
+                first.address,
+            ],
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
         assert r.returncode == 1
         assert "already listening" in r.stderr
         # ...and the first one still answers.
@@ -97,9 +108,20 @@ def test_stale_socket_from_a_killed_daemon_is_replaced(tmp_path: Path) -> None:
     import sys
 
     proc = subprocess.Popen(
-        [sys.executable, "-m", "rustaid", "serve", "--user", "--data-dir", str(tmp_path),
-         "--listen", f"unix://{stale}"], stderr=subprocess.PIPE, text=True,
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-m",
+            "rustaid",
+            "serve",
+            "--user",
+            "--data-dir",
+            str(tmp_path),
+            "--listen",
+            f"unix://{stale}",
+        ],
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         channel = grpc.insecure_channel(f"unix://{stale}")
         grpc.channel_ready_future(channel).result(timeout=20)
@@ -117,8 +139,10 @@ def test_invalid_configuration_exits_with_a_clear_message(tmp_path: Path) -> Non
     (tmp_path / "config" / "rustaid.toml").write_text('default_max_tokens = "lots"\n')
     r = subprocess.run(
         [sys.executable, "-m", "rustaid", "serve", "--user", "--data-dir", str(tmp_path)],
-        capture_output=True, text=True, timeout=30,
-    )  # fmt: skip
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
     assert r.returncode == 2
     assert "rustaid.toml" in r.stderr and "default_max_tokens" in r.stderr
 

@@ -149,7 +149,8 @@ def ids(manager: PluginManager) -> list[str]:
 
 
 def test_default_builtins_name_the_llama_cpp_plugin() -> None:
-    assert BUILTIN_PLUGINS == ("rustaid.builtin.llama_cpp",)
+    assert BUILTIN_PLUGINS[0] == "rustaid.builtin.llama_cpp"
+    assert len(set(BUILTIN_PLUGINS)) == len(BUILTIN_PLUGINS)
 
 
 def test_builtin_registered_like_any_plugin(make_manager: MakeManager, daemon: Daemon) -> None:

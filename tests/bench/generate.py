@@ -26,7 +26,13 @@ a round, so every arm evaluates the same prompt tokens.
 Prompt evaluation (~80 ms here) dominates that TTFT and is as noisy as the machine, so
 each round also runs `--probe-reps` short requests (max_tokens 2) that repeat the round's
 prompt: the prompt cache then leaves one token to evaluate, and the TTFT difference
-between the arms is the daemon's fixed per-request overhead, measured with little noise.
+between the arms is the daemon's per-request overhead, measured with less noise.
+
+The machine is shared: other processes' CPU use is measured during every sample
+(/proc/stat minus this process and the daemon). Two llama.cpp threads on two cores slow
+down many times over when anything else runs, so rounds where others used more than
+--max-foreign cores are repeated (up to --budget seconds) and only clean rounds count;
+when fewer than 3 are clean, all are used and the result is marked NOISY.
 """
 
 from __future__ import annotations

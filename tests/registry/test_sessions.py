@@ -14,10 +14,13 @@ USER = generate_pb2.ROLE_USER
 def turn(s: Stubs, session: str, text: str, **kw: object) -> generate_pb2.ChatResponse:
     return s.generate.Chat(
         generate_pb2.ChatRequest(
-            model_id="tiny", session_id=session, messages=[generate_pb2.ChatMessage(role=USER, content=text)],
-            params=common_pb2.GenerationParams(max_tokens=6, temperature=0), **kw,
+            model_id="tiny",
+            session_id=session,
+            messages=[generate_pb2.ChatMessage(role=USER, content=text)],
+            params=common_pb2.GenerationParams(max_tokens=6, temperature=0),
+            **kw,
         )
-    )  # fmt: skip
+    )
 
 
 def test_history_is_kept_between_turns(served: Stubs) -> None:
@@ -47,9 +50,16 @@ def test_history_is_kept_between_turns(served: Stubs) -> None:
 
 def test_stream_in_a_session(served: Stubs) -> None:
     turn(served, "s3", "hello")
-    events = list(served.generate.ChatStream(generate_pb2.ChatStreamRequest(
-        model_id="tiny", session_id="s3", messages=[generate_pb2.ChatMessage(role=USER, content="again")],
-        params=common_pb2.GenerationParams(max_tokens=4))))  # fmt: skip
+    events = list(
+        served.generate.ChatStream(
+            generate_pb2.ChatStreamRequest(
+                model_id="tiny",
+                session_id="s3",
+                messages=[generate_pb2.ChatMessage(role=USER, content="again")],
+                params=common_pb2.GenerationParams(max_tokens=4),
+            )
+        )
+    )
     assert events[-1].done.usage.prompt_tokens > 15
 
 
@@ -58,7 +68,11 @@ def test_stream_in_a_session(served: Stubs) -> None:
 )
 def test_bad_session_requests(served: Stubs, session: str, messages: list[str]) -> None:
     with pytest.raises(grpc.RpcError) as info:
-        served.generate.Chat(generate_pb2.ChatRequest(
-            model_id="tiny", session_id=session,
-            messages=[generate_pb2.ChatMessage(role=USER, content=m) for m in messages]))  # fmt: skip
+        served.generate.Chat(
+            generate_pb2.ChatRequest(
+                model_id="tiny",
+                session_id=session,
+                messages=[generate_pb2.ChatMessage(role=USER, content=m) for m in messages],
+            )
+        )
     assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
