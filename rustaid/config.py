@@ -64,7 +64,7 @@ class Settings:
     prompt_cache_mb: int = 256
     # Drop-in plugin folder enabled.
     drop_in_plugins: bool = True
-    # Entry-point plugins enabled (RUSTAID_ENTRY_POINTS=0 disables them, e.g. in tests).
+    # Entry-point plugins enabled (RUSTAID_ENTRY_POINT_PLUGINS=0 disables them, e.g. in tests).
     entry_point_plugins: bool = True
     extra: dict[str, Any] = field(default_factory=dict)
 

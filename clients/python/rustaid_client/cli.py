@@ -525,7 +525,9 @@ def _plugin_command(action: str) -> Command:
             state = friendly(plugins_pb2.PluginState, plugin.state)
             error = f": {plugin.error}" if plugin.error else ""
             _print(f"plugin {plugin.id}: {state}{error}")
-        return 0
+        # The call worked but the plugin did not come up: a script should notice.
+        failed = action in ("load", "reload") and plugin.state == plugins_pb2.PLUGIN_STATE_FAILED
+        return 1 if failed else 0
 
     return run
 

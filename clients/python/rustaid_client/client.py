@@ -98,15 +98,16 @@ def normalize_address(address: str) -> str:
 
 
 def default_address(environ: Mapping[str, str] | None = None) -> str:
-    """The daemon's address: `$RUSTAID_ADDRESS`, else the per-user socket
-    `$XDG_RUNTIME_DIR/rustaid/rustaid.sock` when it exists, else the system socket."""
+    """The daemon's address: `$RUSTAID_ADDRESS`, else the per-user socket when it exists
+    (`$XDG_RUNTIME_DIR/rustaid/rustaid.sock`, or `/tmp/rustaid-UID/rustaid/rustaid.sock`
+    where there is no runtime dir, as the daemon does), else the system socket."""
     env = os.environ if environ is None else environ
     if address := env.get(ADDRESS_ENV, "").strip():
         return normalize_address(address)
-    if runtime_dir := env.get("XDG_RUNTIME_DIR"):
-        user_socket = Path(runtime_dir) / "rustaid" / "rustaid.sock"
-        if user_socket.exists():
-            return f"unix://{user_socket}"
+    runtime_dir = env.get("XDG_RUNTIME_DIR") or f"/tmp/rustaid-{os.getuid()}"
+    user_socket = Path(runtime_dir) / "rustaid" / "rustaid.sock"
+    if user_socket.exists():
+        return f"unix://{user_socket}"
     return SYSTEM_ADDRESS
 
 

@@ -135,16 +135,18 @@ class TokenChunk(_message.Message):
     def __init__(self, text: _Optional[str] = ..., index: _Optional[int] = ...) -> None: ...
 
 class GenerationDone(_message.Message):
-    __slots__ = ("model_id", "finish_reason", "usage", "timings")
+    __slots__ = ("model_id", "finish_reason", "usage", "timings", "adjustments")
     MODEL_ID_FIELD_NUMBER: _ClassVar[int]
     FINISH_REASON_FIELD_NUMBER: _ClassVar[int]
     USAGE_FIELD_NUMBER: _ClassVar[int]
     TIMINGS_FIELD_NUMBER: _ClassVar[int]
+    ADJUSTMENTS_FIELD_NUMBER: _ClassVar[int]
     model_id: str
     finish_reason: FinishReason
     usage: Usage
     timings: Timings
-    def __init__(self, model_id: _Optional[str] = ..., finish_reason: _Optional[_Union[FinishReason, str]] = ..., usage: _Optional[_Union[Usage, _Mapping]] = ..., timings: _Optional[_Union[Timings, _Mapping]] = ...) -> None: ...
+    adjustments: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, model_id: _Optional[str] = ..., finish_reason: _Optional[_Union[FinishReason, str]] = ..., usage: _Optional[_Union[Usage, _Mapping]] = ..., timings: _Optional[_Union[Timings, _Mapping]] = ..., adjustments: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class QueueStatus(_message.Message):
     __slots__ = ("position", "model_id")
