@@ -7,7 +7,7 @@ DEMO_DIR := $(CURDIR)/.demo
 DEMO_ADDRESS := unix://$(DEMO_DIR)/rustaid.sock
 PYTEST_ARGS ?= -m "not slow"
 
-.PHONY: setup system-deps node-deps demo demo-stop serve proto lint typecheck test test-all bench clean
+.PHONY: setup system-deps node-deps demo demo-stop serve proto lint typecheck test test-all bench dist deb clean
 
 ## setup: virtualenv with rustaid, its client and the dev tools (builds llama-cpp-python once, ~7 min on 2 cores; pip caches the wheel)
 setup: $(VENV)/.installed
@@ -17,12 +17,29 @@ $(VENV)/.installed: pyproject.toml clients/python/pyproject.toml
 	CMAKE_ARGS="$${CMAKE_ARGS:--DGGML_NATIVE=OFF}" $(PY) -m pip install -e '.[dev]' -e clients/python
 	touch $@
 
-## system-deps: Node.js and npm for the Node client and buf (apt, when missing)
+## system-deps: Node.js and npm for the Node client and buf; dbus-daemon, python3-dbusmock
+## and umockdev (+ its GObject bindings) for the power tests (apt, when missing); the real
+## upowerd unpacked into $(UPOWER_DIR) (installing the upower package would pull udev/systemd);
+## gdbus, busctl, systemd-analyze, lintian, dpkg-dev and python3-venv for the D-Bus, unit
+## and package tests
+UPOWER_DIR := $(VENV)/opt/upower
 system-deps:
-	@command -v node >/dev/null && command -v npm >/dev/null || { \
-	  echo "installing nodejs and npm with apt-get"; \
+	@command -v node >/dev/null && command -v npm >/dev/null \
+	  && command -v dbus-daemon >/dev/null && command -v umockdev-wrapper >/dev/null \
+	  && /usr/bin/python3 -c 'import dbusmock, gi; gi.require_version("UMockdev", "1.0")' 2>/dev/null \
+	  && command -v gdbus >/dev/null && command -v busctl >/dev/null \
+	  && command -v systemd-analyze >/dev/null && command -v lintian >/dev/null \
+	  && command -v dpkg-shlibdeps >/dev/null && command -v setpriv >/dev/null \
+	  && /usr/bin/python3 -c 'import ensurepip, dbus' 2>/dev/null || { \
+	  echo "installing nodejs, npm, dbus, python3-dbusmock, umockdev, libglib2.0-bin, systemd, lintian, dpkg-dev and python3-venv with apt-get"; \
 	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
-	  $$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq nodejs npm; }
+	  $$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq nodejs npm \
+	    dbus python3-dbusmock umockdev gir1.2-umockdev-1.0 python3-gi \
+	    libglib2.0-bin systemd lintian dpkg-dev util-linux python3-venv python3-dbus; }
+	@[ -x /usr/libexec/upowerd ] || [ -x $(UPOWER_DIR)/usr/libexec/upowerd ] || { \
+	  echo "unpacking upowerd into $(UPOWER_DIR)"; mkdir -p $(UPOWER_DIR) && cd $(UPOWER_DIR) \
+	  && apt-get download -qq upower libupower-glib3 libgudev-1.0-0 \
+	  && for deb in *.deb; do dpkg -x $$deb .; done && rm -f *.deb; }
 
 ## node-deps: @grpc/grpc-js, @grpc/proto-loader and buf for clients/node and proto lint
 node-deps: system-deps clients/node/node_modules/.installed
@@ -74,6 +91,17 @@ test-all: test
 bench: setup
 	$(PY) tests/bench/generate.py
 	$(PY) tests/bench/idle.py
+	$(PY) tests/bench/dbus.py
+
+## dist: wheels and sdists of rustaid and rustaid-client in dist/
+dist: setup
+	$(PY) -m build --outdir dist .
+	$(PY) -m build --outdir dist clients/python
+
+## deb: the Debian package in build/deb/ (venv under /usr/lib/rustaid; lintian-checked).
+## The first build compiles a portable llama.cpp (~10-20 min on 2 cores), kept in build/wheels
+deb: setup system-deps
+	$(PY) packaging/build_deb.py
 
 clean:
 	rm -rf $(VENV) clients/node/node_modules .demo .mypy_cache .ruff_cache .pytest_cache

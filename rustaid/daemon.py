@@ -9,6 +9,7 @@ import os
 import signal
 import time
 from collections.abc import Coroutine
+from pathlib import Path
 from typing import Any
 
 import grpc
@@ -18,9 +19,16 @@ from rustaid.config import Settings, load_settings
 from rustaid.core.engine import Engine
 from rustaid.core.registry import ModelEvent, ModelEventType, ModelRegistry
 from rustaid.core.watcher import FolderWatcher
+from rustaid.dbus.service import DBusService
 from rustaid.errors import RustaidError
 from rustaid.plugins import PluginManager
+from rustaid.power.manager import ResourceManager
+from rustaid.rag.manager import Rag
 from rustaid.sdnotify import Notifier
+from rustaid.tools.nlu import Nlu
+from rustaid.tools.registry import ToolRegistry
+from rustaid.updates.gate import gate_from_state, state_from_snapshot
+from rustaid.updates.manager import UpdateManager
 
 log = logging.getLogger(__name__)
 
@@ -37,6 +45,30 @@ class Daemon:
             providers=lambda: self.engine.provider_names(),
         )
         self.engine = Engine(settings, self.registry, self.plugins.llm_providers)
+        # Embeddings, collections and retrieval; engines and stores load on first use.
+        self.rag = Rag(
+            lambda: self.settings,
+            self.registry,
+            self.engine,
+            self.plugins,
+            power_profile=lambda: self.resources.monitor.active_profile,
+        )
+        # Device awareness: monitor, power profiles, inference policy, metrics.
+        self.resources = ResourceManager(
+            settings, models=self.registry, engine=self.engine, plugins=self.plugins
+        )
+        self.engine.policy = self.resources.policy
+        self.engine.metrics = self.resources.metrics
+        # OTA updates of models and plugins; refused on a low battery or a hot device.
+        self.updates = UpdateManager(self)
+        self.updates.power_ok = gate_from_state(
+            lambda: state_from_snapshot(self.resources.snapshot),
+            min_battery=self.updates.config.min_battery,
+            max_thermal=self.updates.config.max_thermal,
+        )
+        # Tools (plugins' and plugins/*.wasm), function calling, intents and entities.
+        self.tools = ToolRegistry.for_daemon(self)
+        self.nlu = Nlu(self)
         self.watcher = FolderWatcher(
             [settings.models_dir, settings.config_dir], on_change=self.rescan_async
         )
@@ -47,9 +79,17 @@ class Daemon:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._stop = asyncio.Event()
         self._tasks: set[asyncio.Task[None]] = set()
+        # The D-Bus API (org.rustai.Daemon1): started after gRPC, stopped before it.
+        self.dbus = DBusService(self)
 
-    def _provider_for(self, path: object) -> str:
-        return self.engine.provider_for(path)  # type: ignore[arg-type]
+    def _provider_for(self, path: Path) -> str:
+        # Files under embeddings/ and nlu/ belong to embedding engines; every other model
+        # file to a language-model engine (never to an embedding engine that also reads
+        # GGUF, or an unloaded llama.cpp would leave its models "served" by it).
+        top = path.relative_to(self.settings.models_dir).parts[0]
+        if top in ("embeddings", "nlu"):
+            return self.rag.provider_for(path)
+        return self.engine.provider_for(path)
 
     def _plugins_changed(self) -> None:
         # Plugin changes may come from worker threads; providers decide which models work.
@@ -98,15 +138,25 @@ class Daemon:
         t0 = time.perf_counter()
         self._loop = asyncio.get_running_loop()
         self.settings.ensure_dirs()
+        # Before plugins load and models are scanned: finish or undo an interrupted update.
+        self.updates.recover()
         self.notifier.notify("STATUS=loading plugins")
         self.plugins.start()
         self.rescan()
+        await self.tools.start()
         self.watcher.start()
-        from rustaid.services.server import build_server, set_serving
+        self.resources.start()
+        from rustaid.services.server import build_server, set_generate_serving, set_serving
 
         self.server, self._health = build_server(self)
         await self.server.start()
         await set_serving(self._health, True)
+        # While critically hot, health says NOT_SERVING for GenerateService.
+        self.resources.on_generate_serving(
+            lambda serving: self._spawn(set_generate_serving(self._health, serving))
+        )
+        await self.dbus.start()
+        await self.updates.start()
         interval = self.notifier.watchdog_interval()
         if interval:
             self._spawn(self._watchdog(interval))
@@ -121,6 +171,8 @@ class Daemon:
             (time.perf_counter() - t0) * 1000,
             status,
         )
+        # D-Bus (UPower, power-profiles-daemon), udev, PSI: connected after READY=1.
+        await self.resources.start_event_sources()
 
     def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
         task = asyncio.ensure_future(coro)
@@ -152,6 +204,7 @@ class Daemon:
 
         async def rescan_then_ready() -> None:
             await self.rescan_async()
+            await self.tools.rescan()
             self.notifier.notify("READY=1", "STATUS=reloaded")
 
         self._spawn(rescan_then_ready())
@@ -163,17 +216,24 @@ class Daemon:
         grace = self.settings.shutdown_grace_s
         self.notifier.notify("STOPPING=1", "STATUS=stopping")
         log.info("stopping: in-flight requests get %.0f s to finish", grace)
+        # D-Bus stops taking calls first; its running calls get the same grace, in parallel.
+        dbus_stopped = asyncio.ensure_future(self.dbus.stop(grace))
+        await self.resources.stop()
         if self.server is not None:
             from rustaid.services.server import remove_sockets, set_serving
 
             await set_serving(self._health, False)
             await self.server.stop(grace)
             remove_sockets(self.settings.listen)
+        await dbus_stopped
         await self.watcher.stop()
         if self._recheck is not None:
             self._recheck.cancel()
         for task in list(self._tasks):
             task.cancel()
+        await self.updates.stop()
+        await self.rag.stop()
+        self.tools.stop()
         await self.engine.stop()
         self._loop = None  # plugin shutdown must not trigger rescans any more
         self.plugins.stop()

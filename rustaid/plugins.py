@@ -83,7 +83,17 @@ log = logging.getLogger(__name__)
 
 # Module names of the plugins that ship with rustaid. They are registered exactly like
 # third-party plugins; a missing or broken one is marked FAILED, never fatal.
-BUILTIN_PLUGINS: tuple[str, ...] = ("rustaid.builtin.llama_cpp",)
+BUILTIN_PLUGINS: tuple[str, ...] = (
+    "rustaid.builtin.llama_cpp",
+    "rustaid.builtin.openai_compat",
+    "rustaid.builtin.anthropic",
+    "rustaid.builtin.onnx_embeddings",
+    "rustaid.builtin.llama_cpp_embeddings",
+    "rustaid.builtin.qdrant_edge",
+    "rustaid.builtin.qdrant_client_store",
+    "rustaid.builtin.parsers",
+    "rustaid.builtin.tools",
+)
 
 ENTRY_POINT_GROUP = hookspecs.PROJECT_NAME
 
@@ -129,8 +139,11 @@ class PluginRecord:
     loaded_at: datetime | None
 
 
-class PluginConflict(Exception):
+class PluginConflict(PreconditionFailed):
     """Two plugins claim the same id, or the same provider name, at start-up."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, reason="PLUGIN_CONFLICT")
 
 
 class _Kind(NamedTuple):
@@ -507,7 +520,9 @@ class PluginManager:
         for path in candidates:
             if path.suffix == _WASM_SUFFIX:
                 raise InvalidArgument(
-                    f"{name!r}: WebAssembly plugins are not supported yet",
+                    f"{name!r}: WebAssembly tool plugins are not plugin-manager plugins: "
+                    "the tools subsystem loads them from the plugins folder by itself "
+                    "(see ToolsService.ListTools)",
                     reason="PLUGIN_KIND_UNSUPPORTED",
                     field="id",
                 )

@@ -6,13 +6,20 @@ Providers see plain dataclasses, never protobuf messages.
 
 from __future__ import annotations
 
+import array
+import asyncio
+import contextvars
+import sys
 import threading
+import time
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Coroutine, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
+
+T = TypeVar("T")
 
 # --- Generation -------------------------------------------------------------------------
 
@@ -173,6 +180,9 @@ class LLMProvider(ABC):
 class EmbeddingOptions:
     threads: int = 0  # 0: the daemon's setting / physical cores
     batch_size: int = 0  # 0: the provider's default
+    # Idle worker threads spin-wait for the next piece of work: faster runs, but CPU
+    # burnt between them (off in the power-saving profiles).
+    spin_wait: bool = True
 
 
 class LoadedEmbedder(ABC):
@@ -196,6 +206,23 @@ class LoadedEmbedder(ABC):
     def token_offsets(self, texts: Sequence[str]) -> list[list[tuple[int, int]]]:
         """For each text, the [start, end) character span of each of its tokens, without
         special tokens and without truncation (chunking uses this to count tokens)."""
+
+    def embed_reporting(self, texts: Sequence[str]) -> tuple[list[list[float]], list[int]]:
+        """Like embed(), plus the indexes of the texts that were truncated. Providers
+        whose tokenizer reports truncation override this to skip the second pass."""
+        limit = self.max_tokens - self.special_tokens
+        long = [i for i, spans in enumerate(self.token_offsets(texts)) if len(spans) > limit]
+        return self.embed(texts), long
+
+    def embed_packed(self, texts: Sequence[str]) -> tuple[bytes, list[int]]:
+        """The vectors of embed_reporting() as little-endian float32 bytes, one row
+        after the other, and the indexes of the truncated texts: what goes on the wire,
+        without a Python float per value. Providers holding arrays override this."""
+        vectors, truncated = self.embed_reporting(texts)
+        packed = array.array("f", (x for vector in vectors for x in vector))
+        if sys.byteorder == "big":
+            packed.byteswap()
+        return packed.tobytes(), truncated
 
     def memory_bytes(self) -> int:
         """Approximate memory the model holds (0 when unknown)."""
@@ -434,14 +461,90 @@ class DocumentParser(ABC):
 # --- Tools and monitors -----------------------------------------------------------------
 
 
+class ToolError(Exception):
+    """Raised by a tool to fail a call with a message meant for the caller (and model)."""
+
+
+@dataclass(frozen=True)
+class ToolContext:
+    """What a running tool may use besides its arguments; see `tool_context()`."""
+
+    tool: str
+    # The tool's own settings: the [tools.<name>] table of rustaid.toml.
+    settings: Mapping[str, Any]
+    # time.monotonic() by which the call must end.
+    deadline: float
+    # Set when the call timed out or its client went away; long-running tools check it.
+    cancel: CancelToken
+    # The running daemon; None when the tool runs outside one.
+    daemon: Any = None
+    loop: asyncio.AbstractEventLoop | None = None
+
+    @property
+    def remaining(self) -> float:
+        """Seconds left before the deadline (0 when it has passed)."""
+        return max(0.0, self.deadline - time.monotonic())
+
+    def call_async(self, coro: Coroutine[Any, Any, T]) -> T:
+        """Run a coroutine on the daemon's event loop and wait for it, at most until the
+        deadline (TimeoutError after that)."""
+        if self.loop is None:
+            coro.close()
+            raise ToolError("this tool needs the running daemon")
+        future = asyncio.run_coroutine_threadsafe(coro, self.loop)
+        try:
+            return future.result(timeout=self.remaining)
+        except TimeoutError:
+            future.cancel()
+            raise
+
+
+_TOOL_CONTEXT: contextvars.ContextVar[ToolContext] = contextvars.ContextVar("rustaid_tool")
+
+
+def tool_context() -> ToolContext:
+    """The context of the tool call running in this thread (inside `Tool.run`)."""
+    try:
+        return _TOOL_CONTEXT.get()
+    except LookupError:
+        raise RuntimeError("tool_context() is only available inside Tool.run") from None
+
+
+def call_with_tool_context(context: ToolContext, fn: Callable[[], T]) -> T:
+    """Call `fn` with `tool_context()` returning `context` (the daemon's executor)."""
+    token = _TOOL_CONTEXT.set(context)
+    try:
+        return fn()
+    finally:
+        _TOOL_CONTEXT.reset(token)
+
+
 class Tool(ABC):
+    """A function that models and clients can call.
+
+    `run` is blocking: the daemon calls it in a worker thread, after validating the
+    arguments against `parameters_schema`, with a timeout. Inside it, `tool_context()`
+    gives the daemon, the tool's settings, its deadline and a cancel token.
+    """
+
     name: str
     description: str
-    # JSON Schema of the arguments.
+    # JSON Schema of the arguments (an object schema).
     parameters_schema: Mapping[str, Any]
+    # JSON Schema of the result (optional): a result that violates it is refused.
+    result_schema: Mapping[str, Any] | None = None
+    # Seconds a call may take when the caller does not say (capped by the settings).
+    timeout_s: float = 10.0
+    # False: listed, but refused until enabled with `enable = ["NAME"]` in [tools].
+    enabled_by_default: bool = True
+
+    def check_available(self) -> None:  # noqa: B027 (optional)
+        """Raise errors.PreconditionFailed when the tool cannot run now (e.g. a
+        subsystem it needs is missing). Called before each call, with tool_context()."""
 
     @abstractmethod
-    def run(self, arguments: Mapping[str, Any]) -> Any: ...
+    def run(self, arguments: Mapping[str, Any]) -> Any:
+        """Return a JSON-serialisable result; raise ToolError (or anything) to fail."""
 
 
 class ResourceMonitor(ABC):

@@ -35,8 +35,12 @@ def test_generated_stubs_match_the_protos(tmp_path: Path) -> None:
          f"--pyi_out={tmp_path}", f"--grpc_python_out={tmp_path}", *protos],
         cwd=ROOT / "proto", check=True,
     )  # fmt: skip
-    generated = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*_pb2*"))
-    committed = sorted(p.relative_to(ROOT) for p in (ROOT / "rustaid" / "api").rglob("*_pb2*"))
+    generated = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*_pb2*.py*"))
+    committed = sorted(
+        p.relative_to(ROOT)
+        for p in (ROOT / "rustaid" / "api").rglob("*_pb2*.py*")
+        if "__pycache__" not in p.parts
+    )
     assert generated == committed, "run `make proto` and commit the result"
     stale = [str(p) for p in generated if (tmp_path / p).read_bytes() != (ROOT / p).read_bytes()]
     assert not stale, f"stubs out of date (run `make proto`): {stale}"

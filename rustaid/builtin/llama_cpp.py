@@ -333,6 +333,7 @@ class LlamaCppProvider(LLMProvider):
     def load(self, spec: ModelSpec, options: LoadOptions) -> LoadedLLM:
         import llama_cpp
 
+        load_cpu_backends(Path(llama_cpp.__file__).parent / "lib")
         if spec.path is None:
             raise PreconditionFailed(f"model {spec.id!r}: llama.cpp needs a local .gguf file")
         path = spec.path
@@ -353,6 +354,22 @@ class LlamaCppProvider(LLMProvider):
             ) from e
         log.info("loaded %s (context %d, %d threads)", path.name, llm.n_ctx(), threads)
         return LlamaModel(llm, path, threads, options.chat_format)
+
+
+def load_cpu_backends(lib_dir: Path) -> None:
+    """A portable build (GGML_BACKEND_DL, as in the Debian package) ships one CPU backend
+    per instruction set (libggml-cpu-haswell.so, ...-skylakex.so...): load the best one
+    for this CPU, once. Other builds have their backend linked in: nothing to do."""
+    import ctypes
+
+    if not any(lib_dir.glob("libggml-cpu-*.so")):
+        return
+    # The libggml that libllama links (by its soname, next to it), not another copy.
+    ggml = ctypes.CDLL(str(lib_dir / "libggml.so.0"))
+    ggml.ggml_backend_reg_count.restype = ctypes.c_size_t
+    if ggml.ggml_backend_reg_count() == 0:
+        ggml.ggml_backend_load_all_from_path.argtypes = [ctypes.c_char_p]
+        ggml.ggml_backend_load_all_from_path(str(lib_dir).encode())
 
 
 @hookimpl

@@ -17,7 +17,7 @@ from collections.abc import AsyncIterator, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 from rustaid.config import Settings
 from rustaid.core.cache import MIB, LoadedSlot, MemoryBudget, estimate_bytes, mb
@@ -90,6 +90,29 @@ class Done:
     model_id: str
     stats: CompletionStats
     timings: Timings
+    # What the device-aware policy changed in the request, and why.
+    adjustments: tuple[str, ...] = ()
+
+
+class InferencePolicy(Protocol):
+    """Device-aware adjustment of requests (rustaid.power.policy implements it)."""
+
+    async def adjust(
+        self, params: GenerationParams, priority: Priority, threads: int = 0
+    ) -> Any:  # has .params, .prefer_remote, .caching, .messages
+        ...
+
+    async def wait_for_background_allowed(self) -> float: ...
+
+    def generating(
+        self, *, interactive: bool = True, max_tokens: int = 0
+    ) -> contextlib.AbstractAsyncContextManager[None]: ...
+
+
+class MetricsSink(Protocol):
+    def record(self, model_id: str, stats: CompletionStats, timings: Timings) -> None: ...
+
+    def record_error(self, model_id: str = "") -> None: ...
 
 
 @dataclass
@@ -142,6 +165,14 @@ class Engine:
         self._executor = ThreadPoolExecutor(max_workers=8, thread_name_prefix="rustaid-engine")
         self._stopping = False
         self.activity: EventBus[Activity] = EventBus()
+        # Set by the daemon when the device-awareness subsystem runs.
+        self.policy: InferencePolicy | None = None
+        self.metrics: MetricsSink | None = None
+
+    def is_busy(self, model_id: str) -> bool:
+        """A request is generating on, or waiting for, this model."""
+        slot = self._slots.get(model_id)
+        return slot is not None and not slot.idle
 
     # -- models ---------------------------------------------------------------------------
 
@@ -422,6 +453,23 @@ class Engine:
         Without a model id the router picks one; if that model is unreachable before it
         produced anything (a remote endpoint down), the next candidate serves instead."""
         self.validate(request)
+        if request.params.max_tokens is None:
+            request = replace(
+                request, params=replace(request.params, max_tokens=self.settings.default_max_tokens)
+            )
+        adjustments: tuple[str, ...] = ()
+        caching = True
+        if self.policy is not None:
+            adjusted = await self.policy.adjust(
+                request.params, request.priority, self.settings.threads
+            )
+            if request.priority is Priority.BACKGROUND:
+                await self.policy.wait_for_background_allowed()
+            adjustments, caching = adjusted.messages, adjusted.caching
+            selection = request.selection
+            if adjusted.prefer_remote and not selection.prefer_remote:
+                selection = replace(selection, prefer_remote=True)
+            request = replace(request, params=adjusted.params, selection=selection)
         history: tuple[ChatMessage, ...] = ()
         if request.session_id:
             history = self.sessions.history(request.session_id)
@@ -436,21 +484,48 @@ class Engine:
         for i, model_id in enumerate(candidates):
             produced = False
             try:
-                async for event in self._generate_on(model_id, request, history):
-                    produced = True
-                    if isinstance(event, Text):
-                        reply.append(event.text)
-                    elif isinstance(event, Done) and request.session_id:
-                        turn = (*request.messages, ChatMessage(Role.ASSISTANT, "".join(reply)))
-                        self.sessions.append(request.session_id, turn)
-                    yield event
+                async with self._generating(request):
+                    async for event in self._generate_on(model_id, request, history, caching):
+                        produced = True
+                        if isinstance(event, Text):
+                            reply.append(event.text)
+                        elif isinstance(event, Done):
+                            event = replace(event, adjustments=adjustments)
+                            if self.metrics is not None:
+                                self.metrics.record(model_id, event.stats, event.timings)
+                            if request.session_id:
+                                answer = ChatMessage(Role.ASSISTANT, "".join(reply))
+                                self.sessions.append(
+                                    request.session_id, (*request.messages, answer)
+                                )
+                        yield event
                 return
             except Unavailable as e:
                 if produced or i == len(candidates) - 1 or self._stopping:
+                    self._record_error(model_id)
                     raise
                 log.warning(
                     "%s unavailable (%s); falling back to %s", model_id, e, candidates[i + 1]
                 )
+            except (InvalidArgument, NotFound, asyncio.CancelledError, GeneratorExit):
+                raise  # the client's doing, not the daemon's failure
+            except Exception:
+                self._record_error(model_id)
+                raise
+
+    def _record_error(self, model_id: str) -> None:
+        if self.metrics is not None:
+            self.metrics.record_error(model_id)
+
+    def _generating(
+        self, request: GenerationRequest
+    ) -> contextlib.AbstractAsyncContextManager[None]:
+        if self.policy is None:
+            return contextlib.nullcontext()
+        return self.policy.generating(
+            interactive=request.priority is not Priority.BACKGROUND,
+            max_tokens=request.params.max_tokens or 0,
+        )
 
     async def generate_text(self, request: GenerationRequest) -> tuple[str, Done]:
         """The whole text of a generation and its Done (for unary APIs)."""
@@ -463,7 +538,11 @@ class Engine:
         raise AssertionError("generation ended without Done")
 
     async def _generate_on(
-        self, model_id: str, request: GenerationRequest, history: tuple[ChatMessage, ...]
+        self,
+        model_id: str,
+        request: GenerationRequest,
+        history: tuple[ChatMessage, ...],
+        caching: bool = True,
     ) -> AsyncIterator[GenerationEvent]:
         t_start = time.perf_counter()
         params = request.params
@@ -489,7 +568,7 @@ class Engine:
                 self._release_idle(slot)
                 continue
             break
-        if request.session_id:
+        if request.session_id and caching:
             slot.model.enable_prompt_cache(self.settings.prompt_cache_mb * MIB)
         t_turn = time.perf_counter()
         async for event in self._run(slot, ticket, request, params, messages):

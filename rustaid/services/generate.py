@@ -8,8 +8,10 @@ from typing import TYPE_CHECKING, Any, Protocol
 from rustaid.api.v1 import common_pb2, generate_pb2, generate_pb2_grpc
 from rustaid.core.engine import Done, GenerationRequest, Queued, Text, chat_messages
 from rustaid.errors import InvalidArgument
-from rustaid.providers import LoadedLLM, Role
+from rustaid.providers import LoadedLLM
 from rustaid.services import convert
+from rustaid.services.convert import tools as convert_tools
+from rustaid.tools.calling import CallMade, ToolCall, collect_with_tools, generate_with_tools
 
 if TYPE_CHECKING:
     from rustaid.daemon import Daemon
@@ -60,17 +62,22 @@ class GenerateServicer(generate_pb2_grpc.GenerateServiceServicer):
         self.daemon = daemon
 
     async def _collect(self, request: GenerationRequest) -> tuple[str, Done]:
-        parts: list[str] = []
-        async for event in self.daemon.engine.generate(request):
-            if isinstance(event, Text):
-                parts.append(event.text)
-            elif isinstance(event, Done):
-                return "".join(parts), event
-        raise AssertionError("generation ended without Done")
+        return await self.daemon.engine.generate_text(request)
 
-    async def _stream(self, request: GenerationRequest, response_type: Any) -> AsyncIterator[Any]:
-        async for event in self.daemon.engine.generate(request):
-            if isinstance(event, Text):
+    async def _stream(
+        self, request: GenerationRequest, response_type: Any, pb: Any = None
+    ) -> AsyncIterator[Any]:
+        # Requests with tools go through function calling (rustaid.tools.calling).
+        calling = convert_tools.function_calling_from_pb(pb) if pb is not None else None
+        events = (
+            self.daemon.engine.generate(request)
+            if calling is None
+            else generate_with_tools(self.daemon, request, *calling)
+        )
+        async for event in events:
+            if isinstance(event, CallMade):
+                yield response_type(tool_call=convert_tools.tool_call_to_pb(event.call))
+            elif isinstance(event, Text):
                 yield response_type(chunk=common_pb2.TokenChunk(text=event.text, index=event.index))
             elif isinstance(event, Queued):
                 yield response_type(
@@ -82,39 +89,56 @@ class GenerateServicer(generate_pb2_grpc.GenerateServiceServicer):
     async def Generate(
         self, request: generate_pb2.GenerateRequest, context: Context
     ) -> generate_pb2.GenerateResponse:
-        text, done = await self._collect(_request(request, prompt=request.prompt))
+        base = _request(request, prompt=request.prompt)
+        calling = convert_tools.function_calling_from_pb(request)
+        if calling is None:
+            text, done = await self._collect(base)
+            calls: list[ToolCall] = []
+        else:
+            text, done, calls = await collect_with_tools(self.daemon, base, *calling)
         return generate_pb2.GenerateResponse(
+            tool_calls=[convert_tools.tool_call_to_pb(c) for c in calls],
             text=text,
             model_id=done.model_id,
             finish_reason=convert.finish_reason_to_pb(done.stats.finish_reason),
             usage=convert.usage_to_pb(done.stats),
             timings=convert.timings_to_pb(done.timings),
+            adjustments=done.adjustments,
         )
 
     async def GenerateStream(
         self, request: generate_pb2.GenerateStreamRequest, context: Context
     ) -> AsyncIterator[generate_pb2.GenerateStreamResponse]:
         async for response in self._stream(
-            _request(request, prompt=request.prompt), generate_pb2.GenerateStreamResponse
+            _request(request, prompt=request.prompt), generate_pb2.GenerateStreamResponse, request
         ):
             yield response
 
     async def Chat(
         self, request: generate_pb2.ChatRequest, context: Context
     ) -> generate_pb2.ChatResponse:
-        text, done = await self._collect(_chat_request(request))
+        base = _chat_request(request)
+        calling = convert_tools.function_calling_from_pb(request)
+        if calling is None:
+            text, done = await self._collect(base)
+            calls: list[ToolCall] = []
+        else:
+            text, done, calls = await collect_with_tools(self.daemon, base, *calling)
         return generate_pb2.ChatResponse(
-            message=convert.chat_message_to_pb(Role.ASSISTANT, text),
+            message=convert_tools.chat_reply_to_pb(text, calls),
             model_id=done.model_id,
             finish_reason=convert.finish_reason_to_pb(done.stats.finish_reason),
             usage=convert.usage_to_pb(done.stats),
             timings=convert.timings_to_pb(done.timings),
+            adjustments=done.adjustments,
         )
 
     async def ChatStream(
         self, request: generate_pb2.ChatStreamRequest, context: Context
     ) -> AsyncIterator[generate_pb2.ChatStreamResponse]:
-        async for response in self._stream(_chat_request(request), generate_pb2.ChatStreamResponse):
+        async for response in self._stream(
+            _chat_request(request), generate_pb2.ChatStreamResponse, request
+        ):
             yield response
 
     async def Tokenize(

@@ -20,19 +20,29 @@ from rustaid.api.v1 import (
     generate_pb2_grpc,
     models_pb2,
     models_pb2_grpc,
+    nlu_pb2,
+    nlu_pb2_grpc,
     plugins_pb2,
     plugins_pb2_grpc,
     rag_pb2,
+    rag_pb2_grpc,
     resources_pb2,
+    resources_pb2_grpc,
     tools_pb2,
+    tools_pb2_grpc,
     updates_pb2,
+    updates_pb2_grpc,
 )
 from rustaid.errors import InvalidArgument, Unavailable
 from rustaid.services.errors import ErrorInterceptor
 from rustaid.services.generate import GenerateServicer
 from rustaid.services.models import ModelsServicer
 from rustaid.services.plugins import PluginsServicer
+from rustaid.services.rag import RagServicer
+from rustaid.services.resources import ResourcesServicer
+from rustaid.services.tools import NluServicer, ToolsServicer
 from rustaid.services.unimplemented import SERVICERS, unimplemented_servicer
+from rustaid.services.updates import UpdatesServicer
 
 if TYPE_CHECKING:
     from rustaid.daemon import Daemon
@@ -49,6 +59,7 @@ SERVICE_NAMES = tuple(
         (plugins_pb2.DESCRIPTOR, "PluginsService"),
         (resources_pb2.DESCRIPTOR, "ResourcesService"),
         (updates_pb2.DESCRIPTOR, "UpdatesService"),
+        (nlu_pb2.DESCRIPTOR, "NluService"),
     )
 )
 
@@ -99,6 +110,13 @@ def build_server(daemon: Daemon) -> tuple[grpc.aio.Server, health_aio.HealthServ
     models_pb2_grpc.add_ModelsServiceServicer_to_server(ModelsServicer(daemon), server)
     generate_pb2_grpc.add_GenerateServiceServicer_to_server(GenerateServicer(daemon), server)
     plugins_pb2_grpc.add_PluginsServiceServicer_to_server(PluginsServicer(daemon), server)
+    rag_pb2_grpc.add_RagServiceServicer_to_server(RagServicer(daemon), server)
+    resources_pb2_grpc.add_ResourcesServiceServicer_to_server(
+        ResourcesServicer(daemon.resources), server
+    )
+    updates_pb2_grpc.add_UpdatesServiceServicer_to_server(UpdatesServicer(daemon), server)
+    tools_pb2_grpc.add_ToolsServiceServicer_to_server(ToolsServicer(daemon), server)
+    nlu_pb2_grpc.add_NluServiceServicer_to_server(NluServicer(daemon), server)
     for base, add, name in SERVICERS:
         add(unimplemented_servicer(base, name), server)
     health_servicer = health_aio.HealthServicer()
@@ -134,8 +152,26 @@ async def set_serving(health_servicer: health_aio.HealthServicer, serving: bool)
         if serving
         else health_pb2.HealthCheckResponse.NOT_SERVING
     )
+    not_served = {service.full_name for _, _, service in SERVICERS}
     for name in ("", *SERVICE_NAMES):
-        await health_servicer.set(name, status)
+        served = serving and name not in not_served
+        await health_servicer.set(
+            name,
+            status if served else health_pb2.HealthCheckResponse.NOT_SERVING,
+        )
+
+
+GENERATE_SERVICE = generate_pb2.DESCRIPTOR.services_by_name["GenerateService"].full_name
+
+
+async def set_generate_serving(health_servicer: health_aio.HealthServicer, serving: bool) -> None:
+    """GenerateService alone: NOT_SERVING while the device is critically hot."""
+    status = (
+        health_pb2.HealthCheckResponse.SERVING
+        if serving
+        else health_pb2.HealthCheckResponse.NOT_SERVING
+    )
+    await health_servicer.set(GENERATE_SERVICE, status)
 
 
 def remove_sockets(listen: tuple[str, ...]) -> None:

@@ -9,41 +9,10 @@ from typing import Any
 from google.protobuf.descriptor import ServiceDescriptor
 
 from rustaid import __version__
-from rustaid.api.v1 import (
-    rag_pb2,
-    rag_pb2_grpc,
-    resources_pb2,
-    resources_pb2_grpc,
-    tools_pb2,
-    tools_pb2_grpc,
-    updates_pb2,
-    updates_pb2_grpc,
-)
 from rustaid.errors import NotImplementedYet
 
-# (servicer base, add-to-server function, service descriptor)
-SERVICERS: tuple[tuple[type, Any, ServiceDescriptor], ...] = (
-    (
-        rag_pb2_grpc.RagServiceServicer,
-        rag_pb2_grpc.add_RagServiceServicer_to_server,
-        rag_pb2.DESCRIPTOR.services_by_name["RagService"],
-    ),
-    (
-        tools_pb2_grpc.ToolsServiceServicer,
-        tools_pb2_grpc.add_ToolsServiceServicer_to_server,
-        tools_pb2.DESCRIPTOR.services_by_name["ToolsService"],
-    ),
-    (
-        resources_pb2_grpc.ResourcesServiceServicer,
-        resources_pb2_grpc.add_ResourcesServiceServicer_to_server,
-        resources_pb2.DESCRIPTOR.services_by_name["ResourcesService"],
-    ),
-    (
-        updates_pb2_grpc.UpdatesServiceServicer,
-        updates_pb2_grpc.add_UpdatesServiceServicer_to_server,
-        updates_pb2.DESCRIPTOR.services_by_name["UpdatesService"],
-    ),
-)
+# (servicer base, add-to-server function, service descriptor); every service is served.
+SERVICERS: tuple[tuple[type, Any, ServiceDescriptor], ...] = ()
 
 
 def _error(service: str, method: str) -> NotImplementedYet:

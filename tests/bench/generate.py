@@ -225,6 +225,8 @@ def daemon_run(stub: Any, model_id: str, round_no: int, max_tokens: int) -> Samp
         "usage": MessageToDict(done.usage, preserving_proto_field_name=True),
         "timings": MessageToDict(done.timings, preserving_proto_field_name=True),
         "finish_reason": common_pb2.FinishReason.Name(done.finish_reason),
+        # What the device-aware policy changed (a power profile capping max_tokens...).
+        "adjustments": list(getattr(done, "adjustments", ())),
     }
     tokens = done.usage.completion_tokens
     return _sample("daemon", round_no, t0, stamps, tokens, t_end, "".join(parts), server)
@@ -447,6 +449,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     if mismatches:
         print(f"WARNING: text differs from the direct arm in {mismatches}")
+    adjusted = sorted({a for r in rounds for a in r.samples["daemon"].server["adjustments"]})
+    if adjusted:
+        print(f"WARNING: the daemon's policy adjusted the requests: {adjusted}")
     common.write_json(args.json, result)
     keys = ("ratio_tokens_per_s", "ttft_overhead_ms", "ttft_cached_prompt_overhead_ms")
     print(json.dumps({k: round(result[k], 4) for k in keys}))

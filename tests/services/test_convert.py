@@ -12,10 +12,30 @@ import importlib
 import re
 from types import ModuleType
 
-from rustaid.api.v1 import common_pb2, generate_pb2, models_pb2, plugins_pb2
+from rustaid.api.v1 import (
+    common_pb2,
+    generate_pb2,
+    models_pb2,
+    nlu_pb2,
+    plugins_pb2,
+    rag_pb2,
+    resources_pb2,
+    tools_pb2,
+    updates_pb2,
+)
 from rustaid.services import convert
 
-SERVED: list[ModuleType] = [common_pb2, generate_pb2, models_pb2, plugins_pb2]
+SERVED: list[ModuleType] = [
+    common_pb2,
+    generate_pb2,
+    models_pb2,
+    nlu_pb2,
+    plugins_pb2,
+    rag_pb2,
+    resources_pb2,
+    tools_pb2,
+    updates_pb2,
+]
 # Request/response wrappers are unpacked by the servicers, except these streamed events.
 WRAPPER = re.compile(r".*(Request|Response)$")
 CONVERTED_WRAPPERS = {"WatchModelsResponse", "SelectModelResponse"}

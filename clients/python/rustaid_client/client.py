@@ -12,14 +12,16 @@ from plain Python arguments, responses are the protobuf messages themselves, and
 
 from __future__ import annotations
 
+import json
 import os
-from collections.abc import Iterator, Mapping, Sequence
+import re
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Generic, Literal, Self, TypeAlias, TypedDict, TypeVar, Unpack
 
 import grpc
-from google.protobuf import descriptor, duration_pb2
+from google.protobuf import descriptor, duration_pb2, struct_pb2
 from google.protobuf.internal.enum_type_wrapper import EnumTypeWrapper
 from google.protobuf.message import DecodeError, Message
 from google.rpc import error_details_pb2, status_pb2  # untyped: no py.typed marker
@@ -29,7 +31,12 @@ from rustaid.api.v1 import (
     common_pb2,
     generate_pb2,
     models_pb2,
+    nlu_pb2,
     plugins_pb2,
+    rag_pb2,
+    resources_pb2,
+    tools_pb2,
+    updates_pb2,
 )
 
 __all__ = [
@@ -38,12 +45,16 @@ __all__ = [
     "ChatInput",
     "Client",
     "DaemonUnavailableError",
+    "DocumentInput",
     "GenerationOptions",
     "ResponseStream",
     "RustaidError",
     "chat_message",
     "default_address",
     "normalize_address",
+    "parse_condition",
+    "parse_filter",
+    "rag_document",
 ]
 
 ADDRESS_ENV = "RUSTAID_ADDRESS"
@@ -366,6 +377,110 @@ def _keep_alive(keep_alive: float | Literal["forever"] | None) -> common_pb2.Kee
     return common_pb2.KeepAlive(duration=duration)
 
 
+# ---------------------------------------------------------------------------- rag
+
+DocumentInput: TypeAlias = rag_pb2.Document | str | Mapping[str, Any]
+"""A document for `Client.index_documents`: a `Document`, a text, or a dict with the keys
+`text` and optionally `id`, `source`, `title`, `metadata`."""
+
+_CONDITION = re.compile(r"^\s*([A-Za-z0-9_.-]+)\s*(>=|<=|!=|=|>|<)\s*(.*?)\s*$")
+
+
+def rag_document(document: DocumentInput) -> rag_pb2.Document:
+    if isinstance(document, rag_pb2.Document):
+        return document
+    if isinstance(document, str):
+        return rag_pb2.Document(text=document)
+    unknown = set(document) - {"id", "text", "source", "title", "metadata"}
+    if unknown:
+        raise ValueError(f"unknown document key(s): {', '.join(sorted(unknown))}")
+    return rag_pb2.Document(
+        id=str(document.get("id", "")),
+        text=str(document.get("text", "")),
+        source=str(document.get("source", "")),
+        title=str(document.get("title", "")),
+        metadata=_struct(document.get("metadata")),
+    )
+
+
+def _struct(data: Mapping[str, Any] | None) -> struct_pb2.Struct:
+    struct = struct_pb2.Struct()
+    if data:
+        struct.update(dict(data))
+    return struct
+
+
+def _distance(distance: str | int | None) -> str:
+    if distance is None or distance == 0:
+        return "DISTANCE_UNSPECIFIED"
+    return _enum_name("DISTANCE_", rag_pb2.Distance, distance)
+
+
+def _chunking(size: int, overlap: int | None) -> rag_pb2.ChunkingOptions:
+    chunking = rag_pb2.ChunkingOptions(chunk_size=size)
+    if overlap is not None:
+        chunking.chunk_overlap = overlap
+    return chunking
+
+
+def _index_request(
+    collection: str, documents: list[rag_pb2.Document], chunking: rag_pb2.ChunkingOptions
+) -> rag_pb2.IndexDocumentsRequest:
+    return rag_pb2.IndexDocumentsRequest(
+        collection=collection, documents=documents, chunking=chunking
+    )
+
+
+def _scalar(text: str) -> rag_pb2.MatchValue:
+    if text.lower() in ("true", "false"):
+        return rag_pb2.MatchValue(boolean=text.lower() == "true")
+    if re.fullmatch(r"[+-]?\d+", text):
+        return rag_pb2.MatchValue(integer=int(text))
+    return rag_pb2.MatchValue(text=text)
+
+
+def parse_condition(expression: str) -> tuple[rag_pb2.Condition, bool]:
+    """One filter expression as a Condition, and whether it is negated (!=):
+
+    `key=value` (a number or true/false match as such, anything else as text),
+    `key=a|b|c` (any of), `key!=value`, and ranges `key>=n`, `key>n`, `key<=n`, `key<n`.
+    Keys are chunk fields (source, page, document_id, ...) or `metadata.KEY`."""
+    match = _CONDITION.match(expression)
+    if not match:
+        raise ValueError(
+            f"bad filter {expression!r}: use KEY=VALUE, KEY=A|B, KEY!=VALUE or KEY>=NUMBER"
+        )
+    key, op, value = match.groups()
+    if op in ("=", "!="):
+        if "|" in value:
+            values = [v.strip() for v in value.split("|")]
+            return rag_pb2.Condition(key=key, any=rag_pb2.MatchAny(values=values)), op == "!="
+        return rag_pb2.Condition(key=key, value=_scalar(value)), op == "!="
+    try:
+        number = float(value)
+    except ValueError:
+        raise ValueError(f"bad filter {expression!r}: {op} needs a number") from None
+    bound = {">": "gt", ">=": "gte", "<": "lt", "<=": "lte"}[op]
+    return rag_pb2.Condition(key=key, range=rag_pb2.Range(**{bound: number})), False
+
+
+def parse_filter(expressions: Sequence[str]) -> rag_pb2.Filter:
+    """A Filter matching all the expressions (see `parse_condition`)."""
+    result = rag_pb2.Filter()
+    for expression in expressions:
+        condition, negated = parse_condition(expression)
+        (result.must_not if negated else result.must).append(condition)
+    return result
+
+
+def _filter(value: rag_pb2.Filter | Sequence[str] | None) -> rag_pb2.Filter | None:
+    if value is None or isinstance(value, rag_pb2.Filter):
+        return value
+    if isinstance(value, str):
+        return parse_filter([value])
+    return parse_filter(value)
+
+
 # ------------------------------------------------------------------------------ client
 
 
@@ -443,6 +558,9 @@ class Client:
 
     def _generate(self, name: str, request: Message, response: type[_Resp]) -> _Resp:
         return self._unary(generate_pb2.DESCRIPTOR, "GenerateService", name, request, response)
+
+    def _updates(self, name: str, request: Message, response: type[_Resp]) -> _Resp:
+        return self._unary(updates_pb2.DESCRIPTOR, "UpdatesService", name, request, response)
 
     def _plugins(self, name: str, request: Message, response: type[_Resp]) -> _Resp:
         return self._unary(plugins_pb2.DESCRIPTOR, "PluginsService", name, request, response)
@@ -626,6 +744,373 @@ class Client:
     def reload_plugin(self, plugin_id: str) -> plugins_pb2.ReloadPluginResponse:
         request = plugins_pb2.ReloadPluginRequest(id=plugin_id)
         return self._plugins("ReloadPlugin", request, plugins_pb2.ReloadPluginResponse)
+
+    # ------------------------------------------------------------------- updates
+
+    def check_updates(self, channel: str = "") -> updates_pb2.CheckUpdatesResponse:
+        """Fetch and verify the release metadata; what is newer than what is installed
+        (`channel` "" is the configured one)."""
+        request = updates_pb2.CheckUpdatesRequest(channel=channel)
+        return self._updates("CheckUpdates", request, updates_pb2.CheckUpdatesResponse)
+
+    def apply_update(
+        self,
+        artifact_ids: Sequence[str] = (),
+        *,
+        channel: str = "",
+        force: bool = False,
+        wait: bool = False,
+    ) -> updates_pb2.ApplyUpdateResponse:
+        """Apply the available updates in rollout, or the named ones. `force` ignores the
+        power gate; `wait` returns when they have finished (follow progress with
+        `watch_updates`)."""
+        request = updates_pb2.ApplyUpdateRequest(
+            artifact_ids=list(artifact_ids), channel=channel, force=force, wait=wait
+        )
+        return self._updates("ApplyUpdate", request, updates_pb2.ApplyUpdateResponse)
+
+    def get_update_status(self) -> updates_pb2.GetUpdateStatusResponse:
+        request = updates_pb2.GetUpdateStatusRequest()
+        return self._updates("GetUpdateStatus", request, updates_pb2.GetUpdateStatusResponse)
+
+    def rollback_update(self, artifact_id: str) -> updates_pb2.RollbackResponse:
+        """Switch an artifact back to its previous version."""
+        request = updates_pb2.RollbackRequest(artifact_id=artifact_id)
+        return self._updates("Rollback", request, updates_pb2.RollbackResponse)
+
+    def update_history(self, limit: int = 0) -> updates_pb2.ListHistoryResponse:
+        """Past update attempts, newest first (`limit` 0 means 50)."""
+        request = updates_pb2.ListHistoryRequest(limit=limit)
+        return self._updates("ListHistory", request, updates_pb2.ListHistoryResponse)
+
+    def watch_updates(self) -> ResponseStream[updates_pb2.WatchUpdatesResponse]:
+        """The updater's status now, then every change (progress included)."""
+        return self._stream(
+            updates_pb2.DESCRIPTOR,
+            "UpdatesService",
+            "WatchUpdates",
+            updates_pb2.WatchUpdatesRequest(),
+            updates_pb2.WatchUpdatesResponse,
+        )
+
+    # ------------------------------------------------------------------------ rag
+
+    def _rag(self, name: str, request: Message, response: type[_Resp]) -> _Resp:
+        return self._unary(rag_pb2.DESCRIPTOR, "RagService", name, request, response)
+
+    def embed(self, texts: Sequence[str], model_id: str = "") -> rag_pb2.EmbedResponse:
+        """L2-normalised vectors for `texts` (the default embedding model when no id)."""
+        request = rag_pb2.EmbedRequest(model_id=model_id, texts=list(texts))
+        return self._rag("Embed", request, rag_pb2.EmbedResponse)
+
+    def create_collection(
+        self,
+        name: str,
+        embedding_model_id: str = "",
+        *,
+        distance: str | int | None = None,
+        vector_store: str = "",
+    ) -> rag_pb2.CreateCollectionResponse:
+        """A new, empty collection; `distance` is "cosine" (default), "dot" or "euclid"."""
+        request = rag_pb2.CreateCollectionRequest(
+            name=name,
+            embedding_model_id=embedding_model_id,
+            distance=_distance(distance),
+            vector_store=vector_store,
+        )
+        return self._rag("CreateCollection", request, rag_pb2.CreateCollectionResponse)
+
+    def list_collections(self) -> rag_pb2.ListCollectionsResponse:
+        request = rag_pb2.ListCollectionsRequest()
+        return self._rag("ListCollections", request, rag_pb2.ListCollectionsResponse)
+
+    def delete_collection(self, name: str) -> rag_pb2.DeleteCollectionResponse:
+        request = rag_pb2.DeleteCollectionRequest(name=name)
+        return self._rag("DeleteCollection", request, rag_pb2.DeleteCollectionResponse)
+
+    def index_documents(
+        self,
+        collection: str,
+        documents: Iterable[DocumentInput],
+        *,
+        chunk_size: int = 0,
+        chunk_overlap: int | None = None,
+        per_message: int = 16,
+    ) -> rag_pb2.IndexDocumentsResponse:
+        """Stream texts into a collection (bulk ingestion); `documents` may be a lazy
+        iterable. Documents travel `per_message` at a time."""
+        chunking = _chunking(chunk_size, chunk_overlap)
+
+        def requests() -> Iterator[rag_pb2.IndexDocumentsRequest]:
+            batch: list[rag_pb2.Document] = []
+            first = True
+            for document in documents:
+                batch.append(rag_document(document))
+                if len(batch) >= per_message:
+                    yield _index_request(collection if first else "", batch, chunking)
+                    first, batch = False, []
+            if batch or first:
+                yield _index_request(collection if first else "", batch, chunking)
+
+        call: grpc.StreamUnaryMultiCallable[Message, rag_pb2.IndexDocumentsResponse] = (
+            self._channel.stream_unary(
+                _method(
+                    rag_pb2.DESCRIPTOR,
+                    "RagService",
+                    "IndexDocuments",
+                    rag_pb2.IndexDocumentsResponse,
+                ),
+                request_serializer=_serialize,
+                response_deserializer=rag_pb2.IndexDocumentsResponse.FromString,
+            )
+        )
+        try:
+            return call(requests(), timeout=self.timeout)
+        except grpc.RpcError as e:
+            raise RustaidError.from_rpc_error(e, self.address) from e
+
+    def index_file(
+        self,
+        collection: str,
+        path: str | Path | None = None,
+        *,
+        content: bytes | None = None,
+        filename: str = "",
+        mime_type: str = "",
+        metadata: Mapping[str, Any] | None = None,
+        document_id: str = "",
+        chunk_size: int = 0,
+        chunk_overlap: int | None = None,
+    ) -> rag_pb2.IndexFileResponse:
+        """Index one file: `path` is read by the daemon (it must be under the daemon's
+        allowed folders), or `content` is uploaded (name it with `filename`)."""
+        if (path is None) == (content is None):
+            raise ValueError("give either path or content")
+        request = rag_pb2.IndexFileRequest(
+            collection=collection,
+            filename=filename,
+            mime_type=mime_type,
+            metadata=_struct(metadata),
+            document_id=document_id,
+            chunking=_chunking(chunk_size, chunk_overlap),
+        )
+        if path is not None:
+            request.path = str(path)
+        else:
+            request.content = content or b""
+        return self._rag("IndexFile", request, rag_pb2.IndexFileResponse)
+
+    def search(
+        self,
+        collection: str,
+        query: str,
+        *,
+        top_k: int = 0,
+        filter: rag_pb2.Filter | Sequence[str] | None = None,
+        score_threshold: float | None = None,
+    ) -> rag_pb2.SearchResponse:
+        """The passages closest to `query`; `filter` is a Filter or expressions such as
+        "metadata.lang=en", "page>=3", "source=a.md|b.md" (see `parse_filter`)."""
+        request = rag_pb2.SearchRequest(
+            collection=collection, query=query, top_k=top_k, filter=_filter(filter)
+        )
+        if score_threshold is not None:
+            request.score_threshold = score_threshold
+        return self._rag("Search", request, rag_pb2.SearchResponse)
+
+    def delete_documents(
+        self,
+        collection: str,
+        document_ids: Sequence[str] = (),
+        *,
+        filter: rag_pb2.Filter | Sequence[str] | None = None,
+    ) -> rag_pb2.DeleteDocumentsResponse:
+        request = rag_pb2.DeleteDocumentsRequest(
+            collection=collection, document_ids=list(document_ids), filter=_filter(filter)
+        )
+        return self._rag("DeleteDocuments", request, rag_pb2.DeleteDocumentsResponse)
+
+    def ask(
+        self,
+        collection: str,
+        question: str,
+        model_id: str = "",
+        *,
+        passages: int = 0,
+        filter: rag_pb2.Filter | Sequence[str] | None = None,
+        score_threshold: float | None = None,
+        **options: Unpack[GenerationOptions],
+    ) -> ResponseStream[rag_pb2.AskResponse]:
+        """An answer grounded in the collection, streamed: first `citations` (the
+        passages the model was given, [1] first), then `chunk` events and `done`.
+        `passages` is how many passages to retrieve (the request's top_k; 0: 5)."""
+        fields = _generation_fields(options)
+        fields.pop("priority", None)
+        request = rag_pb2.AskRequest(
+            collection=collection,
+            question=question,
+            model_id=model_id,
+            top_k=passages,
+            filter=_filter(filter),
+            **fields,
+        )
+        if score_threshold is not None:
+            request.score_threshold = score_threshold
+        return self._stream(rag_pb2.DESCRIPTOR, "RagService", "Ask", request, rag_pb2.AskResponse)
+
+    # ----------------------------------------------------------------- resources
+
+    def _resources(self, name: str, request: Message, response: type[_Resp]) -> _Resp:
+        return self._unary(resources_pb2.DESCRIPTOR, "ResourcesService", name, request, response)
+
+    def get_snapshot(self) -> resources_pb2.GetSnapshotResponse:
+        """The device's state: memory, CPU, heat, power, GPUs and the power profile."""
+        request = resources_pb2.GetSnapshotRequest()
+        return self._resources("GetSnapshot", request, resources_pb2.GetSnapshotResponse)
+
+    def watch_snapshots(
+        self, min_interval: float | None = None
+    ) -> ResponseStream[resources_pb2.WatchSnapshotsResponse]:
+        """The current snapshot, then one whenever the state changes (at most one per
+        `min_interval` seconds; the daemon's default is 1 s)."""
+        request = resources_pb2.WatchSnapshotsRequest()
+        if min_interval is not None:
+            request.min_interval.FromNanoseconds(int(min_interval * 1e9))
+        return self._stream(
+            resources_pb2.DESCRIPTOR,
+            "ResourcesService",
+            "WatchSnapshots",
+            request,
+            resources_pb2.WatchSnapshotsResponse,
+        )
+
+    def get_power_profile(self) -> resources_pb2.GetPowerProfileResponse:
+        """The active power profile, why it is active and the parameters it sets."""
+        request = resources_pb2.GetPowerProfileRequest()
+        return self._resources("GetPowerProfile", request, resources_pb2.GetPowerProfileResponse)
+
+    def set_power_profile(
+        self,
+        profile: str | int,
+        custom: resources_pb2.ProfileParameters | None = None,
+    ) -> resources_pb2.SetPowerProfileResponse:
+        """Override the automatic profile until cleared: "performance", "balanced",
+        "power-saver", "ultra-saver", or "custom" with `custom` parameters."""
+        request = resources_pb2.SetPowerProfileRequest(
+            profile=_enum_name("POWER_PROFILE_", common_pb2.PowerProfile, profile), custom=custom
+        )
+        return self._resources("SetPowerProfile", request, resources_pb2.SetPowerProfileResponse)
+
+    def clear_power_profile(self) -> resources_pb2.SetPowerProfileResponse:
+        """Back to the automatic profile (power-profiles-daemon, else the battery)."""
+        request = resources_pb2.SetPowerProfileRequest(clear_override=True)
+        return self._resources("SetPowerProfile", request, resources_pb2.SetPowerProfileResponse)
+
+    def estimate_cost(
+        self, model_id: str, prompt_tokens: int = 0, max_tokens: int = 0
+    ) -> resources_pb2.EstimateCostResponse:
+        """Expected time and energy of a request on this device now."""
+        request = resources_pb2.EstimateCostRequest(
+            model_id=model_id, prompt_tokens=prompt_tokens, max_tokens=max_tokens
+        )
+        return self._resources("EstimateCost", request, resources_pb2.EstimateCostResponse)
+
+    def get_metrics(self) -> resources_pb2.GetMetricsResponse:
+        """Per-model requests, tokens, speed, time to first token and energy."""
+        request = resources_pb2.GetMetricsRequest()
+        return self._resources("GetMetrics", request, resources_pb2.GetMetricsResponse)
+
+    def reset_metrics(self) -> resources_pb2.ResetMetricsResponse:
+        request = resources_pb2.ResetMetricsRequest()
+        return self._resources("ResetMetrics", request, resources_pb2.ResetMetricsResponse)
+
+    # --------------------------------------------------------------------- tools
+
+    def _tools(self, name: str, request: Message, response: type[_Resp]) -> _Resp:
+        return self._unary(tools_pb2.DESCRIPTOR, "ToolsService", name, request, response)
+
+    def list_tools(self) -> tools_pb2.ListToolsResponse:
+        """Every tool (enabled or not, with its schemas and metrics) and the WebAssembly
+        modules of the plugins folder."""
+        request = tools_pb2.ListToolsRequest()
+        return self._tools("ListTools", request, tools_pb2.ListToolsResponse)
+
+    def execute_tool(
+        self,
+        name: str,
+        arguments: str | Mapping[str, Any] | None = None,
+        *,
+        timeout: float | None = None,
+    ) -> tools_pb2.ExecuteToolResponse:
+        """Run a tool. `arguments` is a JSON object (text or a mapping); `timeout` is
+        seconds (default: the tool's own). The outcome is in `status`, `output_json` and
+        `error`; a call the daemon refuses (unknown tool, bad arguments) raises."""
+        if arguments is None:
+            arguments_json = "{}"
+        elif isinstance(arguments, str):
+            arguments_json = arguments
+        else:
+            arguments_json = json.dumps(dict(arguments))
+        request = tools_pb2.ExecuteToolRequest(name=name, arguments_json=arguments_json)
+        if timeout is not None:
+            request.timeout.FromNanoseconds(int(timeout * 1e9))
+        return self._tools("ExecuteTool", request, tools_pb2.ExecuteToolResponse)
+
+    def run_agent(
+        self,
+        prompt: str,
+        tools: Sequence[str] = (),
+        model_id: str = "",
+        *,
+        max_steps: int = 0,
+        system_prompt: str = "",
+        **options: Unpack[GenerationOptions],
+    ) -> ResponseStream[tools_pb2.RunAgentResponse]:
+        """Let a model call the allowed `tools` until it answers: streams each tool call,
+        its result, the answer's text as `chunk`s, and a final `done`."""
+        fields = _generation_fields(options)
+        fields.pop("priority", None)
+        request = tools_pb2.RunAgentRequest(
+            prompt=prompt,
+            tools=list(tools),
+            model_id=model_id,
+            max_steps=max_steps,
+            system_prompt=system_prompt,
+            **fields,
+        )
+        return self._stream(
+            tools_pb2.DESCRIPTOR, "ToolsService", "RunAgent", request, tools_pb2.RunAgentResponse
+        )
+
+    # ----------------------------------------------------------------------- nlu
+
+    def _nlu(self, name: str, request: Message, response: type[_Resp]) -> _Resp:
+        return self._unary(nlu_pb2.DESCRIPTOR, "NluService", name, request, response)
+
+    def classify_intent(
+        self, text: str, labels: Sequence[str] = (), model_id: str = ""
+    ) -> nlu_pb2.ClassifyIntentResponse:
+        """The intent of `text`: an ONNX classifier of models/nlu/ when there is one,
+        else a language model choosing among `labels`."""
+        request = nlu_pb2.ClassifyIntentRequest(text=text, labels=list(labels), model_id=model_id)
+        return self._nlu("ClassifyIntent", request, nlu_pb2.ClassifyIntentResponse)
+
+    def extract_entities(
+        self,
+        text: str,
+        entity_types: Sequence[str | tuple[str, str]] = (),
+        model_id: str = "",
+    ) -> nlu_pb2.ExtractEntitiesResponse:
+        """Entities of the given types in `text` (a type is a name or (name,
+        description)), with their offsets."""
+        types = [
+            nlu_pb2.EntityType(name=t)
+            if isinstance(t, str)
+            else nlu_pb2.EntityType(name=t[0], description=t[1])
+            for t in entity_types
+        ]
+        request = nlu_pb2.ExtractEntitiesRequest(text=text, entity_types=types, model_id=model_id)
+        return self._nlu("ExtractEntities", request, nlu_pb2.ExtractEntitiesResponse)
 
     # -------------------------------------------------------------------- health
 

@@ -23,43 +23,44 @@ _sym_db = _symbol_database.Default()
 
 
 from rustaid.api.v1 import common_pb2 as rustaid_dot_api_dot_v1_dot_common__pb2
+from rustaid.api.v1 import tools_pb2 as rustaid_dot_api_dot_v1_dot_tools__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1drustaid/api/v1/generate.proto\x12\x0erustaid.api.v1\x1a\x1brustaid/api/v1/common.proto\"\xf6\x01\n\x0fGenerateRequest\x12\x10\n\x08model_id\x18\x01 \x01(\t\x12\x0e\n\x06prompt\x18\x02 \x01(\t\x12\x30\n\x06params\x18\x03 \x01(\x0b\x32 .rustaid.api.v1.GenerationParams\x12\x34\n\tselection\x18\x04 \x01(\x0b\x32!.rustaid.api.v1.SelectionCriteria\x12*\n\x08priority\x18\x05 \x01(\x0e\x32\x18.rustaid.api.v1.Priority\x12-\n\nkeep_alive\x18\x06 \x01(\x0b\x32\x19.rustaid.api.v1.KeepAlive\"\xb7\x01\n\x10GenerateResponse\x12\x0c\n\x04text\x18\x01 \x01(\t\x12\x10\n\x08model_id\x18\x02 \x01(\t\x12\x33\n\rfinish_reason\x18\x03 \x01(\x0e\x32\x1c.rustaid.api.v1.FinishReason\x12$\n\x05usage\x18\x04 \x01(\x0b\x32\x15.rustaid.api.v1.Usage\x12(\n\x07timings\x18\x05 \x01(\x0b\x32\x17.rustaid.api.v1.Timings\"\xfc\x01\n\x15GenerateStreamRequest\x12\x10\n\x08model_id\x18\x01 \x01(\t\x12\x0e\n\x06prompt\x18\x02 \x01(\t\x12\x30\n\x06params\x18\x03 \x01(\x0b\x32 .rustaid.api.v1.GenerationParams\x12\x34\n\tselection\x18\x04 \x01(\x0b\x32!.rustaid.api.v1.SelectionCriteria\x12*\n\x08priority\x18\x05 \x01(\x0e\x32\x18.rustaid.api.v1.Priority\x12-\n\nkeep_alive\x18\x06 \x01(\x0b\x32\x19.rustaid.api.v1.KeepAlive\"\xad\x01\n\x16GenerateStreamResponse\x12+\n\x05\x63hunk\x18\x01 \x01(\x0b\x32\x1a.rustaid.api.v1.TokenChunkH\x00\x12.\n\x04\x64one\x18\x02 \x01(\x0b\x32\x1e.rustaid.api.v1.GenerationDoneH\x00\x12-\n\x06queued\x18\x03 \x01(\x0b\x32\x1b.rustaid.api.v1.QueueStatusH\x00\x42\x07\n\x05\x65vent\"P\n\x0b\x43hatMessage\x12\"\n\x04role\x18\x01 \x01(\x0e\x32\x14.rustaid.api.v1.Role\x12\x0f\n\x07\x63ontent\x18\x02 \x01(\t\x12\x0c\n\x04name\x18\x03 \x01(\t\"\xa5\x02\n\x0b\x43hatRequest\x12\x10\n\x08model_id\x18\x01 \x01(\t\x12-\n\x08messages\x18\x02 \x03(\x0b\x32\x1b.rustaid.api.v1.ChatMessage\x12\x30\n\x06params\x18\x03 \x01(\x0b\x32 .rustaid.api.v1.GenerationParams\x12\x34\n\tselection\x18\x04 \x01(\x0b\x32!.rustaid.api.v1.SelectionCriteria\x12*\n\x08priority\x18\x05 \x01(\x0e\x32\x18.rustaid.api.v1.Priority\x12-\n\nkeep_alive\x18\x06 \x01(\x0b\x32\x19.rustaid.api.v1.KeepAlive\x12\x12\n\nsession_id\x18\x07 \x01(\t\"\xd3\x01\n\x0c\x43hatResponse\x12,\n\x07message\x18\x01 \x01(\x0b\x32\x1b.rustaid.api.v1.ChatMessage\x12\x10\n\x08model_id\x18\x02 \x01(\t\x12\x33\n\rfinish_reason\x18\x03 \x01(\x0e\x32\x1c.rustaid.api.v1.FinishReason\x12$\n\x05usage\x18\x04 \x01(\x0b\x32\x15.rustaid.api.v1.Usage\x12(\n\x07timings\x18\x05 \x01(\x0b\x32\x17.rustaid.api.v1.Timings\"\xab\x02\n\x11\x43hatStreamRequest\x12\x10\n\x08model_id\x18\x01 \x01(\t\x12-\n\x08messages\x18\x02 \x03(\x0b\x32\x1b.rustaid.api.v1.ChatMessage\x12\x30\n\x06params\x18\x03 \x01(\x0b\x32 .rustaid.api.v1.GenerationParams\x12\x34\n\tselection\x18\x04 \x01(\x0b\x32!.rustaid.api.v1.SelectionCriteria\x12*\n\x08priority\x18\x05 \x01(\x0e\x32\x18.rustaid.api.v1.Priority\x12-\n\nkeep_alive\x18\x06 \x01(\x0b\x32\x19.rustaid.api.v1.KeepAlive\x12\x12\n\nsession_id\x18\x07 \x01(\t\"\xa9\x01\n\x12\x43hatStreamResponse\x12+\n\x05\x63hunk\x18\x01 \x01(\x0b\x32\x1a.rustaid.api.v1.TokenChunkH\x00\x12.\n\x04\x64one\x18\x02 \x01(\x0b\x32\x1e.rustaid.api.v1.GenerationDoneH\x00\x12-\n\x06queued\x18\x03 \x01(\x0b\x32\x1b.rustaid.api.v1.QueueStatusH\x00\x42\x07\n\x05\x65vent\"F\n\x0fTokenizeRequest\x12\x10\n\x08model_id\x18\x01 \x01(\t\x12\x0c\n\x04text\x18\x02 \x01(\t\x12\x13\n\x0b\x61\x64\x64_special\x18\x03 \x01(\x08\"5\n\x10TokenizeResponse\x12\x11\n\ttoken_ids\x18\x01 \x03(\x05\x12\x0e\n\x06pieces\x18\x02 \x03(\t\"c\n\x12\x43ountTokensRequest\x12\x10\n\x08model_id\x18\x01 \x01(\t\x12\x0c\n\x04text\x18\x02 \x01(\t\x12-\n\x08messages\x18\x03 \x03(\x0b\x32\x1b.rustaid.api.v1.ChatMessage\"<\n\x13\x43ountTokensResponse\x12\r\n\x05\x63ount\x18\x01 \x01(\r\x12\x16\n\x0e\x63ontext_length\x18\x02 \x01(\r*_\n\x04Role\x12\x14\n\x10ROLE_UNSPECIFIED\x10\x00\x12\x0f\n\x0bROLE_SYSTEM\x10\x01\x12\r\n\tROLE_USER\x10\x02\x12\x12\n\x0eROLE_ASSISTANT\x10\x03\x12\r\n\tROLE_TOOL\x10\x04\x32\x84\x04\n\x0fGenerateService\x12M\n\x08Generate\x12\x1f.rustaid.api.v1.GenerateRequest\x1a .rustaid.api.v1.GenerateResponse\x12\x61\n\x0eGenerateStream\x12%.rustaid.api.v1.GenerateStreamRequest\x1a&.rustaid.api.v1.GenerateStreamResponse0\x01\x12\x41\n\x04\x43hat\x12\x1b.rustaid.api.v1.ChatRequest\x1a\x1c.rustaid.api.v1.ChatResponse\x12U\n\nChatStream\x12!.rustaid.api.v1.ChatStreamRequest\x1a\".rustaid.api.v1.ChatStreamResponse0\x01\x12M\n\x08Tokenize\x12\x1f.rustaid.api.v1.TokenizeRequest\x1a .rustaid.api.v1.TokenizeResponse\x12V\n\x0b\x43ountTokens\x12\".rustaid.api.v1.CountTokensRequest\x1a#.rustaid.api.v1.CountTokensResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1drustaid/api/v1/generate.proto\x12\x0erustaid.api.v1\x1a\x1brustaid/api/v1/common.proto\x1a\x1arustaid/api/v1/tools.proto\"\xcc\x02\n\x0fGenerateRequest\x12\x10\n\x08model_id\x18\x01 \x01(\t\x12\x0e\n\x06prompt\x18\x02 \x01(\t\x12\x30\n\x06params\x18\x03 \x01(\x0b\x32 .rustaid.api.v1.GenerationParams\x12\x34\n\tselection\x18\x04 \x01(\x0b\x32!.rustaid.api.v1.SelectionCriteria\x12*\n\x08priority\x18\x05 \x01(\x0e\x32\x18.rustaid.api.v1.Priority\x12-\n\nkeep_alive\x18\x06 \x01(\x0b\x32\x19.rustaid.api.v1.KeepAlive\x12#\n\x05tools\x18\x10 \x03(\x0b\x32\x14.rustaid.api.v1.Tool\x12/\n\x0btool_choice\x18\x11 \x01(\x0b\x32\x1a.rustaid.api.v1.ToolChoice\"\xfa\x01\n\x10GenerateResponse\x12\x0c\n\x04text\x18\x01 \x01(\t\x12\x10\n\x08model_id\x18\x02 \x01(\t\x12\x33\n\rfinish_reason\x18\x03 \x01(\x0e\x32\x1c.rustaid.api.v1.FinishReason\x12$\n\x05usage\x18\x04 \x01(\x0b\x32\x15.rustaid.api.v1.Usage\x12(\n\x07timings\x18\x05 \x01(\x0b\x32\x17.rustaid.api.v1.Timings\x12,\n\ntool_calls\x18\x10 \x03(\x0b\x32\x18.rustaid.api.v1.ToolCall\x12\x13\n\x0b\x61\x64justments\x18\x14 \x03(\t\"\xd2\x02\n\x15GenerateStreamRequest\x12\x10\n\x08model_id\x18\x01 \x01(\t\x12\x0e\n\x06prompt\x18\x02 \x01(\t\x12\x30\n\x06params\x18\x03 \x01(\x0b\x32 .rustaid.api.v1.GenerationParams\x12\x34\n\tselection\x18\x04 \x01(\x0b\x32!.rustaid.api.v1.SelectionCriteria\x12*\n\x08priority\x18\x05 \x01(\x0e\x32\x18.rustaid.api.v1.Priority\x12-\n\nkeep_alive\x18\x06 \x01(\x0b\x32\x19.rustaid.api.v1.KeepAlive\x12#\n\x05tools\x18\x10 \x03(\x0b\x32\x14.rustaid.api.v1.Tool\x12/\n\x0btool_choice\x18\x11 \x01(\x0b\x32\x1a.rustaid.api.v1.ToolChoice\"\xdc\x01\n\x16GenerateStreamResponse\x12+\n\x05\x63hunk\x18\x01 \x01(\x0b\x32\x1a.rustaid.api.v1.TokenChunkH\x00\x12.\n\x04\x64one\x18\x02 \x01(\x0b\x32\x1e.rustaid.api.v1.GenerationDoneH\x00\x12-\n\x06queued\x18\x03 \x01(\x0b\x32\x1b.rustaid.api.v1.QueueStatusH\x00\x12-\n\ttool_call\x18\x10 \x01(\x0b\x32\x18.rustaid.api.v1.ToolCallH\x00\x42\x07\n\x05\x65vent\"\x94\x01\n\x0b\x43hatMessage\x12\"\n\x04role\x18\x01 \x01(\x0e\x32\x14.rustaid.api.v1.Role\x12\x0f\n\x07\x63ontent\x18\x02 \x01(\t\x12\x0c\n\x04name\x18\x03 \x01(\t\x12,\n\ntool_calls\x18\x10 \x03(\x0b\x32\x18.rustaid.api.v1.ToolCall\x12\x14\n\x0ctool_call_id\x18\x11 \x01(\t\"\xfb\x02\n\x0b\x43hatRequest\x12\x10\n\x08model_id\x18\x01 \x01(\t\x12-\n\x08messages\x18\x02 \x03(\x0b\x32\x1b.rustaid.api.v1.ChatMessage\x12\x30\n\x06params\x18\x03 \x01(\x0b\x32 .rustaid.api.v1.GenerationParams\x12\x34\n\tselection\x18\x04 \x01(\x0b\x32!.rustaid.api.v1.SelectionCriteria\x12*\n\x08priority\x18\x05 \x01(\x0e\x32\x18.rustaid.api.v1.Priority\x12-\n\nkeep_alive\x18\x06 \x01(\x0b\x32\x19.rustaid.api.v1.KeepAlive\x12\x12\n\nsession_id\x18\x07 \x01(\t\x12#\n\x05tools\x18\x10 \x03(\x0b\x32\x14.rustaid.api.v1.Tool\x12/\n\x0btool_choice\x18\x11 \x01(\x0b\x32\x1a.rustaid.api.v1.ToolChoice\"\xe8\x01\n\x0c\x43hatResponse\x12,\n\x07message\x18\x01 \x01(\x0b\x32\x1b.rustaid.api.v1.ChatMessage\x12\x10\n\x08model_id\x18\x02 \x01(\t\x12\x33\n\rfinish_reason\x18\x03 \x01(\x0e\x32\x1c.rustaid.api.v1.FinishReason\x12$\n\x05usage\x18\x04 \x01(\x0b\x32\x15.rustaid.api.v1.Usage\x12(\n\x07timings\x18\x05 \x01(\x0b\x32\x17.rustaid.api.v1.Timings\x12\x13\n\x0b\x61\x64justments\x18\x14 \x03(\t\"\x81\x03\n\x11\x43hatStreamRequest\x12\x10\n\x08model_id\x18\x01 \x01(\t\x12-\n\x08messages\x18\x02 \x03(\x0b\x32\x1b.rustaid.api.v1.ChatMessage\x12\x30\n\x06params\x18\x03 \x01(\x0b\x32 .rustaid.api.v1.GenerationParams\x12\x34\n\tselection\x18\x04 \x01(\x0b\x32!.rustaid.api.v1.SelectionCriteria\x12*\n\x08priority\x18\x05 \x01(\x0e\x32\x18.rustaid.api.v1.Priority\x12-\n\nkeep_alive\x18\x06 \x01(\x0b\x32\x19.rustaid.api.v1.KeepAlive\x12\x12\n\nsession_id\x18\x07 \x01(\t\x12#\n\x05tools\x18\x10 \x03(\x0b\x32\x14.rustaid.api.v1.Tool\x12/\n\x0btool_choice\x18\x11 \x01(\x0b\x32\x1a.rustaid.api.v1.ToolChoice\"\xd8\x01\n\x12\x43hatStreamResponse\x12+\n\x05\x63hunk\x18\x01 \x01(\x0b\x32\x1a.rustaid.api.v1.TokenChunkH\x00\x12.\n\x04\x64one\x18\x02 \x01(\x0b\x32\x1e.rustaid.api.v1.GenerationDoneH\x00\x12-\n\x06queued\x18\x03 \x01(\x0b\x32\x1b.rustaid.api.v1.QueueStatusH\x00\x12-\n\ttool_call\x18\x10 \x01(\x0b\x32\x18.rustaid.api.v1.ToolCallH\x00\x42\x07\n\x05\x65vent\"F\n\x0fTokenizeRequest\x12\x10\n\x08model_id\x18\x01 \x01(\t\x12\x0c\n\x04text\x18\x02 \x01(\t\x12\x13\n\x0b\x61\x64\x64_special\x18\x03 \x01(\x08\"5\n\x10TokenizeResponse\x12\x11\n\ttoken_ids\x18\x01 \x03(\x05\x12\x0e\n\x06pieces\x18\x02 \x03(\t\"c\n\x12\x43ountTokensRequest\x12\x10\n\x08model_id\x18\x01 \x01(\t\x12\x0c\n\x04text\x18\x02 \x01(\t\x12-\n\x08messages\x18\x03 \x03(\x0b\x32\x1b.rustaid.api.v1.ChatMessage\"<\n\x13\x43ountTokensResponse\x12\r\n\x05\x63ount\x18\x01 \x01(\r\x12\x16\n\x0e\x63ontext_length\x18\x02 \x01(\r*_\n\x04Role\x12\x14\n\x10ROLE_UNSPECIFIED\x10\x00\x12\x0f\n\x0bROLE_SYSTEM\x10\x01\x12\r\n\tROLE_USER\x10\x02\x12\x12\n\x0eROLE_ASSISTANT\x10\x03\x12\r\n\tROLE_TOOL\x10\x04\x32\x84\x04\n\x0fGenerateService\x12M\n\x08Generate\x12\x1f.rustaid.api.v1.GenerateRequest\x1a .rustaid.api.v1.GenerateResponse\x12\x61\n\x0eGenerateStream\x12%.rustaid.api.v1.GenerateStreamRequest\x1a&.rustaid.api.v1.GenerateStreamResponse0\x01\x12\x41\n\x04\x43hat\x12\x1b.rustaid.api.v1.ChatRequest\x1a\x1c.rustaid.api.v1.ChatResponse\x12U\n\nChatStream\x12!.rustaid.api.v1.ChatStreamRequest\x1a\".rustaid.api.v1.ChatStreamResponse0\x01\x12M\n\x08Tokenize\x12\x1f.rustaid.api.v1.TokenizeRequest\x1a .rustaid.api.v1.TokenizeResponse\x12V\n\x0b\x43ountTokens\x12\".rustaid.api.v1.CountTokensRequest\x1a#.rustaid.api.v1.CountTokensResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'rustaid.api.v1.generate_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_ROLE']._serialized_start=2300
-  _globals['_ROLE']._serialized_end=2395
-  _globals['_GENERATEREQUEST']._serialized_start=79
-  _globals['_GENERATEREQUEST']._serialized_end=325
-  _globals['_GENERATERESPONSE']._serialized_start=328
-  _globals['_GENERATERESPONSE']._serialized_end=511
-  _globals['_GENERATESTREAMREQUEST']._serialized_start=514
-  _globals['_GENERATESTREAMREQUEST']._serialized_end=766
-  _globals['_GENERATESTREAMRESPONSE']._serialized_start=769
-  _globals['_GENERATESTREAMRESPONSE']._serialized_end=942
-  _globals['_CHATMESSAGE']._serialized_start=944
-  _globals['_CHATMESSAGE']._serialized_end=1024
-  _globals['_CHATREQUEST']._serialized_start=1027
-  _globals['_CHATREQUEST']._serialized_end=1320
-  _globals['_CHATRESPONSE']._serialized_start=1323
-  _globals['_CHATRESPONSE']._serialized_end=1534
-  _globals['_CHATSTREAMREQUEST']._serialized_start=1537
-  _globals['_CHATSTREAMREQUEST']._serialized_end=1836
-  _globals['_CHATSTREAMRESPONSE']._serialized_start=1839
-  _globals['_CHATSTREAMRESPONSE']._serialized_end=2008
-  _globals['_TOKENIZEREQUEST']._serialized_start=2010
-  _globals['_TOKENIZEREQUEST']._serialized_end=2080
-  _globals['_TOKENIZERESPONSE']._serialized_start=2082
-  _globals['_TOKENIZERESPONSE']._serialized_end=2135
-  _globals['_COUNTTOKENSREQUEST']._serialized_start=2137
-  _globals['_COUNTTOKENSREQUEST']._serialized_end=2236
-  _globals['_COUNTTOKENSRESPONSE']._serialized_start=2238
-  _globals['_COUNTTOKENSRESPONSE']._serialized_end=2298
-  _globals['_GENERATESERVICE']._serialized_start=2398
-  _globals['_GENERATESERVICE']._serialized_end=2914
+  _globals['_ROLE']._serialized_start=2923
+  _globals['_ROLE']._serialized_end=3018
+  _globals['_GENERATEREQUEST']._serialized_start=107
+  _globals['_GENERATEREQUEST']._serialized_end=439
+  _globals['_GENERATERESPONSE']._serialized_start=442
+  _globals['_GENERATERESPONSE']._serialized_end=692
+  _globals['_GENERATESTREAMREQUEST']._serialized_start=695
+  _globals['_GENERATESTREAMREQUEST']._serialized_end=1033
+  _globals['_GENERATESTREAMRESPONSE']._serialized_start=1036
+  _globals['_GENERATESTREAMRESPONSE']._serialized_end=1256
+  _globals['_CHATMESSAGE']._serialized_start=1259
+  _globals['_CHATMESSAGE']._serialized_end=1407
+  _globals['_CHATREQUEST']._serialized_start=1410
+  _globals['_CHATREQUEST']._serialized_end=1789
+  _globals['_CHATRESPONSE']._serialized_start=1792
+  _globals['_CHATRESPONSE']._serialized_end=2024
+  _globals['_CHATSTREAMREQUEST']._serialized_start=2027
+  _globals['_CHATSTREAMREQUEST']._serialized_end=2412
+  _globals['_CHATSTREAMRESPONSE']._serialized_start=2415
+  _globals['_CHATSTREAMRESPONSE']._serialized_end=2631
+  _globals['_TOKENIZEREQUEST']._serialized_start=2633
+  _globals['_TOKENIZEREQUEST']._serialized_end=2703
+  _globals['_TOKENIZERESPONSE']._serialized_start=2705
+  _globals['_TOKENIZERESPONSE']._serialized_end=2758
+  _globals['_COUNTTOKENSREQUEST']._serialized_start=2760
+  _globals['_COUNTTOKENSREQUEST']._serialized_end=2859
+  _globals['_COUNTTOKENSRESPONSE']._serialized_start=2861
+  _globals['_COUNTTOKENSRESPONSE']._serialized_end=2921
+  _globals['_GENERATESERVICE']._serialized_start=3021
+  _globals['_GENERATESERVICE']._serialized_end=3537
 # @@protoc_insertion_point(module_scope)

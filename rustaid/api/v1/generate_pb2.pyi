@@ -1,4 +1,5 @@
 from rustaid.api.v1 import common_pb2 as _common_pb2
+from rustaid.api.v1 import tools_pb2 as _tools_pb2
 from google.protobuf.internal import containers as _containers
 from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 from google.protobuf import descriptor as _descriptor
@@ -22,73 +23,91 @@ ROLE_ASSISTANT: Role
 ROLE_TOOL: Role
 
 class GenerateRequest(_message.Message):
-    __slots__ = ("model_id", "prompt", "params", "selection", "priority", "keep_alive")
+    __slots__ = ("model_id", "prompt", "params", "selection", "priority", "keep_alive", "tools", "tool_choice")
     MODEL_ID_FIELD_NUMBER: _ClassVar[int]
     PROMPT_FIELD_NUMBER: _ClassVar[int]
     PARAMS_FIELD_NUMBER: _ClassVar[int]
     SELECTION_FIELD_NUMBER: _ClassVar[int]
     PRIORITY_FIELD_NUMBER: _ClassVar[int]
     KEEP_ALIVE_FIELD_NUMBER: _ClassVar[int]
+    TOOLS_FIELD_NUMBER: _ClassVar[int]
+    TOOL_CHOICE_FIELD_NUMBER: _ClassVar[int]
     model_id: str
     prompt: str
     params: _common_pb2.GenerationParams
     selection: _common_pb2.SelectionCriteria
     priority: _common_pb2.Priority
     keep_alive: _common_pb2.KeepAlive
-    def __init__(self, model_id: _Optional[str] = ..., prompt: _Optional[str] = ..., params: _Optional[_Union[_common_pb2.GenerationParams, _Mapping]] = ..., selection: _Optional[_Union[_common_pb2.SelectionCriteria, _Mapping]] = ..., priority: _Optional[_Union[_common_pb2.Priority, str]] = ..., keep_alive: _Optional[_Union[_common_pb2.KeepAlive, _Mapping]] = ...) -> None: ...
+    tools: _containers.RepeatedCompositeFieldContainer[_tools_pb2.Tool]
+    tool_choice: _tools_pb2.ToolChoice
+    def __init__(self, model_id: _Optional[str] = ..., prompt: _Optional[str] = ..., params: _Optional[_Union[_common_pb2.GenerationParams, _Mapping]] = ..., selection: _Optional[_Union[_common_pb2.SelectionCriteria, _Mapping]] = ..., priority: _Optional[_Union[_common_pb2.Priority, str]] = ..., keep_alive: _Optional[_Union[_common_pb2.KeepAlive, _Mapping]] = ..., tools: _Optional[_Iterable[_Union[_tools_pb2.Tool, _Mapping]]] = ..., tool_choice: _Optional[_Union[_tools_pb2.ToolChoice, _Mapping]] = ...) -> None: ...
 
 class GenerateResponse(_message.Message):
-    __slots__ = ("text", "model_id", "finish_reason", "usage", "timings")
+    __slots__ = ("text", "model_id", "finish_reason", "usage", "timings", "tool_calls", "adjustments")
     TEXT_FIELD_NUMBER: _ClassVar[int]
     MODEL_ID_FIELD_NUMBER: _ClassVar[int]
     FINISH_REASON_FIELD_NUMBER: _ClassVar[int]
     USAGE_FIELD_NUMBER: _ClassVar[int]
     TIMINGS_FIELD_NUMBER: _ClassVar[int]
+    TOOL_CALLS_FIELD_NUMBER: _ClassVar[int]
+    ADJUSTMENTS_FIELD_NUMBER: _ClassVar[int]
     text: str
     model_id: str
     finish_reason: _common_pb2.FinishReason
     usage: _common_pb2.Usage
     timings: _common_pb2.Timings
-    def __init__(self, text: _Optional[str] = ..., model_id: _Optional[str] = ..., finish_reason: _Optional[_Union[_common_pb2.FinishReason, str]] = ..., usage: _Optional[_Union[_common_pb2.Usage, _Mapping]] = ..., timings: _Optional[_Union[_common_pb2.Timings, _Mapping]] = ...) -> None: ...
+    tool_calls: _containers.RepeatedCompositeFieldContainer[_tools_pb2.ToolCall]
+    adjustments: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, text: _Optional[str] = ..., model_id: _Optional[str] = ..., finish_reason: _Optional[_Union[_common_pb2.FinishReason, str]] = ..., usage: _Optional[_Union[_common_pb2.Usage, _Mapping]] = ..., timings: _Optional[_Union[_common_pb2.Timings, _Mapping]] = ..., tool_calls: _Optional[_Iterable[_Union[_tools_pb2.ToolCall, _Mapping]]] = ..., adjustments: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class GenerateStreamRequest(_message.Message):
-    __slots__ = ("model_id", "prompt", "params", "selection", "priority", "keep_alive")
+    __slots__ = ("model_id", "prompt", "params", "selection", "priority", "keep_alive", "tools", "tool_choice")
     MODEL_ID_FIELD_NUMBER: _ClassVar[int]
     PROMPT_FIELD_NUMBER: _ClassVar[int]
     PARAMS_FIELD_NUMBER: _ClassVar[int]
     SELECTION_FIELD_NUMBER: _ClassVar[int]
     PRIORITY_FIELD_NUMBER: _ClassVar[int]
     KEEP_ALIVE_FIELD_NUMBER: _ClassVar[int]
+    TOOLS_FIELD_NUMBER: _ClassVar[int]
+    TOOL_CHOICE_FIELD_NUMBER: _ClassVar[int]
     model_id: str
     prompt: str
     params: _common_pb2.GenerationParams
     selection: _common_pb2.SelectionCriteria
     priority: _common_pb2.Priority
     keep_alive: _common_pb2.KeepAlive
-    def __init__(self, model_id: _Optional[str] = ..., prompt: _Optional[str] = ..., params: _Optional[_Union[_common_pb2.GenerationParams, _Mapping]] = ..., selection: _Optional[_Union[_common_pb2.SelectionCriteria, _Mapping]] = ..., priority: _Optional[_Union[_common_pb2.Priority, str]] = ..., keep_alive: _Optional[_Union[_common_pb2.KeepAlive, _Mapping]] = ...) -> None: ...
+    tools: _containers.RepeatedCompositeFieldContainer[_tools_pb2.Tool]
+    tool_choice: _tools_pb2.ToolChoice
+    def __init__(self, model_id: _Optional[str] = ..., prompt: _Optional[str] = ..., params: _Optional[_Union[_common_pb2.GenerationParams, _Mapping]] = ..., selection: _Optional[_Union[_common_pb2.SelectionCriteria, _Mapping]] = ..., priority: _Optional[_Union[_common_pb2.Priority, str]] = ..., keep_alive: _Optional[_Union[_common_pb2.KeepAlive, _Mapping]] = ..., tools: _Optional[_Iterable[_Union[_tools_pb2.Tool, _Mapping]]] = ..., tool_choice: _Optional[_Union[_tools_pb2.ToolChoice, _Mapping]] = ...) -> None: ...
 
 class GenerateStreamResponse(_message.Message):
-    __slots__ = ("chunk", "done", "queued")
+    __slots__ = ("chunk", "done", "queued", "tool_call")
     CHUNK_FIELD_NUMBER: _ClassVar[int]
     DONE_FIELD_NUMBER: _ClassVar[int]
     QUEUED_FIELD_NUMBER: _ClassVar[int]
+    TOOL_CALL_FIELD_NUMBER: _ClassVar[int]
     chunk: _common_pb2.TokenChunk
     done: _common_pb2.GenerationDone
     queued: _common_pb2.QueueStatus
-    def __init__(self, chunk: _Optional[_Union[_common_pb2.TokenChunk, _Mapping]] = ..., done: _Optional[_Union[_common_pb2.GenerationDone, _Mapping]] = ..., queued: _Optional[_Union[_common_pb2.QueueStatus, _Mapping]] = ...) -> None: ...
+    tool_call: _tools_pb2.ToolCall
+    def __init__(self, chunk: _Optional[_Union[_common_pb2.TokenChunk, _Mapping]] = ..., done: _Optional[_Union[_common_pb2.GenerationDone, _Mapping]] = ..., queued: _Optional[_Union[_common_pb2.QueueStatus, _Mapping]] = ..., tool_call: _Optional[_Union[_tools_pb2.ToolCall, _Mapping]] = ...) -> None: ...
 
 class ChatMessage(_message.Message):
-    __slots__ = ("role", "content", "name")
+    __slots__ = ("role", "content", "name", "tool_calls", "tool_call_id")
     ROLE_FIELD_NUMBER: _ClassVar[int]
     CONTENT_FIELD_NUMBER: _ClassVar[int]
     NAME_FIELD_NUMBER: _ClassVar[int]
+    TOOL_CALLS_FIELD_NUMBER: _ClassVar[int]
+    TOOL_CALL_ID_FIELD_NUMBER: _ClassVar[int]
     role: Role
     content: str
     name: str
-    def __init__(self, role: _Optional[_Union[Role, str]] = ..., content: _Optional[str] = ..., name: _Optional[str] = ...) -> None: ...
+    tool_calls: _containers.RepeatedCompositeFieldContainer[_tools_pb2.ToolCall]
+    tool_call_id: str
+    def __init__(self, role: _Optional[_Union[Role, str]] = ..., content: _Optional[str] = ..., name: _Optional[str] = ..., tool_calls: _Optional[_Iterable[_Union[_tools_pb2.ToolCall, _Mapping]]] = ..., tool_call_id: _Optional[str] = ...) -> None: ...
 
 class ChatRequest(_message.Message):
-    __slots__ = ("model_id", "messages", "params", "selection", "priority", "keep_alive", "session_id")
+    __slots__ = ("model_id", "messages", "params", "selection", "priority", "keep_alive", "session_id", "tools", "tool_choice")
     MODEL_ID_FIELD_NUMBER: _ClassVar[int]
     MESSAGES_FIELD_NUMBER: _ClassVar[int]
     PARAMS_FIELD_NUMBER: _ClassVar[int]
@@ -96,6 +115,8 @@ class ChatRequest(_message.Message):
     PRIORITY_FIELD_NUMBER: _ClassVar[int]
     KEEP_ALIVE_FIELD_NUMBER: _ClassVar[int]
     SESSION_ID_FIELD_NUMBER: _ClassVar[int]
+    TOOLS_FIELD_NUMBER: _ClassVar[int]
+    TOOL_CHOICE_FIELD_NUMBER: _ClassVar[int]
     model_id: str
     messages: _containers.RepeatedCompositeFieldContainer[ChatMessage]
     params: _common_pb2.GenerationParams
@@ -103,24 +124,28 @@ class ChatRequest(_message.Message):
     priority: _common_pb2.Priority
     keep_alive: _common_pb2.KeepAlive
     session_id: str
-    def __init__(self, model_id: _Optional[str] = ..., messages: _Optional[_Iterable[_Union[ChatMessage, _Mapping]]] = ..., params: _Optional[_Union[_common_pb2.GenerationParams, _Mapping]] = ..., selection: _Optional[_Union[_common_pb2.SelectionCriteria, _Mapping]] = ..., priority: _Optional[_Union[_common_pb2.Priority, str]] = ..., keep_alive: _Optional[_Union[_common_pb2.KeepAlive, _Mapping]] = ..., session_id: _Optional[str] = ...) -> None: ...
+    tools: _containers.RepeatedCompositeFieldContainer[_tools_pb2.Tool]
+    tool_choice: _tools_pb2.ToolChoice
+    def __init__(self, model_id: _Optional[str] = ..., messages: _Optional[_Iterable[_Union[ChatMessage, _Mapping]]] = ..., params: _Optional[_Union[_common_pb2.GenerationParams, _Mapping]] = ..., selection: _Optional[_Union[_common_pb2.SelectionCriteria, _Mapping]] = ..., priority: _Optional[_Union[_common_pb2.Priority, str]] = ..., keep_alive: _Optional[_Union[_common_pb2.KeepAlive, _Mapping]] = ..., session_id: _Optional[str] = ..., tools: _Optional[_Iterable[_Union[_tools_pb2.Tool, _Mapping]]] = ..., tool_choice: _Optional[_Union[_tools_pb2.ToolChoice, _Mapping]] = ...) -> None: ...
 
 class ChatResponse(_message.Message):
-    __slots__ = ("message", "model_id", "finish_reason", "usage", "timings")
+    __slots__ = ("message", "model_id", "finish_reason", "usage", "timings", "adjustments")
     MESSAGE_FIELD_NUMBER: _ClassVar[int]
     MODEL_ID_FIELD_NUMBER: _ClassVar[int]
     FINISH_REASON_FIELD_NUMBER: _ClassVar[int]
     USAGE_FIELD_NUMBER: _ClassVar[int]
     TIMINGS_FIELD_NUMBER: _ClassVar[int]
+    ADJUSTMENTS_FIELD_NUMBER: _ClassVar[int]
     message: ChatMessage
     model_id: str
     finish_reason: _common_pb2.FinishReason
     usage: _common_pb2.Usage
     timings: _common_pb2.Timings
-    def __init__(self, message: _Optional[_Union[ChatMessage, _Mapping]] = ..., model_id: _Optional[str] = ..., finish_reason: _Optional[_Union[_common_pb2.FinishReason, str]] = ..., usage: _Optional[_Union[_common_pb2.Usage, _Mapping]] = ..., timings: _Optional[_Union[_common_pb2.Timings, _Mapping]] = ...) -> None: ...
+    adjustments: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, message: _Optional[_Union[ChatMessage, _Mapping]] = ..., model_id: _Optional[str] = ..., finish_reason: _Optional[_Union[_common_pb2.FinishReason, str]] = ..., usage: _Optional[_Union[_common_pb2.Usage, _Mapping]] = ..., timings: _Optional[_Union[_common_pb2.Timings, _Mapping]] = ..., adjustments: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class ChatStreamRequest(_message.Message):
-    __slots__ = ("model_id", "messages", "params", "selection", "priority", "keep_alive", "session_id")
+    __slots__ = ("model_id", "messages", "params", "selection", "priority", "keep_alive", "session_id", "tools", "tool_choice")
     MODEL_ID_FIELD_NUMBER: _ClassVar[int]
     MESSAGES_FIELD_NUMBER: _ClassVar[int]
     PARAMS_FIELD_NUMBER: _ClassVar[int]
@@ -128,6 +153,8 @@ class ChatStreamRequest(_message.Message):
     PRIORITY_FIELD_NUMBER: _ClassVar[int]
     KEEP_ALIVE_FIELD_NUMBER: _ClassVar[int]
     SESSION_ID_FIELD_NUMBER: _ClassVar[int]
+    TOOLS_FIELD_NUMBER: _ClassVar[int]
+    TOOL_CHOICE_FIELD_NUMBER: _ClassVar[int]
     model_id: str
     messages: _containers.RepeatedCompositeFieldContainer[ChatMessage]
     params: _common_pb2.GenerationParams
@@ -135,17 +162,21 @@ class ChatStreamRequest(_message.Message):
     priority: _common_pb2.Priority
     keep_alive: _common_pb2.KeepAlive
     session_id: str
-    def __init__(self, model_id: _Optional[str] = ..., messages: _Optional[_Iterable[_Union[ChatMessage, _Mapping]]] = ..., params: _Optional[_Union[_common_pb2.GenerationParams, _Mapping]] = ..., selection: _Optional[_Union[_common_pb2.SelectionCriteria, _Mapping]] = ..., priority: _Optional[_Union[_common_pb2.Priority, str]] = ..., keep_alive: _Optional[_Union[_common_pb2.KeepAlive, _Mapping]] = ..., session_id: _Optional[str] = ...) -> None: ...
+    tools: _containers.RepeatedCompositeFieldContainer[_tools_pb2.Tool]
+    tool_choice: _tools_pb2.ToolChoice
+    def __init__(self, model_id: _Optional[str] = ..., messages: _Optional[_Iterable[_Union[ChatMessage, _Mapping]]] = ..., params: _Optional[_Union[_common_pb2.GenerationParams, _Mapping]] = ..., selection: _Optional[_Union[_common_pb2.SelectionCriteria, _Mapping]] = ..., priority: _Optional[_Union[_common_pb2.Priority, str]] = ..., keep_alive: _Optional[_Union[_common_pb2.KeepAlive, _Mapping]] = ..., session_id: _Optional[str] = ..., tools: _Optional[_Iterable[_Union[_tools_pb2.Tool, _Mapping]]] = ..., tool_choice: _Optional[_Union[_tools_pb2.ToolChoice, _Mapping]] = ...) -> None: ...
 
 class ChatStreamResponse(_message.Message):
-    __slots__ = ("chunk", "done", "queued")
+    __slots__ = ("chunk", "done", "queued", "tool_call")
     CHUNK_FIELD_NUMBER: _ClassVar[int]
     DONE_FIELD_NUMBER: _ClassVar[int]
     QUEUED_FIELD_NUMBER: _ClassVar[int]
+    TOOL_CALL_FIELD_NUMBER: _ClassVar[int]
     chunk: _common_pb2.TokenChunk
     done: _common_pb2.GenerationDone
     queued: _common_pb2.QueueStatus
-    def __init__(self, chunk: _Optional[_Union[_common_pb2.TokenChunk, _Mapping]] = ..., done: _Optional[_Union[_common_pb2.GenerationDone, _Mapping]] = ..., queued: _Optional[_Union[_common_pb2.QueueStatus, _Mapping]] = ...) -> None: ...
+    tool_call: _tools_pb2.ToolCall
+    def __init__(self, chunk: _Optional[_Union[_common_pb2.TokenChunk, _Mapping]] = ..., done: _Optional[_Union[_common_pb2.GenerationDone, _Mapping]] = ..., queued: _Optional[_Union[_common_pb2.QueueStatus, _Mapping]] = ..., tool_call: _Optional[_Union[_tools_pb2.ToolCall, _Mapping]] = ...) -> None: ...
 
 class TokenizeRequest(_message.Message):
     __slots__ = ("model_id", "text", "add_special")

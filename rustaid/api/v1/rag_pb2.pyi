@@ -35,30 +35,40 @@ class EmbedRequest(_message.Message):
     def __init__(self, model_id: _Optional[str] = ..., texts: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class EmbedResponse(_message.Message):
-    __slots__ = ("embeddings", "model_id", "dimension")
+    __slots__ = ("embeddings", "model_id", "dimension", "max_tokens", "truncated")
     EMBEDDINGS_FIELD_NUMBER: _ClassVar[int]
     MODEL_ID_FIELD_NUMBER: _ClassVar[int]
     DIMENSION_FIELD_NUMBER: _ClassVar[int]
+    MAX_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    TRUNCATED_FIELD_NUMBER: _ClassVar[int]
     embeddings: _containers.RepeatedCompositeFieldContainer[Embedding]
     model_id: str
     dimension: int
-    def __init__(self, embeddings: _Optional[_Iterable[_Union[Embedding, _Mapping]]] = ..., model_id: _Optional[str] = ..., dimension: _Optional[int] = ...) -> None: ...
+    max_tokens: int
+    truncated: _containers.RepeatedScalarFieldContainer[int]
+    def __init__(self, embeddings: _Optional[_Iterable[_Union[Embedding, _Mapping]]] = ..., model_id: _Optional[str] = ..., dimension: _Optional[int] = ..., max_tokens: _Optional[int] = ..., truncated: _Optional[_Iterable[int]] = ...) -> None: ...
 
 class Collection(_message.Message):
-    __slots__ = ("name", "embedding_model_id", "dimension", "distance", "vector_store", "points_count")
+    __slots__ = ("name", "embedding_model_id", "dimension", "distance", "vector_store", "points_count", "indexed_points_count", "index_building", "error")
     NAME_FIELD_NUMBER: _ClassVar[int]
     EMBEDDING_MODEL_ID_FIELD_NUMBER: _ClassVar[int]
     DIMENSION_FIELD_NUMBER: _ClassVar[int]
     DISTANCE_FIELD_NUMBER: _ClassVar[int]
     VECTOR_STORE_FIELD_NUMBER: _ClassVar[int]
     POINTS_COUNT_FIELD_NUMBER: _ClassVar[int]
+    INDEXED_POINTS_COUNT_FIELD_NUMBER: _ClassVar[int]
+    INDEX_BUILDING_FIELD_NUMBER: _ClassVar[int]
+    ERROR_FIELD_NUMBER: _ClassVar[int]
     name: str
     embedding_model_id: str
     dimension: int
     distance: Distance
     vector_store: str
     points_count: int
-    def __init__(self, name: _Optional[str] = ..., embedding_model_id: _Optional[str] = ..., dimension: _Optional[int] = ..., distance: _Optional[_Union[Distance, str]] = ..., vector_store: _Optional[str] = ..., points_count: _Optional[int] = ...) -> None: ...
+    indexed_points_count: int
+    index_building: bool
+    error: str
+    def __init__(self, name: _Optional[str] = ..., embedding_model_id: _Optional[str] = ..., dimension: _Optional[int] = ..., distance: _Optional[_Union[Distance, str]] = ..., vector_store: _Optional[str] = ..., points_count: _Optional[int] = ..., indexed_points_count: _Optional[int] = ..., index_building: _Optional[bool] = ..., error: _Optional[str] = ...) -> None: ...
 
 class CreateCollectionRequest(_message.Message):
     __slots__ = ("name", "embedding_model_id", "distance", "vector_store")
@@ -107,14 +117,18 @@ class ChunkingOptions(_message.Message):
     def __init__(self, chunk_size: _Optional[int] = ..., chunk_overlap: _Optional[int] = ...) -> None: ...
 
 class Document(_message.Message):
-    __slots__ = ("id", "text", "metadata")
+    __slots__ = ("id", "text", "metadata", "source", "title")
     ID_FIELD_NUMBER: _ClassVar[int]
     TEXT_FIELD_NUMBER: _ClassVar[int]
     METADATA_FIELD_NUMBER: _ClassVar[int]
+    SOURCE_FIELD_NUMBER: _ClassVar[int]
+    TITLE_FIELD_NUMBER: _ClassVar[int]
     id: str
     text: str
     metadata: _struct_pb2.Struct
-    def __init__(self, id: _Optional[str] = ..., text: _Optional[str] = ..., metadata: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ...) -> None: ...
+    source: str
+    title: str
+    def __init__(self, id: _Optional[str] = ..., text: _Optional[str] = ..., metadata: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., source: _Optional[str] = ..., title: _Optional[str] = ...) -> None: ...
 
 class IndexDocumentsRequest(_message.Message):
     __slots__ = ("collection", "documents", "chunking")
@@ -127,12 +141,20 @@ class IndexDocumentsRequest(_message.Message):
     def __init__(self, collection: _Optional[str] = ..., documents: _Optional[_Iterable[_Union[Document, _Mapping]]] = ..., chunking: _Optional[_Union[ChunkingOptions, _Mapping]] = ...) -> None: ...
 
 class IndexDocumentsResponse(_message.Message):
-    __slots__ = ("document_ids", "chunks_indexed")
+    __slots__ = ("document_ids", "chunks_indexed", "documents_indexed", "documents_unchanged", "documents_replaced", "elapsed_ms")
     DOCUMENT_IDS_FIELD_NUMBER: _ClassVar[int]
     CHUNKS_INDEXED_FIELD_NUMBER: _ClassVar[int]
+    DOCUMENTS_INDEXED_FIELD_NUMBER: _ClassVar[int]
+    DOCUMENTS_UNCHANGED_FIELD_NUMBER: _ClassVar[int]
+    DOCUMENTS_REPLACED_FIELD_NUMBER: _ClassVar[int]
+    ELAPSED_MS_FIELD_NUMBER: _ClassVar[int]
     document_ids: _containers.RepeatedScalarFieldContainer[str]
     chunks_indexed: int
-    def __init__(self, document_ids: _Optional[_Iterable[str]] = ..., chunks_indexed: _Optional[int] = ...) -> None: ...
+    documents_indexed: int
+    documents_unchanged: int
+    documents_replaced: int
+    elapsed_ms: float
+    def __init__(self, document_ids: _Optional[_Iterable[str]] = ..., chunks_indexed: _Optional[int] = ..., documents_indexed: _Optional[int] = ..., documents_unchanged: _Optional[int] = ..., documents_replaced: _Optional[int] = ..., elapsed_ms: _Optional[float] = ...) -> None: ...
 
 class IndexFileRequest(_message.Message):
     __slots__ = ("collection", "path", "content", "filename", "mime_type", "metadata", "chunking", "document_id")
@@ -155,14 +177,18 @@ class IndexFileRequest(_message.Message):
     def __init__(self, collection: _Optional[str] = ..., path: _Optional[str] = ..., content: _Optional[bytes] = ..., filename: _Optional[str] = ..., mime_type: _Optional[str] = ..., metadata: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., chunking: _Optional[_Union[ChunkingOptions, _Mapping]] = ..., document_id: _Optional[str] = ...) -> None: ...
 
 class IndexFileResponse(_message.Message):
-    __slots__ = ("document_id", "chunks_indexed", "parser")
+    __slots__ = ("document_id", "chunks_indexed", "parser", "unchanged", "replaced")
     DOCUMENT_ID_FIELD_NUMBER: _ClassVar[int]
     CHUNKS_INDEXED_FIELD_NUMBER: _ClassVar[int]
     PARSER_FIELD_NUMBER: _ClassVar[int]
+    UNCHANGED_FIELD_NUMBER: _ClassVar[int]
+    REPLACED_FIELD_NUMBER: _ClassVar[int]
     document_id: str
     chunks_indexed: int
     parser: str
-    def __init__(self, document_id: _Optional[str] = ..., chunks_indexed: _Optional[int] = ..., parser: _Optional[str] = ...) -> None: ...
+    unchanged: bool
+    replaced: bool
+    def __init__(self, document_id: _Optional[str] = ..., chunks_indexed: _Optional[int] = ..., parser: _Optional[str] = ..., unchanged: _Optional[bool] = ..., replaced: _Optional[bool] = ...) -> None: ...
 
 class Filter(_message.Message):
     __slots__ = ("must", "must_not", "should")
@@ -215,18 +241,28 @@ class Range(_message.Message):
     def __init__(self, gt: _Optional[float] = ..., gte: _Optional[float] = ..., lt: _Optional[float] = ..., lte: _Optional[float] = ...) -> None: ...
 
 class SearchHit(_message.Message):
-    __slots__ = ("document_id", "chunk_id", "text", "score", "metadata")
+    __slots__ = ("document_id", "chunk_id", "text", "score", "metadata", "source", "page", "heading_path", "chunk_index", "title")
     DOCUMENT_ID_FIELD_NUMBER: _ClassVar[int]
     CHUNK_ID_FIELD_NUMBER: _ClassVar[int]
     TEXT_FIELD_NUMBER: _ClassVar[int]
     SCORE_FIELD_NUMBER: _ClassVar[int]
     METADATA_FIELD_NUMBER: _ClassVar[int]
+    SOURCE_FIELD_NUMBER: _ClassVar[int]
+    PAGE_FIELD_NUMBER: _ClassVar[int]
+    HEADING_PATH_FIELD_NUMBER: _ClassVar[int]
+    CHUNK_INDEX_FIELD_NUMBER: _ClassVar[int]
+    TITLE_FIELD_NUMBER: _ClassVar[int]
     document_id: str
     chunk_id: str
     text: str
     score: float
     metadata: _struct_pb2.Struct
-    def __init__(self, document_id: _Optional[str] = ..., chunk_id: _Optional[str] = ..., text: _Optional[str] = ..., score: _Optional[float] = ..., metadata: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ...) -> None: ...
+    source: str
+    page: int
+    heading_path: _containers.RepeatedScalarFieldContainer[str]
+    chunk_index: int
+    title: str
+    def __init__(self, document_id: _Optional[str] = ..., chunk_id: _Optional[str] = ..., text: _Optional[str] = ..., score: _Optional[float] = ..., metadata: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., source: _Optional[str] = ..., page: _Optional[int] = ..., heading_path: _Optional[_Iterable[str]] = ..., chunk_index: _Optional[int] = ..., title: _Optional[str] = ...) -> None: ...
 
 class SearchRequest(_message.Message):
     __slots__ = ("collection", "query", "top_k", "filter", "score_threshold")
@@ -243,12 +279,14 @@ class SearchRequest(_message.Message):
     def __init__(self, collection: _Optional[str] = ..., query: _Optional[str] = ..., top_k: _Optional[int] = ..., filter: _Optional[_Union[Filter, _Mapping]] = ..., score_threshold: _Optional[float] = ...) -> None: ...
 
 class SearchResponse(_message.Message):
-    __slots__ = ("hits", "search_ms")
+    __slots__ = ("hits", "search_ms", "embed_ms")
     HITS_FIELD_NUMBER: _ClassVar[int]
     SEARCH_MS_FIELD_NUMBER: _ClassVar[int]
+    EMBED_MS_FIELD_NUMBER: _ClassVar[int]
     hits: _containers.RepeatedCompositeFieldContainer[SearchHit]
     search_ms: float
-    def __init__(self, hits: _Optional[_Iterable[_Union[SearchHit, _Mapping]]] = ..., search_ms: _Optional[float] = ...) -> None: ...
+    embed_ms: float
+    def __init__(self, hits: _Optional[_Iterable[_Union[SearchHit, _Mapping]]] = ..., search_ms: _Optional[float] = ..., embed_ms: _Optional[float] = ...) -> None: ...
 
 class DeleteDocumentsRequest(_message.Message):
     __slots__ = ("collection", "document_ids", "filter")
@@ -267,7 +305,7 @@ class DeleteDocumentsResponse(_message.Message):
     def __init__(self, deleted: _Optional[int] = ...) -> None: ...
 
 class AskRequest(_message.Message):
-    __slots__ = ("collection", "question", "top_k", "filter", "model_id", "params", "selection")
+    __slots__ = ("collection", "question", "top_k", "filter", "model_id", "params", "selection", "score_threshold")
     COLLECTION_FIELD_NUMBER: _ClassVar[int]
     QUESTION_FIELD_NUMBER: _ClassVar[int]
     TOP_K_FIELD_NUMBER: _ClassVar[int]
@@ -275,6 +313,7 @@ class AskRequest(_message.Message):
     MODEL_ID_FIELD_NUMBER: _ClassVar[int]
     PARAMS_FIELD_NUMBER: _ClassVar[int]
     SELECTION_FIELD_NUMBER: _ClassVar[int]
+    SCORE_THRESHOLD_FIELD_NUMBER: _ClassVar[int]
     collection: str
     question: str
     top_k: int
@@ -282,20 +321,25 @@ class AskRequest(_message.Message):
     model_id: str
     params: _common_pb2.GenerationParams
     selection: _common_pb2.SelectionCriteria
-    def __init__(self, collection: _Optional[str] = ..., question: _Optional[str] = ..., top_k: _Optional[int] = ..., filter: _Optional[_Union[Filter, _Mapping]] = ..., model_id: _Optional[str] = ..., params: _Optional[_Union[_common_pb2.GenerationParams, _Mapping]] = ..., selection: _Optional[_Union[_common_pb2.SelectionCriteria, _Mapping]] = ...) -> None: ...
+    score_threshold: float
+    def __init__(self, collection: _Optional[str] = ..., question: _Optional[str] = ..., top_k: _Optional[int] = ..., filter: _Optional[_Union[Filter, _Mapping]] = ..., model_id: _Optional[str] = ..., params: _Optional[_Union[_common_pb2.GenerationParams, _Mapping]] = ..., selection: _Optional[_Union[_common_pb2.SelectionCriteria, _Mapping]] = ..., score_threshold: _Optional[float] = ...) -> None: ...
 
 class Citations(_message.Message):
-    __slots__ = ("hits",)
+    __slots__ = ("hits", "dropped")
     HITS_FIELD_NUMBER: _ClassVar[int]
+    DROPPED_FIELD_NUMBER: _ClassVar[int]
     hits: _containers.RepeatedCompositeFieldContainer[SearchHit]
-    def __init__(self, hits: _Optional[_Iterable[_Union[SearchHit, _Mapping]]] = ...) -> None: ...
+    dropped: int
+    def __init__(self, hits: _Optional[_Iterable[_Union[SearchHit, _Mapping]]] = ..., dropped: _Optional[int] = ...) -> None: ...
 
 class AskResponse(_message.Message):
-    __slots__ = ("citations", "chunk", "done")
+    __slots__ = ("citations", "chunk", "done", "queued")
     CITATIONS_FIELD_NUMBER: _ClassVar[int]
     CHUNK_FIELD_NUMBER: _ClassVar[int]
     DONE_FIELD_NUMBER: _ClassVar[int]
+    QUEUED_FIELD_NUMBER: _ClassVar[int]
     citations: Citations
     chunk: _common_pb2.TokenChunk
     done: _common_pb2.GenerationDone
-    def __init__(self, citations: _Optional[_Union[Citations, _Mapping]] = ..., chunk: _Optional[_Union[_common_pb2.TokenChunk, _Mapping]] = ..., done: _Optional[_Union[_common_pb2.GenerationDone, _Mapping]] = ...) -> None: ...
+    queued: _common_pb2.QueueStatus
+    def __init__(self, citations: _Optional[_Union[Citations, _Mapping]] = ..., chunk: _Optional[_Union[_common_pb2.TokenChunk, _Mapping]] = ..., done: _Optional[_Union[_common_pb2.GenerationDone, _Mapping]] = ..., queued: _Optional[_Union[_common_pb2.QueueStatus, _Mapping]] = ...) -> None: ...

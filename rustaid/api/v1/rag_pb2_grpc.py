@@ -55,7 +55,7 @@ class RagServiceStub:
                 request_serializer=rustaid_dot_api_dot_v1_dot_rag__pb2.DeleteCollectionRequest.SerializeToString,
                 response_deserializer=rustaid_dot_api_dot_v1_dot_rag__pb2.DeleteCollectionResponse.FromString,
                 _registered_method=True)
-        self.IndexDocuments = channel.unary_unary(
+        self.IndexDocuments = channel.stream_unary(
                 '/rustaid.api.v1.RagService/IndexDocuments',
                 request_serializer=rustaid_dot_api_dot_v1_dot_rag__pb2.IndexDocumentsRequest.SerializeToString,
                 response_deserializer=rustaid_dot_api_dot_v1_dot_rag__pb2.IndexDocumentsResponse.FromString,
@@ -87,7 +87,8 @@ class RagServiceServicer:
     """
 
     def Embed(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """Vectors for a batch of texts (L2-normalised; long texts are truncated).
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
@@ -110,14 +111,20 @@ class RagServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
-    def IndexDocuments(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+    def IndexDocuments(self, request_iterator, context):
+        """Bulk ingestion of texts: stream the documents (collection and chunking in the first
+        message); the reply counts what was indexed, skipped as unchanged and replaced.
+        Each document is indexed whole or not at all; the first bad document ends the call
+        (the documents before it stay indexed, and the error says how many they were).
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def IndexFile(self, request, context):
-        """Parses a file (by path on the daemon's host, or uploaded bytes), chunks and indexes it.
+        """Parses a file (by path under the daemon's allowed folders, or uploaded bytes),
+        chunks and indexes it. Indexing the same document again replaces its chunks; an
+        unchanged one is skipped.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -165,7 +172,7 @@ def add_RagServiceServicer_to_server(servicer, server):
                     request_deserializer=rustaid_dot_api_dot_v1_dot_rag__pb2.DeleteCollectionRequest.FromString,
                     response_serializer=rustaid_dot_api_dot_v1_dot_rag__pb2.DeleteCollectionResponse.SerializeToString,
             ),
-            'IndexDocuments': grpc.unary_unary_rpc_method_handler(
+            'IndexDocuments': grpc.stream_unary_rpc_method_handler(
                     servicer.IndexDocuments,
                     request_deserializer=rustaid_dot_api_dot_v1_dot_rag__pb2.IndexDocumentsRequest.FromString,
                     response_serializer=rustaid_dot_api_dot_v1_dot_rag__pb2.IndexDocumentsResponse.SerializeToString,
@@ -311,7 +318,7 @@ class RagService:
             _registered_method=True)
 
     @staticmethod
-    def IndexDocuments(request,
+    def IndexDocuments(request_iterator,
             target,
             options=(),
             channel_credentials=None,
@@ -321,8 +328,8 @@ class RagService:
             wait_for_ready=None,
             timeout=None,
             metadata=None):
-        return grpc.experimental.unary_unary(
-            request,
+        return grpc.experimental.stream_unary(
+            request_iterator,
             target,
             '/rustaid.api.v1.RagService/IndexDocuments',
             rustaid_dot_api_dot_v1_dot_rag__pb2.IndexDocumentsRequest.SerializeToString,

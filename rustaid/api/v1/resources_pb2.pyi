@@ -65,20 +65,22 @@ PROFILE_SOURCE_OVERRIDE: ProfileSource
 PROFILE_SOURCE_DEFAULT: ProfileSource
 
 class MemoryStatus(_message.Message):
-    __slots__ = ("total_bytes", "available_bytes", "used_bytes", "pressure", "psi_some_avg10", "psi_full_avg10")
+    __slots__ = ("total_bytes", "available_bytes", "used_bytes", "pressure", "psi_some_avg10", "psi_full_avg10", "reason")
     TOTAL_BYTES_FIELD_NUMBER: _ClassVar[int]
     AVAILABLE_BYTES_FIELD_NUMBER: _ClassVar[int]
     USED_BYTES_FIELD_NUMBER: _ClassVar[int]
     PRESSURE_FIELD_NUMBER: _ClassVar[int]
     PSI_SOME_AVG10_FIELD_NUMBER: _ClassVar[int]
     PSI_FULL_AVG10_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
     total_bytes: int
     available_bytes: int
     used_bytes: int
     pressure: PressureLevel
     psi_some_avg10: float
     psi_full_avg10: float
-    def __init__(self, total_bytes: _Optional[int] = ..., available_bytes: _Optional[int] = ..., used_bytes: _Optional[int] = ..., pressure: _Optional[_Union[PressureLevel, str]] = ..., psi_some_avg10: _Optional[float] = ..., psi_full_avg10: _Optional[float] = ...) -> None: ...
+    reason: str
+    def __init__(self, total_bytes: _Optional[int] = ..., available_bytes: _Optional[int] = ..., used_bytes: _Optional[int] = ..., pressure: _Optional[_Union[PressureLevel, str]] = ..., psi_some_avg10: _Optional[float] = ..., psi_full_avg10: _Optional[float] = ..., reason: _Optional[str] = ...) -> None: ...
 
 class CpuStatus(_message.Message):
     __slots__ = ("usage_percent", "frequency_mhz", "max_frequency_mhz", "cores")
@@ -133,17 +135,19 @@ class ThrottlingStatus(_message.Message):
     def __init__(self, under_voltage: _Optional[bool] = ..., frequency_capped: _Optional[bool] = ..., throttled: _Optional[bool] = ..., soft_temperature_limit: _Optional[bool] = ..., under_voltage_occurred: _Optional[bool] = ..., frequency_capped_occurred: _Optional[bool] = ..., throttled_occurred: _Optional[bool] = ..., soft_temperature_limit_occurred: _Optional[bool] = ...) -> None: ...
 
 class ThermalStatus(_message.Message):
-    __slots__ = ("state", "zones", "throttling")
+    __slots__ = ("state", "zones", "throttling", "reason")
     STATE_FIELD_NUMBER: _ClassVar[int]
     ZONES_FIELD_NUMBER: _ClassVar[int]
     THROTTLING_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
     state: ThermalState
     zones: _containers.RepeatedCompositeFieldContainer[ThermalZone]
     throttling: ThrottlingStatus
-    def __init__(self, state: _Optional[_Union[ThermalState, str]] = ..., zones: _Optional[_Iterable[_Union[ThermalZone, _Mapping]]] = ..., throttling: _Optional[_Union[ThrottlingStatus, _Mapping]] = ...) -> None: ...
+    reason: str
+    def __init__(self, state: _Optional[_Union[ThermalState, str]] = ..., zones: _Optional[_Iterable[_Union[ThermalZone, _Mapping]]] = ..., throttling: _Optional[_Union[ThrottlingStatus, _Mapping]] = ..., reason: _Optional[str] = ...) -> None: ...
 
 class PowerStatus(_message.Message):
-    __slots__ = ("battery_present", "on_battery", "ac_online", "battery_percent", "battery_state", "time_to_empty", "power_draw_watts", "warning_level")
+    __slots__ = ("battery_present", "on_battery", "ac_online", "battery_percent", "battery_state", "time_to_empty", "power_draw_watts", "warning_level", "source", "energy_full_wh")
     BATTERY_PRESENT_FIELD_NUMBER: _ClassVar[int]
     ON_BATTERY_FIELD_NUMBER: _ClassVar[int]
     AC_ONLINE_FIELD_NUMBER: _ClassVar[int]
@@ -152,6 +156,8 @@ class PowerStatus(_message.Message):
     TIME_TO_EMPTY_FIELD_NUMBER: _ClassVar[int]
     POWER_DRAW_WATTS_FIELD_NUMBER: _ClassVar[int]
     WARNING_LEVEL_FIELD_NUMBER: _ClassVar[int]
+    SOURCE_FIELD_NUMBER: _ClassVar[int]
+    ENERGY_FULL_WH_FIELD_NUMBER: _ClassVar[int]
     battery_present: bool
     on_battery: bool
     ac_online: bool
@@ -160,7 +166,9 @@ class PowerStatus(_message.Message):
     time_to_empty: _duration_pb2.Duration
     power_draw_watts: float
     warning_level: int
-    def __init__(self, battery_present: _Optional[bool] = ..., on_battery: _Optional[bool] = ..., ac_online: _Optional[bool] = ..., battery_percent: _Optional[float] = ..., battery_state: _Optional[_Union[BatteryState, str]] = ..., time_to_empty: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., power_draw_watts: _Optional[float] = ..., warning_level: _Optional[int] = ...) -> None: ...
+    source: str
+    energy_full_wh: float
+    def __init__(self, battery_present: _Optional[bool] = ..., on_battery: _Optional[bool] = ..., ac_online: _Optional[bool] = ..., battery_percent: _Optional[float] = ..., battery_state: _Optional[_Union[BatteryState, str]] = ..., time_to_empty: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., power_draw_watts: _Optional[float] = ..., warning_level: _Optional[int] = ..., source: _Optional[str] = ..., energy_full_wh: _Optional[float] = ...) -> None: ...
 
 class GpuStatus(_message.Message):
     __slots__ = ("name", "memory_total_bytes", "memory_used_bytes", "utilization_percent")
@@ -175,7 +183,7 @@ class GpuStatus(_message.Message):
     def __init__(self, name: _Optional[str] = ..., memory_total_bytes: _Optional[int] = ..., memory_used_bytes: _Optional[int] = ..., utilization_percent: _Optional[float] = ...) -> None: ...
 
 class ResourceSnapshot(_message.Message):
-    __slots__ = ("time", "memory", "cpu", "thermal", "power", "gpus", "power_profile", "unavailable_sources")
+    __slots__ = ("time", "memory", "cpu", "thermal", "power", "gpus", "power_profile", "unavailable_sources", "profile_source")
     TIME_FIELD_NUMBER: _ClassVar[int]
     MEMORY_FIELD_NUMBER: _ClassVar[int]
     CPU_FIELD_NUMBER: _ClassVar[int]
@@ -184,6 +192,7 @@ class ResourceSnapshot(_message.Message):
     GPUS_FIELD_NUMBER: _ClassVar[int]
     POWER_PROFILE_FIELD_NUMBER: _ClassVar[int]
     UNAVAILABLE_SOURCES_FIELD_NUMBER: _ClassVar[int]
+    PROFILE_SOURCE_FIELD_NUMBER: _ClassVar[int]
     time: _timestamp_pb2.Timestamp
     memory: MemoryStatus
     cpu: CpuStatus
@@ -192,7 +201,8 @@ class ResourceSnapshot(_message.Message):
     gpus: _containers.RepeatedCompositeFieldContainer[GpuStatus]
     power_profile: _common_pb2.PowerProfile
     unavailable_sources: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., memory: _Optional[_Union[MemoryStatus, _Mapping]] = ..., cpu: _Optional[_Union[CpuStatus, _Mapping]] = ..., thermal: _Optional[_Union[ThermalStatus, _Mapping]] = ..., power: _Optional[_Union[PowerStatus, _Mapping]] = ..., gpus: _Optional[_Iterable[_Union[GpuStatus, _Mapping]]] = ..., power_profile: _Optional[_Union[_common_pb2.PowerProfile, str]] = ..., unavailable_sources: _Optional[_Iterable[str]] = ...) -> None: ...
+    profile_source: ProfileSource
+    def __init__(self, time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., memory: _Optional[_Union[MemoryStatus, _Mapping]] = ..., cpu: _Optional[_Union[CpuStatus, _Mapping]] = ..., thermal: _Optional[_Union[ThermalStatus, _Mapping]] = ..., power: _Optional[_Union[PowerStatus, _Mapping]] = ..., gpus: _Optional[_Iterable[_Union[GpuStatus, _Mapping]]] = ..., power_profile: _Optional[_Union[_common_pb2.PowerProfile, str]] = ..., unavailable_sources: _Optional[_Iterable[str]] = ..., profile_source: _Optional[_Union[ProfileSource, str]] = ...) -> None: ...
 
 class GetSnapshotRequest(_message.Message):
     __slots__ = ()
@@ -241,14 +251,16 @@ class GetPowerProfileRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class GetPowerProfileResponse(_message.Message):
-    __slots__ = ("profile", "source", "parameters")
+    __slots__ = ("profile", "source", "parameters", "reason")
     PROFILE_FIELD_NUMBER: _ClassVar[int]
     SOURCE_FIELD_NUMBER: _ClassVar[int]
     PARAMETERS_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
     profile: _common_pb2.PowerProfile
     source: ProfileSource
     parameters: ProfileParameters
-    def __init__(self, profile: _Optional[_Union[_common_pb2.PowerProfile, str]] = ..., source: _Optional[_Union[ProfileSource, str]] = ..., parameters: _Optional[_Union[ProfileParameters, _Mapping]] = ...) -> None: ...
+    reason: str
+    def __init__(self, profile: _Optional[_Union[_common_pb2.PowerProfile, str]] = ..., source: _Optional[_Union[ProfileSource, str]] = ..., parameters: _Optional[_Union[ProfileParameters, _Mapping]] = ..., reason: _Optional[str] = ...) -> None: ...
 
 class SetPowerProfileRequest(_message.Message):
     __slots__ = ("profile", "clear_override", "custom")
@@ -261,14 +273,16 @@ class SetPowerProfileRequest(_message.Message):
     def __init__(self, profile: _Optional[_Union[_common_pb2.PowerProfile, str]] = ..., clear_override: _Optional[bool] = ..., custom: _Optional[_Union[ProfileParameters, _Mapping]] = ...) -> None: ...
 
 class SetPowerProfileResponse(_message.Message):
-    __slots__ = ("profile", "source", "parameters")
+    __slots__ = ("profile", "source", "parameters", "reason")
     PROFILE_FIELD_NUMBER: _ClassVar[int]
     SOURCE_FIELD_NUMBER: _ClassVar[int]
     PARAMETERS_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
     profile: _common_pb2.PowerProfile
     source: ProfileSource
     parameters: ProfileParameters
-    def __init__(self, profile: _Optional[_Union[_common_pb2.PowerProfile, str]] = ..., source: _Optional[_Union[ProfileSource, str]] = ..., parameters: _Optional[_Union[ProfileParameters, _Mapping]] = ...) -> None: ...
+    reason: str
+    def __init__(self, profile: _Optional[_Union[_common_pb2.PowerProfile, str]] = ..., source: _Optional[_Union[ProfileSource, str]] = ..., parameters: _Optional[_Union[ProfileParameters, _Mapping]] = ..., reason: _Optional[str] = ...) -> None: ...
 
 class EstimateCostRequest(_message.Message):
     __slots__ = ("model_id", "prompt_tokens", "max_tokens")
@@ -281,19 +295,23 @@ class EstimateCostRequest(_message.Message):
     def __init__(self, model_id: _Optional[str] = ..., prompt_tokens: _Optional[int] = ..., max_tokens: _Optional[int] = ...) -> None: ...
 
 class EstimateCostResponse(_message.Message):
-    __slots__ = ("duration", "energy_joules", "battery_percent", "basis")
+    __slots__ = ("duration", "energy_joules", "battery_percent", "basis", "energy_mwh", "max_tokens")
     DURATION_FIELD_NUMBER: _ClassVar[int]
     ENERGY_JOULES_FIELD_NUMBER: _ClassVar[int]
     BATTERY_PERCENT_FIELD_NUMBER: _ClassVar[int]
     BASIS_FIELD_NUMBER: _ClassVar[int]
+    ENERGY_MWH_FIELD_NUMBER: _ClassVar[int]
+    MAX_TOKENS_FIELD_NUMBER: _ClassVar[int]
     duration: _duration_pb2.Duration
     energy_joules: float
     battery_percent: float
     basis: str
-    def __init__(self, duration: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., energy_joules: _Optional[float] = ..., battery_percent: _Optional[float] = ..., basis: _Optional[str] = ...) -> None: ...
+    energy_mwh: float
+    max_tokens: int
+    def __init__(self, duration: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., energy_joules: _Optional[float] = ..., battery_percent: _Optional[float] = ..., basis: _Optional[str] = ..., energy_mwh: _Optional[float] = ..., max_tokens: _Optional[int] = ...) -> None: ...
 
 class ModelMetrics(_message.Message):
-    __slots__ = ("model_id", "requests", "prompt_tokens", "completion_tokens", "tokens_per_second", "time_to_first_token_ms", "energy_joules")
+    __slots__ = ("model_id", "requests", "prompt_tokens", "completion_tokens", "tokens_per_second", "time_to_first_token_ms", "energy_joules", "joules_per_token", "errors")
     MODEL_ID_FIELD_NUMBER: _ClassVar[int]
     REQUESTS_FIELD_NUMBER: _ClassVar[int]
     PROMPT_TOKENS_FIELD_NUMBER: _ClassVar[int]
@@ -301,6 +319,8 @@ class ModelMetrics(_message.Message):
     TOKENS_PER_SECOND_FIELD_NUMBER: _ClassVar[int]
     TIME_TO_FIRST_TOKEN_MS_FIELD_NUMBER: _ClassVar[int]
     ENERGY_JOULES_FIELD_NUMBER: _ClassVar[int]
+    JOULES_PER_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    ERRORS_FIELD_NUMBER: _ClassVar[int]
     model_id: str
     requests: int
     prompt_tokens: int
@@ -308,7 +328,9 @@ class ModelMetrics(_message.Message):
     tokens_per_second: float
     time_to_first_token_ms: float
     energy_joules: float
-    def __init__(self, model_id: _Optional[str] = ..., requests: _Optional[int] = ..., prompt_tokens: _Optional[int] = ..., completion_tokens: _Optional[int] = ..., tokens_per_second: _Optional[float] = ..., time_to_first_token_ms: _Optional[float] = ..., energy_joules: _Optional[float] = ...) -> None: ...
+    joules_per_token: float
+    errors: int
+    def __init__(self, model_id: _Optional[str] = ..., requests: _Optional[int] = ..., prompt_tokens: _Optional[int] = ..., completion_tokens: _Optional[int] = ..., tokens_per_second: _Optional[float] = ..., time_to_first_token_ms: _Optional[float] = ..., energy_joules: _Optional[float] = ..., joules_per_token: _Optional[float] = ..., errors: _Optional[int] = ...) -> None: ...
 
 class GetMetricsRequest(_message.Message):
     __slots__ = ()

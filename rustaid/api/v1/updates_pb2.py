@@ -25,49 +25,49 @@ _sym_db = _symbol_database.Default()
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1crustaid/api/v1/updates.proto\x12\x0erustaid.api.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\xbf\x01\n\x0f\x41vailableUpdate\x12\x13\n\x0b\x61rtifact_id\x18\x01 \x01(\t\x12*\n\x04kind\x18\x02 \x01(\x0e\x32\x1c.rustaid.api.v1.ArtifactKind\x12\x17\n\x0f\x63urrent_version\x18\x03 \x01(\t\x12\x19\n\x11\x61vailable_version\x18\x04 \x01(\t\x12\x12\n\nsize_bytes\x18\x05 \x01(\x04\x12\x0f\n\x07\x63hannel\x18\x06 \x01(\t\x12\x12\n\nin_rollout\x18\x07 \x01(\x08\"&\n\x13\x43heckUpdatesRequest\x12\x0f\n\x07\x63hannel\x18\x01 \x01(\t\"\x94\x01\n\x14\x43heckUpdatesResponse\x12\x30\n\x07updates\x18\x01 \x03(\x0b\x32\x1f.rustaid.api.v1.AvailableUpdate\x12\x18\n\x10metadata_version\x18\x02 \x01(\x04\x12\x30\n\x0c\x63hecked_time\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\x97\x02\n\x0cUpdateStatus\x12*\n\x05phase\x18\x01 \x01(\x0e\x32\x1b.rustaid.api.v1.UpdatePhase\x12\x13\n\x0b\x61rtifact_id\x18\x02 \x01(\t\x12\x0f\n\x07version\x18\x03 \x01(\t\x12\x12\n\nbytes_done\x18\x04 \x01(\x04\x12\x13\n\x0b\x62ytes_total\x18\x05 \x01(\x04\x12\x0f\n\x07message\x18\x06 \x01(\t\x12\x33\n\x0flast_check_time\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x33\n\x0fnext_check_time\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x11\n\tupdate_id\x18\t \x01(\t\"\xc1\x01\n\x11InstalledArtifact\x12\x13\n\x0b\x61rtifact_id\x18\x01 \x01(\t\x12*\n\x04kind\x18\x02 \x01(\x0e\x32\x1c.rustaid.api.v1.ArtifactKind\x12\x0f\n\x07version\x18\x03 \x01(\t\x12\x18\n\x10previous_version\x18\x04 \x01(\t\x12\x0c\n\x04path\x18\x05 \x01(\t\x12\x32\n\x0einstalled_time\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"X\n\x12\x41pplyUpdateRequest\x12\x14\n\x0c\x61rtifact_ids\x18\x01 \x03(\t\x12\x0f\n\x07\x63hannel\x18\x02 \x01(\t\x12\r\n\x05\x66orce\x18\x03 \x01(\x08\x12\x0c\n\x04wait\x18\x04 \x01(\x08\"r\n\x13\x41pplyUpdateResponse\x12,\n\x06status\x18\x01 \x01(\x0b\x32\x1c.rustaid.api.v1.UpdateStatus\x12-\n\x07records\x18\x02 \x03(\x0b\x32\x1c.rustaid.api.v1.UpdateRecord\"\x18\n\x16GetUpdateStatusRequest\"\xbb\x01\n\x17GetUpdateStatusResponse\x12,\n\x06status\x18\x01 \x01(\x0b\x32\x1c.rustaid.api.v1.UpdateStatus\x12\x34\n\tinstalled\x18\x02 \x03(\x0b\x32!.rustaid.api.v1.InstalledArtifact\x12\x18\n\x10metadata_version\x18\x03 \x01(\x04\x12\x0f\n\x07\x63hannel\x18\x04 \x01(\t\x12\x11\n\tdevice_id\x18\x05 \x01(\t\"&\n\x0fRollbackRequest\x12\x13\n\x0b\x61rtifact_id\x18\x01 \x01(\t\"\xb0\x02\n\x0cUpdateRecord\x12\x11\n\tupdate_id\x18\x01 \x01(\t\x12\x13\n\x0b\x61rtifact_id\x18\x02 \x01(\t\x12\x14\n\x0c\x66rom_version\x18\x03 \x01(\t\x12\x12\n\nto_version\x18\x04 \x01(\t\x12,\n\x07outcome\x18\x05 \x01(\x0e\x32\x1b.rustaid.api.v1.UpdatePhase\x12\x0f\n\x07message\x18\x06 \x01(\t\x12\x30\n\x0cstarted_time\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x31\n\rfinished_time\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12*\n\x04kind\x18\t \x01(\x0e\x32\x1c.rustaid.api.v1.ArtifactKind\"@\n\x10RollbackResponse\x12,\n\x06record\x18\x01 \x01(\x0b\x32\x1c.rustaid.api.v1.UpdateRecord\"#\n\x12ListHistoryRequest\x12\r\n\x05limit\x18\x01 \x01(\r\"D\n\x13ListHistoryResponse\x12-\n\x07records\x18\x01 \x03(\x0b\x32\x1c.rustaid.api.v1.UpdateRecord\"\x15\n\x13WatchUpdatesRequest\"D\n\x14WatchUpdatesResponse\x12,\n\x06status\x18\x01 \x01(\x0b\x32\x1c.rustaid.api.v1.UpdateStatus*`\n\x0c\x41rtifactKind\x12\x1d\n\x19\x41RTIFACT_KIND_UNSPECIFIED\x10\x00\x12\x17\n\x13\x41RTIFACT_KIND_MODEL\x10\x01\x12\x18\n\x14\x41RTIFACT_KIND_PLUGIN\x10\x02*\xbf\x02\n\x0bUpdatePhase\x12\x1c\n\x18UPDATE_PHASE_UNSPECIFIED\x10\x00\x12\x15\n\x11UPDATE_PHASE_IDLE\x10\x01\x12\x19\n\x15UPDATE_PHASE_CHECKING\x10\x02\x12\x1c\n\x18UPDATE_PHASE_DOWNLOADING\x10\x03\x12\x1a\n\x16UPDATE_PHASE_VERIFYING\x10\x04\x12\x19\n\x15UPDATE_PHASE_APPLYING\x10\x05\x12\x1d\n\x19UPDATE_PHASE_HEALTH_CHECK\x10\x06\x12\x1a\n\x16UPDATE_PHASE_COMMITTED\x10\x07\x12\x1c\n\x18UPDATE_PHASE_ROLLED_BACK\x10\x08\x12\x17\n\x13UPDATE_PHASE_FAILED\x10\t\x12\x19\n\x15UPDATE_PHASE_DEFERRED\x10\n2\xab\x04\n\x0eUpdatesService\x12Y\n\x0c\x43heckUpdates\x12#.rustaid.api.v1.CheckUpdatesRequest\x1a$.rustaid.api.v1.CheckUpdatesResponse\x12V\n\x0b\x41pplyUpdate\x12\".rustaid.api.v1.ApplyUpdateRequest\x1a#.rustaid.api.v1.ApplyUpdateResponse\x12\x62\n\x0fGetUpdateStatus\x12&.rustaid.api.v1.GetUpdateStatusRequest\x1a\'.rustaid.api.v1.GetUpdateStatusResponse\x12M\n\x08Rollback\x12\x1f.rustaid.api.v1.RollbackRequest\x1a .rustaid.api.v1.RollbackResponse\x12V\n\x0bListHistory\x12\".rustaid.api.v1.ListHistoryRequest\x1a#.rustaid.api.v1.ListHistoryResponse\x12[\n\x0cWatchUpdates\x12#.rustaid.api.v1.WatchUpdatesRequest\x1a$.rustaid.api.v1.WatchUpdatesResponse0\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1crustaid/api/v1/updates.proto\x12\x0erustaid.api.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\xcd\x01\n\x0f\x41vailableUpdate\x12\x13\n\x0b\x61rtifact_id\x18\x01 \x01(\t\x12*\n\x04kind\x18\x02 \x01(\x0e\x32\x1c.rustaid.api.v1.ArtifactKind\x12\x17\n\x0f\x63urrent_version\x18\x03 \x01(\t\x12\x19\n\x11\x61vailable_version\x18\x04 \x01(\t\x12\x12\n\nsize_bytes\x18\x05 \x01(\x04\x12\x0f\n\x07\x63hannel\x18\x06 \x01(\t\x12\x12\n\nin_rollout\x18\x07 \x01(\x08\x12\x0c\n\x04note\x18\x08 \x01(\t\"&\n\x13\x43heckUpdatesRequest\x12\x0f\n\x07\x63hannel\x18\x01 \x01(\t\"\x94\x01\n\x14\x43heckUpdatesResponse\x12\x30\n\x07updates\x18\x01 \x03(\x0b\x32\x1f.rustaid.api.v1.AvailableUpdate\x12\x18\n\x10metadata_version\x18\x02 \x01(\x04\x12\x30\n\x0c\x63hecked_time\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\x97\x02\n\x0cUpdateStatus\x12*\n\x05phase\x18\x01 \x01(\x0e\x32\x1b.rustaid.api.v1.UpdatePhase\x12\x13\n\x0b\x61rtifact_id\x18\x02 \x01(\t\x12\x0f\n\x07version\x18\x03 \x01(\t\x12\x12\n\nbytes_done\x18\x04 \x01(\x04\x12\x13\n\x0b\x62ytes_total\x18\x05 \x01(\x04\x12\x0f\n\x07message\x18\x06 \x01(\t\x12\x33\n\x0flast_check_time\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x33\n\x0fnext_check_time\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x11\n\tupdate_id\x18\t \x01(\t\"\xc1\x01\n\x11InstalledArtifact\x12\x13\n\x0b\x61rtifact_id\x18\x01 \x01(\t\x12*\n\x04kind\x18\x02 \x01(\x0e\x32\x1c.rustaid.api.v1.ArtifactKind\x12\x0f\n\x07version\x18\x03 \x01(\t\x12\x18\n\x10previous_version\x18\x04 \x01(\t\x12\x0c\n\x04path\x18\x05 \x01(\t\x12\x32\n\x0einstalled_time\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"X\n\x12\x41pplyUpdateRequest\x12\x14\n\x0c\x61rtifact_ids\x18\x01 \x03(\t\x12\x0f\n\x07\x63hannel\x18\x02 \x01(\t\x12\r\n\x05\x66orce\x18\x03 \x01(\x08\x12\x0c\n\x04wait\x18\x04 \x01(\x08\"r\n\x13\x41pplyUpdateResponse\x12,\n\x06status\x18\x01 \x01(\x0b\x32\x1c.rustaid.api.v1.UpdateStatus\x12-\n\x07records\x18\x02 \x03(\x0b\x32\x1c.rustaid.api.v1.UpdateRecord\"\x18\n\x16GetUpdateStatusRequest\"\xbb\x01\n\x17GetUpdateStatusResponse\x12,\n\x06status\x18\x01 \x01(\x0b\x32\x1c.rustaid.api.v1.UpdateStatus\x12\x34\n\tinstalled\x18\x02 \x03(\x0b\x32!.rustaid.api.v1.InstalledArtifact\x12\x18\n\x10metadata_version\x18\x03 \x01(\x04\x12\x0f\n\x07\x63hannel\x18\x04 \x01(\t\x12\x11\n\tdevice_id\x18\x05 \x01(\t\"&\n\x0fRollbackRequest\x12\x13\n\x0b\x61rtifact_id\x18\x01 \x01(\t\"\xb0\x02\n\x0cUpdateRecord\x12\x11\n\tupdate_id\x18\x01 \x01(\t\x12\x13\n\x0b\x61rtifact_id\x18\x02 \x01(\t\x12\x14\n\x0c\x66rom_version\x18\x03 \x01(\t\x12\x12\n\nto_version\x18\x04 \x01(\t\x12,\n\x07outcome\x18\x05 \x01(\x0e\x32\x1b.rustaid.api.v1.UpdatePhase\x12\x0f\n\x07message\x18\x06 \x01(\t\x12\x30\n\x0cstarted_time\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x31\n\rfinished_time\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12*\n\x04kind\x18\t \x01(\x0e\x32\x1c.rustaid.api.v1.ArtifactKind\"@\n\x10RollbackResponse\x12,\n\x06record\x18\x01 \x01(\x0b\x32\x1c.rustaid.api.v1.UpdateRecord\"#\n\x12ListHistoryRequest\x12\r\n\x05limit\x18\x01 \x01(\r\"D\n\x13ListHistoryResponse\x12-\n\x07records\x18\x01 \x03(\x0b\x32\x1c.rustaid.api.v1.UpdateRecord\"\x15\n\x13WatchUpdatesRequest\"D\n\x14WatchUpdatesResponse\x12,\n\x06status\x18\x01 \x01(\x0b\x32\x1c.rustaid.api.v1.UpdateStatus*`\n\x0c\x41rtifactKind\x12\x1d\n\x19\x41RTIFACT_KIND_UNSPECIFIED\x10\x00\x12\x17\n\x13\x41RTIFACT_KIND_MODEL\x10\x01\x12\x18\n\x14\x41RTIFACT_KIND_PLUGIN\x10\x02*\xbf\x02\n\x0bUpdatePhase\x12\x1c\n\x18UPDATE_PHASE_UNSPECIFIED\x10\x00\x12\x15\n\x11UPDATE_PHASE_IDLE\x10\x01\x12\x19\n\x15UPDATE_PHASE_CHECKING\x10\x02\x12\x1c\n\x18UPDATE_PHASE_DOWNLOADING\x10\x03\x12\x1a\n\x16UPDATE_PHASE_VERIFYING\x10\x04\x12\x19\n\x15UPDATE_PHASE_APPLYING\x10\x05\x12\x1d\n\x19UPDATE_PHASE_HEALTH_CHECK\x10\x06\x12\x1a\n\x16UPDATE_PHASE_COMMITTED\x10\x07\x12\x1c\n\x18UPDATE_PHASE_ROLLED_BACK\x10\x08\x12\x17\n\x13UPDATE_PHASE_FAILED\x10\t\x12\x19\n\x15UPDATE_PHASE_DEFERRED\x10\n2\xab\x04\n\x0eUpdatesService\x12Y\n\x0c\x43heckUpdates\x12#.rustaid.api.v1.CheckUpdatesRequest\x1a$.rustaid.api.v1.CheckUpdatesResponse\x12V\n\x0b\x41pplyUpdate\x12\".rustaid.api.v1.ApplyUpdateRequest\x1a#.rustaid.api.v1.ApplyUpdateResponse\x12\x62\n\x0fGetUpdateStatus\x12&.rustaid.api.v1.GetUpdateStatusRequest\x1a\'.rustaid.api.v1.GetUpdateStatusResponse\x12M\n\x08Rollback\x12\x1f.rustaid.api.v1.RollbackRequest\x1a .rustaid.api.v1.RollbackResponse\x12V\n\x0bListHistory\x12\".rustaid.api.v1.ListHistoryRequest\x1a#.rustaid.api.v1.ListHistoryResponse\x12[\n\x0cWatchUpdates\x12#.rustaid.api.v1.WatchUpdatesRequest\x1a$.rustaid.api.v1.WatchUpdatesResponse0\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'rustaid.api.v1.updates_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_ARTIFACTKIND']._serialized_start=1979
-  _globals['_ARTIFACTKIND']._serialized_end=2075
-  _globals['_UPDATEPHASE']._serialized_start=2078
-  _globals['_UPDATEPHASE']._serialized_end=2397
+  _globals['_ARTIFACTKIND']._serialized_start=1993
+  _globals['_ARTIFACTKIND']._serialized_end=2089
+  _globals['_UPDATEPHASE']._serialized_start=2092
+  _globals['_UPDATEPHASE']._serialized_end=2411
   _globals['_AVAILABLEUPDATE']._serialized_start=82
-  _globals['_AVAILABLEUPDATE']._serialized_end=273
-  _globals['_CHECKUPDATESREQUEST']._serialized_start=275
-  _globals['_CHECKUPDATESREQUEST']._serialized_end=313
-  _globals['_CHECKUPDATESRESPONSE']._serialized_start=316
-  _globals['_CHECKUPDATESRESPONSE']._serialized_end=464
-  _globals['_UPDATESTATUS']._serialized_start=467
-  _globals['_UPDATESTATUS']._serialized_end=746
-  _globals['_INSTALLEDARTIFACT']._serialized_start=749
-  _globals['_INSTALLEDARTIFACT']._serialized_end=942
-  _globals['_APPLYUPDATEREQUEST']._serialized_start=944
-  _globals['_APPLYUPDATEREQUEST']._serialized_end=1032
-  _globals['_APPLYUPDATERESPONSE']._serialized_start=1034
-  _globals['_APPLYUPDATERESPONSE']._serialized_end=1148
-  _globals['_GETUPDATESTATUSREQUEST']._serialized_start=1150
-  _globals['_GETUPDATESTATUSREQUEST']._serialized_end=1174
-  _globals['_GETUPDATESTATUSRESPONSE']._serialized_start=1177
-  _globals['_GETUPDATESTATUSRESPONSE']._serialized_end=1364
-  _globals['_ROLLBACKREQUEST']._serialized_start=1366
-  _globals['_ROLLBACKREQUEST']._serialized_end=1404
-  _globals['_UPDATERECORD']._serialized_start=1407
-  _globals['_UPDATERECORD']._serialized_end=1711
-  _globals['_ROLLBACKRESPONSE']._serialized_start=1713
-  _globals['_ROLLBACKRESPONSE']._serialized_end=1777
-  _globals['_LISTHISTORYREQUEST']._serialized_start=1779
-  _globals['_LISTHISTORYREQUEST']._serialized_end=1814
-  _globals['_LISTHISTORYRESPONSE']._serialized_start=1816
-  _globals['_LISTHISTORYRESPONSE']._serialized_end=1884
-  _globals['_WATCHUPDATESREQUEST']._serialized_start=1886
-  _globals['_WATCHUPDATESREQUEST']._serialized_end=1907
-  _globals['_WATCHUPDATESRESPONSE']._serialized_start=1909
-  _globals['_WATCHUPDATESRESPONSE']._serialized_end=1977
-  _globals['_UPDATESSERVICE']._serialized_start=2400
-  _globals['_UPDATESSERVICE']._serialized_end=2955
+  _globals['_AVAILABLEUPDATE']._serialized_end=287
+  _globals['_CHECKUPDATESREQUEST']._serialized_start=289
+  _globals['_CHECKUPDATESREQUEST']._serialized_end=327
+  _globals['_CHECKUPDATESRESPONSE']._serialized_start=330
+  _globals['_CHECKUPDATESRESPONSE']._serialized_end=478
+  _globals['_UPDATESTATUS']._serialized_start=481
+  _globals['_UPDATESTATUS']._serialized_end=760
+  _globals['_INSTALLEDARTIFACT']._serialized_start=763
+  _globals['_INSTALLEDARTIFACT']._serialized_end=956
+  _globals['_APPLYUPDATEREQUEST']._serialized_start=958
+  _globals['_APPLYUPDATEREQUEST']._serialized_end=1046
+  _globals['_APPLYUPDATERESPONSE']._serialized_start=1048
+  _globals['_APPLYUPDATERESPONSE']._serialized_end=1162
+  _globals['_GETUPDATESTATUSREQUEST']._serialized_start=1164
+  _globals['_GETUPDATESTATUSREQUEST']._serialized_end=1188
+  _globals['_GETUPDATESTATUSRESPONSE']._serialized_start=1191
+  _globals['_GETUPDATESTATUSRESPONSE']._serialized_end=1378
+  _globals['_ROLLBACKREQUEST']._serialized_start=1380
+  _globals['_ROLLBACKREQUEST']._serialized_end=1418
+  _globals['_UPDATERECORD']._serialized_start=1421
+  _globals['_UPDATERECORD']._serialized_end=1725
+  _globals['_ROLLBACKRESPONSE']._serialized_start=1727
+  _globals['_ROLLBACKRESPONSE']._serialized_end=1791
+  _globals['_LISTHISTORYREQUEST']._serialized_start=1793
+  _globals['_LISTHISTORYREQUEST']._serialized_end=1828
+  _globals['_LISTHISTORYRESPONSE']._serialized_start=1830
+  _globals['_LISTHISTORYRESPONSE']._serialized_end=1898
+  _globals['_WATCHUPDATESREQUEST']._serialized_start=1900
+  _globals['_WATCHUPDATESREQUEST']._serialized_end=1921
+  _globals['_WATCHUPDATESRESPONSE']._serialized_start=1923
+  _globals['_WATCHUPDATESRESPONSE']._serialized_end=1991
+  _globals['_UPDATESSERVICE']._serialized_start=2414
+  _globals['_UPDATESSERVICE']._serialized_end=2969
 # @@protoc_insertion_point(module_scope)

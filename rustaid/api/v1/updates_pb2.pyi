@@ -45,7 +45,7 @@ UPDATE_PHASE_FAILED: UpdatePhase
 UPDATE_PHASE_DEFERRED: UpdatePhase
 
 class AvailableUpdate(_message.Message):
-    __slots__ = ("artifact_id", "kind", "current_version", "available_version", "size_bytes", "channel", "in_rollout")
+    __slots__ = ("artifact_id", "kind", "current_version", "available_version", "size_bytes", "channel", "in_rollout", "note")
     ARTIFACT_ID_FIELD_NUMBER: _ClassVar[int]
     KIND_FIELD_NUMBER: _ClassVar[int]
     CURRENT_VERSION_FIELD_NUMBER: _ClassVar[int]
@@ -53,6 +53,7 @@ class AvailableUpdate(_message.Message):
     SIZE_BYTES_FIELD_NUMBER: _ClassVar[int]
     CHANNEL_FIELD_NUMBER: _ClassVar[int]
     IN_ROLLOUT_FIELD_NUMBER: _ClassVar[int]
+    NOTE_FIELD_NUMBER: _ClassVar[int]
     artifact_id: str
     kind: ArtifactKind
     current_version: str
@@ -60,7 +61,8 @@ class AvailableUpdate(_message.Message):
     size_bytes: int
     channel: str
     in_rollout: bool
-    def __init__(self, artifact_id: _Optional[str] = ..., kind: _Optional[_Union[ArtifactKind, str]] = ..., current_version: _Optional[str] = ..., available_version: _Optional[str] = ..., size_bytes: _Optional[int] = ..., channel: _Optional[str] = ..., in_rollout: _Optional[bool] = ...) -> None: ...
+    note: str
+    def __init__(self, artifact_id: _Optional[str] = ..., kind: _Optional[_Union[ArtifactKind, str]] = ..., current_version: _Optional[str] = ..., available_version: _Optional[str] = ..., size_bytes: _Optional[int] = ..., channel: _Optional[str] = ..., in_rollout: _Optional[bool] = ..., note: _Optional[str] = ...) -> None: ...
 
 class CheckUpdatesRequest(_message.Message):
     __slots__ = ("channel",)

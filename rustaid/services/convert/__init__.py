@@ -261,6 +261,7 @@ def generation_done_to_pb(d: Done) -> common_pb2.GenerationDone:
         finish_reason=_FINISH[d.stats.finish_reason],
         usage=usage_to_pb(d.stats),
         timings=timings_to_pb(d.timings),
+        adjustments=d.adjustments,
     )
 
 

@@ -1,0 +1,110 @@
+"""Core dataclasses -> D-Bus values (`a{sv}` dictionaries of Variants).
+
+The D-Bus edge's own conversion layer: the core never sees dbus-next types.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+from dbus_next.signature import Variant
+
+from rustaid.core.engine import Done
+from rustaid.core.registry import ModelEntry
+
+VariantDict = dict[str, Variant]
+
+
+def model_to_dbus(e: ModelEntry) -> VariantDict:
+    m = e.metadata
+    return {
+        "id": Variant("s", e.id),
+        "kind": Variant("s", e.kind.value),
+        "state": Variant("s", e.state.value),
+        "error": Variant("s", e.error),
+        "provider": Variant("s", e.provider),
+        "path": Variant("s", str(e.path)),
+        "size_bytes": Variant("t", e.size_bytes),
+        "architecture": Variant("s", m.architecture),
+        "name": Variant("s", m.name),
+        "parameter_count": Variant("t", m.parameter_count),
+        "quantization": Variant("s", m.quantization),
+        # The model's own context length (file header) and the loaded one (0: not loaded).
+        "model_context_length": Variant("u", m.context_length),
+        "context_length": Variant("u", e.context_length),
+        "threads": Variant("u", e.threads),
+        "memory_bytes": Variant("t", e.memory_bytes),
+        "pinned": Variant("b", e.pinned),
+        "tags": Variant("as", list(e.tags)),
+        "priority": Variant("i", e.priority),
+        "modified_time": Variant("d", e.mtime),
+        "last_used_time": Variant("d", e.last_used),
+    }
+
+
+def done_to_dbus(done: Done) -> VariantDict:
+    s, t = done.stats, done.timings
+    return {
+        "model_id": Variant("s", done.model_id),
+        "finish_reason": Variant("s", s.finish_reason.value),
+        "prompt_tokens": Variant("u", s.prompt_tokens),
+        "completion_tokens": Variant("u", s.completion_tokens),
+        "queue_ms": Variant("d", t.queue_ms),
+        "load_ms": Variant("d", t.load_ms),
+        "prompt_eval_ms": Variant("d", t.prompt_eval_ms),
+        "generation_ms": Variant("d", t.generation_ms),
+        "time_to_first_token_ms": Variant("d", t.time_to_first_token_ms),
+        "tokens_per_second": Variant("d", t.tokens_per_second),
+        "total_ms": Variant("d", t.total_ms),
+    }
+
+
+def to_variant(value: Any) -> Variant | None:
+    """A plain value as a Variant: bool b, int x, float d, str/enum/path s, a sequence of
+    strings as, a mapping or dataclass a{sv}, other sequences av. None: leave out."""
+    if value is None:
+        return None
+    if isinstance(value, Variant):
+        return value
+    if isinstance(value, bool):
+        return Variant("b", value)
+    if isinstance(value, enum.Enum):
+        return Variant("s", str(value.value))
+    if isinstance(value, int):
+        return Variant("x", value)
+    if isinstance(value, float):
+        return Variant("d", value)
+    if isinstance(value, str | Path):
+        return Variant("s", str(value))
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return Variant("a{sv}", record_to_dbus(value))
+    if isinstance(value, Mapping):
+        return Variant("a{sv}", mapping_to_dbus(value))
+    if isinstance(value, Iterable) and not isinstance(value, bytes | bytearray):
+        items = list(value)
+        if all(isinstance(i, str) for i in items):
+            return Variant("as", items)
+        return Variant("av", [v for v in map(to_variant, items) if v is not None])
+    raise TypeError(f"no D-Bus representation for {type(value).__name__}")
+
+
+def mapping_to_dbus(values: Mapping[str, Any]) -> VariantDict:
+    out: VariantDict = {}
+    for key, value in values.items():
+        variant = to_variant(value)
+        if variant is not None:
+            out[str(key)] = variant
+    return out
+
+
+def record_to_dbus(record: Any) -> VariantDict:
+    """Any dataclass of the core as a{sv}, field by field (see to_variant)."""
+    return mapping_to_dbus({f.name: getattr(record, f.name) for f in dataclasses.fields(record)})
+
+
+def records_to_dbus(records: Iterable[Any]) -> list[VariantDict]:
+    return [record_to_dbus(r) for r in records]

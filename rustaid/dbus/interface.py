@@ -1,0 +1,233 @@
+"""The `org.rustai.Daemon1` interface: every method, property and signal with its D-Bus
+signature. Introspection is generated from these declarations (docs/dbus.md shows it).
+
+Methods are coroutines run by DBusService's dispatcher, which knows the caller (see
+`current_call`), maps domain errors to named D-Bus errors and stops a caller's work when
+it leaves the bus. The logic behind each method lives in the daemon's core (engine,
+registry) that the gRPC services use as well.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable
+from contextvars import ContextVar
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, TypeVar
+
+from dbus_next import introspection as intr
+from dbus_next.constants import PropertyAccess
+from dbus_next.service import ServiceInterface, dbus_property, method, signal
+from dbus_next.signature import Variant
+
+from rustaid import __version__
+from rustaid.dbus import convert
+from rustaid.dbus.errors import not_supported
+from rustaid.dbus.options import generation_request
+
+if TYPE_CHECKING:
+    from rustaid.dbus.service import DBusService
+
+BUS_NAME = "org.rustai.Daemon1"
+OBJECT_PATH = "/org/rustai/Daemon1"
+INTERFACE = "org.rustai.Daemon1"
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+@dataclass
+class Call:
+    """The method call being served: who sent it, and what to do once it is answered."""
+
+    sender: str
+    after_reply: list[Callable[[], None]] = field(default_factory=list)
+
+
+CALL: ContextVar[Call] = ContextVar("rustaid_dbus_call")
+
+
+def current_call() -> Call:
+    return CALL.get()
+
+
+def _declare(fn: F, args: tuple[str, ...], returns: str) -> F:
+    """Give `fn` D-Bus signatures as annotations (what dbus-next reads), keeping the
+    Python annotations out of it: `args` are "name:signature" per parameter."""
+    names = list(inspect.signature(fn).parameters)[1:]
+    sigs = dict(a.split(":", 1) for a in args)
+    if names != list(sigs):
+        raise TypeError(f"{fn.__name__}: D-Bus arguments {list(sigs)} != parameters {names}")
+    fn.__annotations__ = {**sigs, "return": returns}
+    return fn
+
+
+# Attribute holding the names of a method's results or a signal's arguments (dbus-next
+# leaves them unnamed in introspection; Daemon1.introspect adds them).
+_OUT_NAMES = "_rustaid_dbus_out_names"
+
+
+def dbus_method(*args: str, returns: str = "", out: tuple[str, ...] = ()) -> Callable[[F], F]:
+    """A D-Bus method: `args` "name:signature" per parameter, `returns` the result's
+    signature and `out` the results' names."""
+
+    def decorate(fn: F) -> F:
+        decorated: F = method()(_declare(fn, args, returns))
+        setattr(decorated, _OUT_NAMES, out)
+        return decorated
+
+    return decorate
+
+
+def dbus_signal(*args: str) -> Callable[[F], F]:
+    """A D-Bus signal with arguments "name:signature"."""
+
+    def decorate(fn: F) -> F:
+        # dbus-next reads a signal's arguments from the return annotation.
+        fn.__annotations__ = {"return": "".join(a.split(":", 1)[1] for a in args)}
+        decorated: F = signal()(fn)
+        setattr(decorated, _OUT_NAMES, tuple(a.split(":", 1)[0] for a in args))
+        return decorated
+
+    return decorate
+
+
+def dbus_readonly(signature: str) -> Callable[[Callable[[Any], Any]], Any]:
+    def decorate(fn: Callable[[Any], Any]) -> Any:
+        fn.__annotations__ = {"return": signature}
+        return dbus_property(access=PropertyAccess.READ)(fn)
+
+    return decorate
+
+
+class Daemon1(ServiceInterface):
+    """org.rustai.Daemon1: text generation, models and status for desktop apps."""
+
+    def __init__(self, service: DBusService) -> None:
+        super().__init__(INTERFACE)
+        self._service = service
+
+    def introspect(self) -> intr.Interface:
+        """dbus-next's introspection, with the names of results and signal arguments
+        (docs/dbus.md shows it)."""
+        data = super().introspect()
+        names = {
+            getattr(m, "__name__", ""): getattr(m, _OUT_NAMES)
+            for m in vars(type(self)).values()
+            if hasattr(m, _OUT_NAMES)
+        }
+        for member in data.methods:
+            for arg, name in zip(member.out_args, names.get(member.name, ()), strict=False):
+                arg.name = name
+        for sig in data.signals:
+            for arg, name in zip(sig.args, names.get(sig.name, ()), strict=False):
+                arg.name = name
+                arg.direction = None  # signal arguments have no direction
+        return data
+
+    # -- properties (read-only; PropertiesChanged is emitted when they change) -----------
+
+    @dbus_readonly("s")
+    def Version(self) -> str:
+        return __version__
+
+    @dbus_readonly("s")
+    def State(self) -> str:
+        """ready (idle), busy (generating), stopping."""
+        return self._service.state()
+
+    @dbus_readonly("as")
+    def ActiveModels(self) -> list[str]:
+        """Ids of the models loaded in memory."""
+        return self._service.active_models()
+
+    @dbus_readonly("s")
+    def PowerProfile(self) -> str:
+        return self._service.resource_state().power_profile
+
+    @dbus_readonly("s")
+    def ThermalState(self) -> str:
+        return self._service.resource_state().thermal_state
+
+    @dbus_readonly("b")
+    def OnBattery(self) -> bool:
+        return self._service.resource_state().on_battery
+
+    @dbus_readonly("u")
+    def QueueLength(self) -> int:
+        """Requests waiting for a model (not counting the ones generating)."""
+        return self._service.daemon.engine.queue_length()
+
+    # -- methods ----------------------------------------------------------------------
+
+    @dbus_method(returns="aa{sv}", out=("models",))
+    async def ListModels(self) -> list[convert.VariantDict]:
+        return [convert.model_to_dbus(e) for e in self._service.daemon.registry.list()]
+
+    @dbus_method("prompt:s", "options:a{sv}", returns="s", out=("text",))
+    async def Generate(self, prompt: str, options: dict[str, Variant]) -> str:
+        request = generation_request(prompt, options)
+        text, _ = await self._service.daemon.engine.generate_text(request)
+        return text
+
+    @dbus_method("prompt:s", "options:a{sv}", returns="s", out=("id",))
+    async def StartGeneration(self, prompt: str, options: dict[str, Variant]) -> str:
+        request = generation_request(prompt, options)
+        return self._service.start_generation(current_call(), request)
+
+    @dbus_method("id:s")
+    async def Cancel(self, id: str) -> None:
+        self._service.cancel_generation(current_call(), id)
+
+    @dbus_method("collection:s", "query:s", "top_k:u", returns="aa{sv}", out=("hits",))
+    async def Search(self, collection: str, query: str, top_k: int) -> list[convert.VariantDict]:
+        raise not_supported("Search", "retrieval (RAG) subsystem")
+
+    @dbus_method(
+        "collection:s", "question:s", "options:a{sv}", returns="saa{sv}", out=("answer", "sources")
+    )
+    async def Ask(self, collection: str, question: str, options: dict[str, Variant]) -> list[Any]:
+        raise not_supported("Ask", "retrieval (RAG) subsystem")
+
+    @dbus_method("profile:s")
+    async def SetPowerProfile(self, profile: str) -> None:
+        await self._service.require_privileged(current_call(), "SetPowerProfile")
+        raise not_supported("SetPowerProfile", "power management subsystem")
+
+    @dbus_method(returns="aa{sv}", out=("updates",))
+    async def CheckUpdates(self) -> list[convert.VariantDict]:
+        await self._service.require_privileged(current_call(), "CheckUpdates")
+        raise not_supported("CheckUpdates", "update subsystem")
+
+    # -- signals ------------------------------------------------------------------------
+    # Broadcast: calling one of these sends it to every listener.
+
+    @dbus_signal("change:s", "model_id:s")
+    def ModelsChanged(self, change: str, model_id: str) -> list[str]:
+        return [change, model_id]
+
+    @dbus_signal("update:a{sv}")
+    def UpdateAvailable(self, update: convert.VariantDict) -> convert.VariantDict:
+        return update
+
+    @dbus_signal("update:a{sv}")
+    def UpdateApplied(self, update: convert.VariantDict) -> convert.VariantDict:
+        return update
+
+    @dbus_signal("state:a{sv}")
+    def ResourceStateChanged(self, state: convert.VariantDict) -> convert.VariantDict:
+        return state
+
+    # Unicast: sent only to the caller of StartGeneration (DBusService.send_to), never
+    # through these methods, which would broadcast them.
+
+    @dbus_signal("id:s", "text:s")
+    def Token(self, id: str, text: str) -> list[str]:
+        raise AssertionError("Token is unicast: use DBusService.send_to")
+
+    @dbus_signal("id:s", "stats:a{sv}")
+    def Finished(self, id: str, stats: convert.VariantDict) -> list[Any]:
+        raise AssertionError("Finished is unicast: use DBusService.send_to")
+
+    @dbus_signal("id:s", "error:s", "message:s")
+    def Failed(self, id: str, error: str, message: str) -> list[str]:
+        raise AssertionError("Failed is unicast: use DBusService.send_to")

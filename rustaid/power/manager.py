@@ -1,0 +1,265 @@
+"""The resource manager the daemon owns: the monitor, the inference policy, the
+metrics, and what the daemon does when the device's state changes (stop serving
+generation while critically hot, unload idle models under critical memory pressure),
+plus cost estimates for a request."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from rustaid.config import Settings
+from rustaid.core.metrics import Metrics
+from rustaid.core.registry import ModelEntry, ModelKind
+from rustaid.core.scheduler import Priority
+from rustaid.errors import InvalidArgument
+from rustaid.power.config import PowerConfig, power_config
+from rustaid.power.monitor import ResourceMonitor
+from rustaid.power.policy import InferencePolicy
+from rustaid.power.snapshot import PressureLevel, ResourceSnapshot, ThermalState
+from rustaid.providers import GenerationParams
+
+log = logging.getLogger(__name__)
+
+# Without a measurement: generation reads every weight once per token, at roughly this
+# many bytes per second on a small device; prompts go about this many times faster.
+ASSUMED_BANDWIDTH_BYTES_S = 8e9
+ASSUMED_PROMPT_SPEEDUP = 10.0
+MAX_ASSUMED_TPS = 200.0
+# Without a measured or declared draw.
+ASSUMED_DRAW_W = 5.0
+
+
+class ModelSource(Protocol):
+    def get(self, model_id: str) -> ModelEntry: ...
+
+
+class ModelUnloader(Protocol):
+    def loaded(self) -> list[ModelEntry]: ...
+    async def unload(self, model_id: str) -> ModelEntry: ...
+
+
+class PluginRecords(Protocol):
+    def list(self) -> Sequence[Any]: ...
+
+
+@dataclass(frozen=True)
+class CostEstimate:
+    duration_s: float
+    energy_joules: float
+    # Share of a full battery, 0 without a battery or its capacity.
+    battery_percent: float
+    basis: str
+    max_tokens: int
+
+
+class ResourceManager:
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        models: ModelSource | None = None,
+        engine: ModelUnloader | None = None,
+        plugins: PluginRecords | None = None,
+        config: PowerConfig | None = None,
+    ) -> None:
+        self.settings = settings
+        self.config = config or power_config(settings.extra.get("power"))
+        monitors = getattr(plugins, "resource_monitors", None)
+        self.monitor = ResourceMonitor(
+            self.config, state_dir=settings.state_dir, plugin_monitors=monitors
+        )
+        self.policy = InferencePolicy(self.monitor, settings.default_max_tokens)
+        self.metrics = Metrics(power_draw_w=self._battery_draw)
+        self.models = models
+        self.engine = engine
+        self.plugins = plugins
+        self._serving: list[Callable[[bool], None]] = []
+        self._eviction: asyncio.Task[None] | None = None
+
+    # -- life cycle ------------------------------------------------------------------------
+
+    def start(self) -> None:
+        self.monitor.add_listener(self._changed)
+        self.monitor.start()
+
+    async def start_event_sources(self) -> None:
+        await self.monitor.start_event_sources()
+
+    async def stop(self) -> None:
+        self._serving.clear()
+        if self._eviction is not None:
+            self._eviction.cancel()
+        await self.monitor.stop()
+
+    @property
+    def snapshot(self) -> ResourceSnapshot:
+        return self.monitor.snapshot
+
+    # -- reactions -------------------------------------------------------------------------
+
+    @property
+    def generate_serving(self) -> bool:
+        """False while the device is critically hot: generation is refused."""
+        return self.monitor.snapshot.thermal.state < ThermalState.CRITICAL
+
+    def on_generate_serving(self, callback: Callable[[bool], None]) -> None:
+        """`callback(serving)` now and whenever generation stops or resumes being served
+        because of the thermal state (the daemon updates its health service)."""
+        self._serving.append(callback)
+        callback(self.generate_serving)
+
+    def _changed(self, old: ResourceSnapshot, new: ResourceSnapshot) -> None:
+        was = old.thermal.state < ThermalState.CRITICAL
+        now = new.thermal.state < ThermalState.CRITICAL
+        if was != now:
+            if not now:
+                log.warning("critically hot (%s): not serving generation", new.thermal.reason)
+            else:
+                log.info("no longer critically hot: serving generation again")
+            for callback in list(self._serving):
+                callback(now)
+        if (
+            new.memory.pressure is PressureLevel.CRITICAL
+            and self.config.evict_on_critical_pressure
+            and self.engine is not None
+            and (self._eviction is None or self._eviction.done())
+        ):
+            self._eviction = asyncio.ensure_future(self._evict_while_critical())
+
+    async def _evict_while_critical(self) -> None:
+        """Unload idle models, largest first, until memory pressure is no longer
+        critical (re-checked `eviction_settle_s` after each unload)."""
+        assert self.engine is not None
+        engine = self.engine
+        busy = getattr(engine, "is_busy", None)
+        done: set[str] = set()
+        stuck = False
+        while True:
+            snapshot = await self.monitor.refresh(0.0)
+            if snapshot.memory.pressure is not PressureLevel.CRITICAL:
+                if done:
+                    level = snapshot.memory.pressure.name.lower()
+                    log.info(
+                        "memory pressure %s after unloading %s", level, ", ".join(sorted(done))
+                    )
+                return
+            candidates = [
+                e for e in engine.loaded() if not e.pinned and not (callable(busy) and busy(e.id))
+            ]
+            if not candidates:
+                # Keep watching while it lasts: a model loaded meanwhile goes too.
+                if not stuck:
+                    log.warning(
+                        "memory pressure critical (%s) and no idle unpinned model left to unload",
+                        snapshot.memory.reason,
+                    )
+                stuck = True
+                await asyncio.sleep(self.config.eviction_settle_s)
+                continue
+            stuck = False
+            victim = max(candidates, key=lambda e: (e.memory_bytes or e.size_bytes, e.id))
+            log.warning(
+                "memory pressure critical (%s): unloading idle model %s (%d MB)",
+                snapshot.memory.reason,
+                victim.id,
+                (victim.memory_bytes or victim.size_bytes) >> 20,
+            )
+            try:
+                await engine.unload(victim.id)
+            except Exception as e:
+                log.warning("could not unload %s: %s", victim.id, e)
+            done.add(victim.id)
+            await asyncio.sleep(self.config.eviction_settle_s)
+
+    # -- energy ----------------------------------------------------------------------------
+
+    def _battery_draw(self) -> float | None:
+        power = self.monitor.snapshot.power
+        if power.discharging and power.power_draw_w > 0:
+            return power.power_draw_w
+        return None
+
+    def _declared_draw_w(self, entry: ModelEntry) -> tuple[float, str] | None:
+        if self.plugins is None or not entry.provider:
+            return None
+        capability = f"llm:{entry.provider}"
+        for record in self.plugins.list():
+            if capability in getattr(record, "capabilities", ()):
+                mw = record.requirements.battery_draw_mw
+                if mw > 0:
+                    return mw / 1000, f"{mw} mW declared by plugin {record.id}"
+        return None
+
+    async def estimate_cost(
+        self, model_id: str, prompt_tokens: int, max_tokens: int
+    ) -> CostEstimate:
+        """Time and energy of a request on this device now (see docs/power.md)."""
+        if not model_id:
+            raise InvalidArgument("model_id is empty: name the model to estimate", field="model_id")
+        if self.models is None:
+            raise InvalidArgument("no models are known", field="model_id")
+        entry = self.models.get(model_id)  # NotFound names the known ids
+        if entry.kind is not ModelKind.LLM:
+            raise InvalidArgument(
+                f"model {model_id!r} is an {entry.kind.value} model; costs are estimated "
+                "for language models",
+                field="model_id",
+            )
+        limit = self.settings.max_tokens_limit
+        if max_tokens > limit:
+            raise InvalidArgument(
+                f"max_tokens must be at most {limit} (got {max_tokens})", field="max_tokens"
+            )
+        if prompt_tokens > 1 << 24:
+            raise InvalidArgument(
+                f"prompt_tokens is implausibly large ({prompt_tokens})", field="prompt_tokens"
+            )
+        basis: list[str] = []
+        await self.monitor.refresh(self.config.max_age_s)
+        adjusted = self.policy.adjust_now(
+            GenerationParams(max_tokens=max_tokens or None), Priority.INTERACTIVE
+        )
+        tokens = adjusted.params.max_tokens or self.settings.default_max_tokens
+        for a in adjusted.adjustments:
+            if a.setting == "max_tokens":
+                basis.append(f"max_tokens {a.before} -> {a.after} ({a.reason})")
+        measured = self.metrics.model(model_id)
+        if measured is not None and measured.recent_tokens_per_second > 0:
+            tps = measured.recent_tokens_per_second
+            basis.append(f"measured {tps:.1f} tokens/s over {measured.requests} requests")
+            prompt_tps = measured.recent_prompt_tokens_per_second or tps * ASSUMED_PROMPT_SPEEDUP
+        else:
+            size = max(entry.size_bytes, 1)
+            tps = min(MAX_ASSUMED_TPS, ASSUMED_BANDWIDTH_BYTES_S / size)
+            prompt_tps = tps * ASSUMED_PROMPT_SPEEDUP
+            basis.append(
+                f"no measurement yet: assumed {tps:.1f} tokens/s from the model's size "
+                f"({size >> 20} MB)"
+            )
+        duration = prompt_tokens / prompt_tps + tokens / tps
+        power = self.monitor.snapshot.power
+        draw = self._battery_draw()
+        if draw is not None:
+            basis.append(f"measured draw {draw:.1f} W ({power.source})")
+        elif declared := self._declared_draw_w(entry):
+            draw = declared[0]
+            basis.append(declared[1])
+        else:
+            draw = ASSUMED_DRAW_W
+            basis.append(f"no measured or declared draw: assumed {ASSUMED_DRAW_W:g} W")
+        energy = draw * duration
+        percent = 0.0
+        if power.battery_present and power.energy_full_wh > 0:
+            percent = 100 * energy / (power.energy_full_wh * 3600)
+        basis.append(f"{energy / 3.6:.2f} mWh")
+        return CostEstimate(
+            duration_s=duration,
+            energy_joules=energy,
+            battery_percent=percent,
+            basis="; ".join(basis),
+            max_tokens=tokens,
+        )

@@ -1,0 +1,314 @@
+"""The indexer: document -> parse -> chunks -> vectors -> vector store.
+
+Re-indexing is idempotent. Every chunk's point id is derived from the collection, the
+document id, the document's content hash and the chunk's index, and every chunk records
+its document's hash and chunk count. So:
+
+- a document whose hash is already stored with all its chunks is skipped (unchanged);
+- a changed document gets its new chunks written first, then the chunks of any other
+  version are deleted, so a search never finds the document missing;
+- an indexing run killed halfway leaves at worst some chunks of the new version next to
+  the old one; running it again rewrites the same point ids and then removes the old
+  version: complete, without duplicates.
+
+The content hash covers the text (or file bytes), title, source, metadata, the embedding
+model and the chunking options, so changing any of them re-indexes the document.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import time
+import uuid
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from concurrent.futures import Executor
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+from rustaid.errors import InvalidArgument, RustaidError
+from rustaid.providers import (
+    DocumentParser,
+    FieldMatch,
+    Filter,
+    LoadedEmbedder,
+    ParsedDocument,
+    Section,
+    VectorPoint,
+    VectorStoreClient,
+)
+from rustaid.rag.chunking import Chunk, Chunker
+from rustaid.rag.documents import choose_parser
+from rustaid.rag.embedders import EmbedderCache
+
+T = TypeVar("T")
+
+# Chunks embedded together across documents of a stream.
+FLUSH_CHUNKS = 128
+UPSERT_BATCH = 256
+MAX_DOCUMENT_ID = 512
+_POINT_NAMESPACE = uuid.UUID("6f1d3c2e-9a54-4b1e-8f0a-72d5c0e1b9a4")
+
+
+@dataclass(frozen=True)
+class DocumentInput:
+    id: str = ""
+    # Plain text (IndexDocuments), or a file's bytes (IndexFile).
+    text: str = ""
+    content: bytes | None = None
+    filename: str = ""
+    mime_type: str = ""
+    source: str = ""
+    title: str = ""
+    metadata: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Chunking:
+    size: int
+    overlap: int
+
+
+@dataclass(frozen=True)
+class IndexResult:
+    document_id: str
+    chunks: int
+    parser: str
+    unchanged: bool = False
+    replaced: bool = False
+
+
+@dataclass
+class StreamSummary:
+    document_ids: list[str] = field(default_factory=list)
+    chunks: int = 0
+    indexed: int = 0
+    unchanged: int = 0
+    replaced: int = 0
+    elapsed_ms: float = 0.0
+
+
+@dataclass
+class _Prepared:
+    doc: DocumentInput
+    document_id: str
+    hash: str
+    parser: str
+    chunks: list[Chunk]
+    title: str
+
+
+def content_hash(doc: DocumentInput, model_id: str, chunking: Chunking) -> str:
+    h = hashlib.sha256(b"rustaid-rag-v1\x00")
+    meta = json.dumps(doc.metadata, sort_keys=True, default=str, separators=(",", ":"))
+    for part in (model_id, f"{chunking.size}/{chunking.overlap}", doc.title, doc.source, meta):
+        h.update(part.encode("utf-8") + b"\x00")
+    h.update(doc.content if doc.content is not None else doc.text.encode("utf-8"))
+    return h.hexdigest()[:32]
+
+
+def point_id(collection: str, document_id: str, doc_hash: str, index: int) -> str:
+    return str(
+        uuid.uuid5(_POINT_NAMESPACE, f"{collection}\x00{document_id}\x00{doc_hash}\x00{index}")
+    )
+
+
+def _same_version(document_id: str, doc_hash: str) -> Filter:
+    return Filter(
+        must=(FieldMatch("document_id", document_id), FieldMatch("content_hash", doc_hash))
+    )
+
+
+def _other_versions(document_id: str, doc_hash: str) -> Filter:
+    return Filter(
+        must=(FieldMatch("document_id", document_id),),
+        must_not=(FieldMatch("content_hash", doc_hash),),
+    )
+
+
+def check_document_id(document_id: str, field_name: str) -> str:
+    if len(document_id) > MAX_DOCUMENT_ID:
+        raise InvalidArgument(
+            f"{field_name} is {len(document_id)} characters; at most {MAX_DOCUMENT_ID}",
+            field=field_name,
+        )
+    if any(ord(c) < 32 for c in document_id):
+        raise InvalidArgument(f"{field_name} contains control characters", field=field_name)
+    return document_id
+
+
+class Indexer:
+    """Indexes documents into one collection with one embedding model."""
+
+    def __init__(
+        self,
+        *,
+        collection: str,
+        store: VectorStoreClient,
+        embedders: EmbedderCache,
+        model_id: str,
+        chunking: Chunking,
+        parsers: Callable[[], dict[str, DocumentParser]],
+        executor: Executor,
+    ) -> None:
+        self.collection = collection
+        self.store = store
+        self.embedders = embedders
+        self.model_id = model_id
+        self.chunking = chunking
+        self._parsers = parsers
+        self._executor = executor
+
+    async def _thread(self, fn: Callable[[], T]) -> T:
+        return await asyncio.get_running_loop().run_in_executor(self._executor, fn)
+
+    # -- one document -------------------------------------------------------------------
+
+    async def index(self, doc: DocumentInput) -> IndexResult:
+        prepared = await self._prepare(doc)
+        if isinstance(prepared, IndexResult):
+            return prepared
+        replaced = (await self._write([prepared]))[0]
+        return IndexResult(
+            prepared.document_id, len(prepared.chunks), prepared.parser, replaced=replaced
+        )
+
+    async def _prepare(self, doc: DocumentInput) -> _Prepared | IndexResult:
+        doc_hash = content_hash(doc, self.model_id, self.chunking)
+        document_id = doc.id or f"sha256:{doc_hash}"
+        parser_name = "text"
+        parser: DocumentParser | None = None
+        if doc.content is not None:
+            parser = choose_parser(self._parsers(), doc.filename, doc.mime_type, doc.content)
+            parser_name = parser.name
+        if await self._thread(lambda: self._complete(document_id, doc_hash)):
+            return IndexResult(document_id, 0, parser_name, unchanged=True)
+        if parser is not None:
+            content = doc.content or b""
+            chosen = parser
+            parsed = await self._thread(lambda: chosen.parse(content, doc.filename))
+        else:
+            parsed = ParsedDocument(sections=(Section(doc.text),), title=doc.title)
+        size, overlap = self.chunking.size, self.chunking.overlap
+
+        def split(embedder: LoadedEmbedder) -> list[Chunk]:
+            return Chunker(embedder.token_offsets, size, overlap).chunk(parsed)
+
+        chunks = await self.embedders.run(self.model_id, split)
+        if not chunks:
+            raise InvalidArgument(
+                f"document {document_id!r} has no text to index", reason="DOCUMENT_EMPTY"
+            )
+        return _Prepared(doc, document_id, doc_hash, parser_name, chunks, doc.title or parsed.title)
+
+    def _complete(self, document_id: str, doc_hash: str) -> bool:
+        """True if this version is stored whole; then other versions are removed."""
+        same = _same_version(document_id, doc_hash)
+        stored = self.store.count(self.collection, same)
+        if not stored:
+            return False
+        points, _ = self.store.scroll(self.collection, same, limit=1)
+        if not points or points[0].payload.get("chunk_count") != stored:
+            return False
+        self.store.delete(self.collection, filter=_other_versions(document_id, doc_hash))
+        return True
+
+    async def _write(self, batch: Sequence[_Prepared]) -> list[bool]:
+        """Embed the chunks of several documents together, then store each document."""
+        texts = [c.embed_text for p in batch for c in p.chunks]
+        vectors = await self.embedders.run(self.model_id, lambda e: e.embed(texts))
+        now = time.time()
+        replaced: list[bool] = []
+        at = 0
+        for prepared in batch:
+            points = [
+                self._point(prepared, chunk, vectors[at + i], now)
+                for i, chunk in enumerate(prepared.chunks)
+            ]
+            at += len(points)
+            replaced.append(await self._thread(self._storer(prepared, points)))
+        return replaced
+
+    def _point(self, p: _Prepared, chunk: Chunk, vector: list[float], now: float) -> VectorPoint:
+        payload: dict[str, Any] = {
+            "document_id": p.document_id,
+            "content_hash": p.hash,
+            "chunk_index": chunk.index,
+            "chunk_count": len(p.chunks),
+            "text": chunk.text,
+            "heading": list(chunk.heading_path),
+            "page": chunk.page,
+            "source": p.doc.source,
+            "title": p.title,
+            "parser": p.parser,
+            "metadata": dict(p.doc.metadata),
+            "indexed_at": now,
+        }
+        return VectorPoint(
+            point_id(self.collection, p.document_id, p.hash, chunk.index), vector, payload
+        )
+
+    def _storer(self, prepared: _Prepared, points: list[VectorPoint]) -> Callable[[], bool]:
+        return lambda: self._store(prepared, points)
+
+    def _store(self, prepared: _Prepared, points: list[VectorPoint]) -> bool:
+        for start in range(0, len(points), UPSERT_BATCH):
+            self.store.upsert(self.collection, points[start : start + UPSERT_BATCH])
+        others = _other_versions(prepared.document_id, prepared.hash)
+        stale = self.store.count(self.collection, others)
+        if stale:
+            self.store.delete(self.collection, filter=others)
+        return stale > 0
+
+    # -- a stream of documents ----------------------------------------------------------
+
+    async def index_stream(self, docs: AsyncIterator[tuple[int, DocumentInput]]) -> StreamSummary:
+        t0 = time.perf_counter()
+        summary = StreamSummary()
+        pending: list[_Prepared] = []
+        seen: set[str] = set()
+
+        async def flush() -> None:
+            if not pending:
+                return
+            batch = list(pending)
+            pending.clear()
+            for prepared, was_replaced in zip(batch, await self._write(batch), strict=True):
+                summary.chunks += len(prepared.chunks)
+                summary.indexed += 1
+                summary.replaced += int(was_replaced)
+
+        try:
+            async for index, doc in docs:
+                try:
+                    prepared = await self._prepare(doc)
+                except RustaidError as e:
+                    e.message = f"documents[{index}]: {e.message}"
+                    if isinstance(e, InvalidArgument) and not e.field.startswith("documents"):
+                        e.field = f"documents[{index}].{e.field or 'text'}"
+                    raise
+                if prepared.document_id in seen:
+                    raise InvalidArgument(
+                        f"documents[{index}]: id {prepared.document_id!r} appears twice in "
+                        "this stream",
+                        field=f"documents[{index}].id",
+                    )
+                seen.add(prepared.document_id)
+                summary.document_ids.append(prepared.document_id)
+                if isinstance(prepared, IndexResult):
+                    summary.unchanged += 1
+                    continue
+                pending.append(prepared)
+                if sum(len(p.chunks) for p in pending) >= FLUSH_CHUNKS:
+                    await flush()
+        except RustaidError as e:
+            # The documents before the bad one are complete: store them, then say so.
+            await flush()
+            done = summary.indexed + summary.unchanged
+            e.message = f"{e.message} (the {done} documents before it were indexed)"
+            e.args = (e.message,)
+            raise
+        await flush()
+        summary.elapsed_ms = (time.perf_counter() - t0) * 1000
+        return summary

@@ -1,0 +1,280 @@
+"""Access control on a private system-like bus that enforces the shipped policy
+(systemd/dbus/system.d/org.rustai.Daemon1.conf), with callers of other uids (setpriv),
+and the same rule for the gRPC Unix socket (group rustai, mode 0660).
+
+Needs root: it creates the group rustai and the users rustaid (from the shipped
+sysusers.d file), a member of rustai and an outsider, and removes what it created."""
+
+from __future__ import annotations
+
+import grp
+import os
+import pwd
+import shutil
+import stat
+import subprocess
+import tempfile
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from rustaid.dbus.interface import BUS_NAME, INTERFACE, OBJECT_PATH
+from rustaid.testing.daemon import DaemonProcess, run_daemon
+from rustaid.testing.dbus import PrivateBus, private_bus
+from tests.conftest import add_model
+from tests.dbus.conftest import need
+
+REPO = Path(__file__).resolve().parents[2]
+POLICY = REPO / "systemd" / "dbus" / "system.d" / "org.rustai.Daemon1.conf"
+SYSUSERS = REPO / "systemd" / "sysusers.d" / "rustaid.conf"
+MEMBER, OUTSIDER = "rustai-test-member", "rustai-test-outsider"
+
+pytestmark = pytest.mark.skipif(
+    os.geteuid() != 0, reason="needs root to create test users and run callers as them"
+)
+
+
+@dataclass(frozen=True)
+class Users:
+    member: pwd.struct_passwd
+    outsider: pwd.struct_passwd
+    rustai_gid: int
+
+
+def _exists(kind: str, name: str) -> bool:
+    try:
+        (grp.getgrnam if kind == "group" else pwd.getpwnam)(name)
+    except KeyError:
+        return False
+    return True
+
+
+@pytest.fixture(scope="module")
+def users() -> Iterator[Users]:
+    need("setpriv")
+    need("useradd")
+    created: list[tuple[str, str]] = []
+    for kind, name in (("group", "rustai"), ("user", "rustaid")):
+        if not _exists(kind, name):
+            created.append((kind, name))
+    if created:
+        need("systemd-sysusers")
+        subprocess.run(["systemd-sysusers", str(SYSUSERS)], check=True, capture_output=True)
+    for name, extra in ((MEMBER, ["-G", "rustai"]), (OUTSIDER, [])):
+        if not _exists("user", name):
+            subprocess.run(
+                [
+                    "useradd",
+                    "--system",
+                    "--no-create-home",
+                    "--shell",
+                    "/usr/sbin/nologin",
+                    *extra,
+                    name,
+                ],
+                check=True,
+            )
+            created.append(("user", name))
+    try:
+        yield Users(pwd.getpwnam(MEMBER), pwd.getpwnam(OUTSIDER), grp.getgrnam("rustai").gr_gid)
+    finally:
+        for kind, name in reversed(created):
+            cmd = ["userdel", name] if kind == "user" else ["groupdel", name]
+            subprocess.run(cmd, capture_output=True)
+            if kind == "user" and _exists("group", name):  # its own user group
+                subprocess.run(["groupdel", name], capture_output=True)
+
+
+def as_user(user: pwd.struct_passwd, *argv: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [
+            "setpriv",
+            f"--reuid={user.pw_uid}",
+            f"--regid={user.pw_gid}",
+            "--init-groups",
+            "--",
+            *argv,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd="/",
+    )
+
+
+@pytest.fixture(scope="module")
+def system_bus(users: Users) -> Iterator[PrivateBus]:
+    need("dbus-daemon")
+    with private_bus(system=True, includes=[POLICY], world_accessible=True) as bus:
+        yield bus
+
+
+@pytest.fixture(scope="module")
+def system_daemon(
+    tmp_path_factory: pytest.TempPathFactory,
+    model_files: dict[str, Path],
+    system_bus: PrivateBus,
+    users: Users,
+) -> Iterator[tuple[DaemonProcess, Path]]:
+    """The daemon as root on the system-like bus; its gRPC socket in a folder others may
+    enter, owned by group rustai."""
+    data_dir = tmp_path_factory.mktemp("system-daemon")
+    add_model(data_dir, model_files["tiny"])
+    (data_dir / "config").mkdir()
+    (data_dir / "config" / "rustaid.toml").write_text('[dbus]\nbus = "system"\n')
+    sock_dir = Path(tempfile.mkdtemp(prefix="rustaid-grp-", dir="/tmp"))
+    sock_dir.chmod(0o755)
+    socket = sock_dir / "rustaid.sock"
+    env = {**system_bus.env("system"), "RUSTAID_SOCKET_GROUP": "rustai"}
+    try:
+        with run_daemon(data_dir, "--listen", f"unix://{socket}", env=env) as daemon:
+            assert "D-Bus API org.rustai.Daemon1 on the system bus" in daemon.stderr()
+            yield daemon, socket
+    finally:
+        shutil.rmtree(sock_dir, ignore_errors=True)
+
+
+def busctl_as(
+    user: pwd.struct_passwd | None, bus: PrivateBus, *args: str
+) -> subprocess.CompletedProcess[str]:
+    need("busctl")
+    argv = ["busctl", f"--address={bus.address}", *args]
+    if user is None:
+        return subprocess.run(argv, capture_output=True, text=True, timeout=60)
+    return as_user(user, *argv)
+
+
+def call(*args: str) -> list[str]:
+    return ["call", BUS_NAME, OBJECT_PATH, INTERFACE, *args]
+
+
+GENERATE = call("Generate", "sa{sv}", "Hello", "1", "max_tokens", "u", "4")
+
+
+def test_root_may_call_everything(system_daemon: object, system_bus: PrivateBus) -> None:
+    r = busctl_as(None, system_bus, *GENERATE)
+    assert r.returncode == 0 and r.stdout.startswith("s "), r.stderr
+    r = busctl_as(None, system_bus, *call("SetPowerProfile", "s", "balanced"))
+    assert "needs the power management subsystem" in r.stderr  # past the policy: NotSupported
+
+
+def test_a_member_of_rustai_may_use_the_daemon(
+    system_daemon: object, system_bus: PrivateBus, users: Users
+) -> None:
+    r = busctl_as(users.member, system_bus, *GENERATE)
+    assert r.returncode == 0 and r.stdout.startswith("s "), r.stderr
+    r = busctl_as(users.member, system_bus, *call("ListModels"))
+    assert r.returncode == 0 and '"tiny"' in r.stdout, r.stderr
+    r = busctl_as(
+        users.member, system_bus, "get-property", BUS_NAME, OBJECT_PATH, INTERFACE, "State"
+    )
+    assert r.returncode == 0 and r.stdout.startswith("s "), r.stderr
+    r = busctl_as(users.member, system_bus, "introspect", BUS_NAME, OBJECT_PATH)
+    assert r.returncode == 0 and ".StartGeneration" in r.stdout, r.stderr
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        call("SetPowerProfile", "s", "performance"),
+        call("CheckUpdates"),
+        ["set-property", BUS_NAME, OBJECT_PATH, INTERFACE, "State", "s", "busy"],
+    ],
+)
+def test_changing_methods_are_denied_to_members_by_the_bus(
+    system_daemon: object, system_bus: PrivateBus, users: Users, args: list[str]
+) -> None:
+    r = busctl_as(users.member, system_bus, *args)
+    assert r.returncode != 0
+    assert "Access denied" in r.stderr or "AccessDenied" in r.stderr, r.stderr
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        GENERATE,
+        call("ListModels"),
+        ["get-property", BUS_NAME, OBJECT_PATH, INTERFACE, "State"],
+        ["introspect", BUS_NAME, OBJECT_PATH],
+    ],
+)
+def test_anyone_else_is_denied(
+    system_daemon: object, system_bus: PrivateBus, users: Users, args: list[str]
+) -> None:
+    r = busctl_as(users.outsider, system_bus, *args)
+    assert r.returncode != 0
+    assert "Access denied" in r.stderr or "AccessDenied" in r.stderr, r.stderr
+
+
+def test_only_the_service_user_and_root_may_own_the_name(
+    system_daemon: object, system_bus: PrivateBus, users: Users
+) -> None:
+    python = "/usr/bin/python3"
+    check = subprocess.run([python, "-c", "import dbus"], capture_output=True)
+    if check.returncode != 0:
+        pytest.skip("Debian's python3-dbus is needed to request a name as another user")
+    code = (
+        "import dbus, sys\n"
+        f"bus = dbus.bus.BusConnection({system_bus.address!r})\n"
+        "try:\n"
+        f"    bus.request_name({BUS_NAME!r}, dbus.bus.NAME_FLAG_DO_NOT_QUEUE)\n"
+        "except dbus.DBusException as e:\n"
+        "    print(e.get_dbus_name())\n"
+    )
+    r = as_user(users.member, python, "-c", code)
+    assert "org.freedesktop.DBus.Error.AccessDenied" in r.stdout, r.stdout + r.stderr
+
+
+def test_a_lax_policy_still_leaves_changing_methods_to_root(
+    model_files: dict[str, Path], users: Users, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    """If an administrator opens the whole interface to the group, the daemon itself
+    still refuses SetPowerProfile to a non-root caller."""
+    lax = tmp_path_factory.mktemp("policy") / "lax.conf"
+    lax.write_text(
+        '<!DOCTYPE busconfig PUBLIC "-//freedesktop//DTD D-Bus Bus Configuration 1.0//EN"\n'
+        ' "http://www.freedesktop.org/standards/dbus/1.0/busconfig.dtd">\n'
+        '<busconfig><policy group="rustai">'
+        '<allow send_destination="org.rustai.Daemon1"/></policy></busconfig>\n'
+    )
+    data_dir = tmp_path_factory.mktemp("lax-daemon")
+    add_model(data_dir, model_files["tiny"])
+    (data_dir / "config").mkdir()
+    (data_dir / "config" / "rustaid.toml").write_text('[dbus]\nbus = "system"\n')
+    with (
+        private_bus(system=True, includes=[POLICY, lax], world_accessible=True) as bus,
+        run_daemon(data_dir, env=bus.env("system")),
+    ):
+        r = busctl_as(users.member, bus, *call("SetPowerProfile", "s", "performance"))
+        assert r.returncode != 0
+        assert f"reserved to root (caller uid {users.member.pw_uid})" in r.stderr, r.stderr
+
+
+def _connect_as(user: pwd.struct_passwd, socket: Path) -> subprocess.CompletedProcess[str]:
+    code = (
+        "import socket, sys\n"
+        "s = socket.socket(socket.AF_UNIX)\n"
+        "try:\n"
+        f"    s.connect({str(socket)!r})\n"
+        "except PermissionError:\n"
+        "    print('denied')\n"
+        "else:\n"
+        "    s.sendall(b'PRI * HTTP/2.0\\r\\n\\r\\nSM\\r\\n\\r\\n')\n"
+        "    print('connected', len(s.recv(9)))\n"
+    )
+    return as_user(user, "/usr/bin/python3", "-c", code)
+
+
+def test_grpc_socket_is_group_rustai_0660(
+    system_daemon: tuple[DaemonProcess, Path], users: Users
+) -> None:
+    _, socket = system_daemon
+    st = socket.stat()
+    assert stat.S_IMODE(st.st_mode) == 0o660
+    assert st.st_gid == users.rustai_gid
+    member = _connect_as(users.member, socket)
+    assert member.stdout.strip() == "connected 9", member.stderr  # the server's SETTINGS frame
+    outsider = _connect_as(users.outsider, socket)
+    assert outsider.stdout.strip() == "denied", outsider.stderr

@@ -1,0 +1,112 @@
+"""The indexer's idempotence, step by step: a real ONNX embedder and a real Qdrant Edge
+store, with the writes of an indexing run cut short exactly where a crash could cut
+them."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any, TypeVar
+
+import pytest
+
+from rustaid.builtin.onnx_embeddings import OnnxEmbeddingProvider
+from rustaid.builtin.parsers import PARSERS
+from rustaid.builtin.qdrant_edge import QdrantEdgeStore
+from rustaid.providers import Distance, EmbeddingOptions, FieldMatch, Filter, LoadedEmbedder
+from rustaid.rag.pipeline import Chunking, DocumentInput, Indexer, _Prepared
+from tests.rag.models import write_model
+
+T = TypeVar("T")
+
+
+class OneModel:
+    """The part of EmbedderCache the indexer uses, over one loaded model."""
+
+    def __init__(self, embedder: LoadedEmbedder) -> None:
+        self.embedder = embedder
+
+    async def run(self, model_id: str, fn: Callable[[LoadedEmbedder], T]) -> T:
+        return fn(self.embedder)
+
+
+@pytest.fixture
+def indexer(tmp_path: Path) -> Iterator[Indexer]:
+    embedder = OnnxEmbeddingProvider().load(write_model(tmp_path / "m"), EmbeddingOptions(1))
+    store = QdrantEdgeStore().open(tmp_path / "store", {})
+    store.create_collection("c", embedder.dimension, Distance.COSINE)
+    executor = ThreadPoolExecutor(2)
+    yield Indexer(
+        collection="c",
+        store=store,
+        embedders=OneModel(embedder),  # type: ignore[arg-type]
+        model_id="m",
+        chunking=Chunking(size=12, overlap=0),
+        parsers=lambda: {p.name: p for p in (cls() for cls in PARSERS)},
+        executor=executor,
+    )
+    store.close()
+    executor.shutdown()
+
+
+def chunks_of(indexer: Indexer, document_id: str) -> list[dict[str, Any]]:
+    only = Filter(must=(FieldMatch("document_id", document_id),))
+    points, _ = indexer.store.scroll("c", only, limit=1000)
+    return [dict(p.payload) for p in points]
+
+
+V1 = DocumentInput(id="d", text="The cat sat. The dog ran. The red car. The blue car. " * 3)
+V2 = DocumentInput(id="d", text="Paris is in France. Rome is in Italy. Berlin is in Germany. " * 3)
+
+
+def test_unchanged_changed_and_cut_short_runs(indexer: Indexer) -> None:
+    first = asyncio.run(indexer.index(V1))
+    assert first.chunks > 2 and not first.unchanged
+    assert asyncio.run(indexer.index(V1)).unchanged
+
+    # A crash while writing v2: only its first chunk got in, next to all of v1.
+    async def partial() -> _Prepared:
+        prepared = await indexer._prepare(V2)
+        assert isinstance(prepared, _Prepared)
+        vectors = await indexer.embedders.run(
+            "m", lambda e: e.embed([c.embed_text for c in prepared.chunks])
+        )
+        indexer.store.upsert("c", [indexer._point(prepared, prepared.chunks[0], vectors[0], 0.0)])
+        return prepared
+
+    prepared = asyncio.run(partial())
+    stored = chunks_of(indexer, "d")
+    assert len(stored) == first.chunks + 1
+    # Running it again completes v2 and removes v1: no duplicates, no leftovers.
+    again = asyncio.run(indexer.index(V2))
+    assert again.replaced and again.chunks == len(prepared.chunks)
+    stored = chunks_of(indexer, "d")
+    assert len(stored) == len(prepared.chunks)
+    assert {c["content_hash"] for c in stored} == {prepared.hash}
+    assert sorted(c["chunk_index"] for c in stored) == list(range(len(prepared.chunks)))
+
+
+def test_a_crash_after_writing_before_cleaning_up(indexer: Indexer) -> None:
+    asyncio.run(indexer.index(V1))
+    v1 = len(chunks_of(indexer, "d"))
+
+    # All of v2 written, then the crash: v1 was never deleted.
+    async def written_not_cleaned() -> int:
+        prepared = await indexer._prepare(V2)
+        assert isinstance(prepared, _Prepared)
+        vectors = await indexer.embedders.run(
+            "m", lambda e: e.embed([c.embed_text for c in prepared.chunks])
+        )
+        points = [
+            indexer._point(prepared, c, vectors[i], 0.0) for i, c in enumerate(prepared.chunks)
+        ]
+        indexer.store.upsert("c", points)
+        return len(points)
+
+    v2 = asyncio.run(written_not_cleaned())
+    assert len(chunks_of(indexer, "d")) == v1 + v2
+    result = asyncio.run(indexer.index(V2))
+    assert result.unchanged  # v2 is complete: nothing to embed again...
+    assert len(chunks_of(indexer, "d")) == v2  # ...and the old version is gone
