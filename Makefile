@@ -91,6 +91,12 @@ test-all: test
 bench: setup
 	$(PY) tests/bench/generate.py
 	$(PY) tests/bench/idle.py
+	$(PY) tests/bench/registry.py
+	$(PY) tests/bench/monitor.py
+	$(PY) tests/bench/rag.py
+	$(PY) tests/bench/tools.py
+	$(PY) tests/bench/updates.py
+	$(PY) tests/bench/remote.py
 	$(PY) tests/bench/dbus.py
 
 ## dist: wheels and sdists of rustaid and rustaid-client in dist/

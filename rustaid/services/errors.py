@@ -122,4 +122,21 @@ class ErrorInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
                 request_deserializer=handler.request_deserializer,
                 response_serializer=handler.response_serializer,
             )
+        if handler.stream_unary is not None:
+            inner_su = handler.stream_unary
+
+            async def stream_unary(requests: Any, context: Any) -> Any:
+                try:
+                    return await inner_su(requests, context)
+                except errors.RustaidError as e:
+                    await abort(context, e)
+                except Exception:
+                    log.exception("bug in %s", method)
+                    await context.abort(grpc.StatusCode.INTERNAL, "internal error; see the log")
+
+            return grpc.stream_unary_rpc_method_handler(
+                stream_unary,
+                request_deserializer=handler.request_deserializer,
+                response_serializer=handler.response_serializer,
+            )
         return handler

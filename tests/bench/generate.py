@@ -343,6 +343,7 @@ def main(argv: list[str] | None = None) -> int:
             rnd.clean = rnd.foreign_cores <= args.max_foreign
             rounds.append(rnd)
         daemon_rss = _rss(d.proc.pid)
+        compute_threads = _busy_threads(d.proc.pid)
 
     clean = [r for r in rounds if r.clean]
     used = clean if len(clean) >= min(3, args.runs) else rounds
@@ -397,6 +398,9 @@ def main(argv: list[str] | None = None) -> int:
         "targets": {"ratio_min": TARGET_RATIO, "ttft_overhead_max_ms": TARGET_TTFT_OVERHEAD_MS},
         "text_mismatches": mismatches,
         "daemon_rss_mb": daemon_rss / 1e6,
+        # CPU seconds of the compute threads: --threads per OpenMP team. More than one team
+        # (llama.cpp called from several executor threads) slows llama.cpp down.
+        "daemon_compute_threads_cpu_s": compute_threads,
         "info": info | {"machine_end": common.machine()},
         "samples": [
             asdict(s) | {"text": s.text[:40], "clean_round": r.clean}
@@ -447,6 +451,13 @@ def main(argv: list[str] | None = None) -> int:
         f"server-reported: {sv['server_tokens_per_s']['median']:.1f} tok/s, TTFT "
         f"{sv['server_ttft_ms']['median']:.1f} ms; load average {load0:.2f} -> {load1:.2f}"
     )
+    busy = ", ".join(f"{t:.1f}" for t in compute_threads)
+    print(f"daemon compute threads: {len(compute_threads)} ({busy} s of CPU)")
+    if len(compute_threads) > args.threads:
+        print(
+            f"WARNING: more compute threads than --threads {args.threads}: llama.cpp ran "
+            "from several threads, each with an OpenMP team of its own (slow; see README)"
+        )
     if mismatches:
         print(f"WARNING: text differs from the direct arm in {mismatches}")
     adjusted = sorted({a for r in rounds for a in r.samples["daemon"].server["adjustments"]})
@@ -456,6 +467,18 @@ def main(argv: list[str] | None = None) -> int:
     keys = ("ratio_tokens_per_s", "ttft_overhead_ms", "ttft_cached_prompt_overhead_ms")
     print(json.dumps({k: round(result[k], 4) for k in keys}))
     return 0
+
+
+def _busy_threads(pid: int) -> list[float]:
+    """CPU seconds of the daemon's compute threads, busiest first: those with at least a
+    quarter of the busiest one's time (the event loop and gRPC threads use far less)."""
+    import psutil
+
+    with contextlib.suppress(psutil.Error):
+        times = [t.user_time + t.system_time for t in psutil.Process(pid).threads()]
+        top = max(times, default=0.0)
+        return sorted((t for t in times if t >= top / 4), reverse=True)
+    return []
 
 
 def _rss(pid: int) -> int:

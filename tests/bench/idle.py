@@ -111,13 +111,19 @@ def memory(pid: int) -> dict[str, float]:
     return out
 
 
-def cpu_and_switches(pid: int) -> tuple[float, int]:
+def cpu_and_switches(pid: int) -> tuple[float, dict[str, tuple[str, int]]]:
+    """CPU seconds of the whole process, and context switches of each thread (tid ->
+    (name, switches)); /proc/PID/status, which psutil reads, counts the main thread only."""
     import psutil
 
-    p = psutil.Process(pid)
-    t = p.cpu_times()
-    c = p.num_ctx_switches()
-    return t.user + t.system, c.voluntary + c.involuntary
+    t = psutil.Process(pid).cpu_times()
+    threads: dict[str, tuple[str, int]] = {}
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        with contextlib.suppress(OSError):
+            status = (task / "status").read_text().splitlines()
+            n = sum(int(line.split(":", 1)[1]) for line in status if "ctxt_switches:" in line)
+            threads[task.name] = ((task / "comm").read_text().strip(), n)
+    return t.user + t.system, threads
 
 
 def mapped_libraries(pid: int) -> dict[str, list[str]]:
@@ -199,7 +205,14 @@ def main(argv: list[str] | None = None) -> int:
         imports = parse_importtime(d.stderr())
 
     cpu_per_min = (cpu1 - cpu0) / elapsed * 60
-    wakeups_per_min = (sw1 - sw0) / elapsed * 60
+    by_thread = sorted(
+        (
+            {"tid": tid, "name": name, "per_min": (n - sw0.get(tid, (name, 0))[1]) / elapsed * 60}
+            for tid, (name, n) in sw1.items()
+        ),
+        key=lambda t: -t["per_min"],
+    )
+    wakeups_per_min = sum(t["per_min"] for t in by_thread)
     heavy_mapped = sorted(
         {n for n in HEAVY_LIBRARIES if libs[n]} | {n for n in HEAVY_LIBRARIES if libs_after[n]}
     )
@@ -213,6 +226,7 @@ def main(argv: list[str] | None = None) -> int:
         "idle_s": elapsed,
         "idle_cpu_s_per_min": cpu_per_min,
         "idle_context_switches_per_min": wakeups_per_min,
+        "idle_context_switches_by_thread": by_thread,
         "mapped_libraries": libs,
         "heavy_libraries_mapped": heavy_mapped,
         "heavy_libraries_not_mapped": sorted(n for n in HEAVY_LIBRARIES if n not in heavy_mapped),
@@ -245,6 +259,8 @@ def main(argv: list[str] | None = None) -> int:
          f"<= {TARGET_IDLE_CPU_S_PER_MIN:g} s/min",
          "ok" if cpu_per_min <= TARGET_IDLE_CPU_S_PER_MIN else "MISSED"],
         ["context switches while idle", f"{wakeups_per_min:.0f} /min", "", ""],
+        ["  busiest threads", ", ".join(f"{t['name']} {t['per_min']:.0f}" for t in by_thread[:3]),
+         "", ""],
         ["Python import time to READY=1", f"{imports['total_import_ms']:.0f} ms "
          f"({imports['modules_imported']} modules)", "", ""],
     ]  # fmt: skip
