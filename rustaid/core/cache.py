@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import psutil
@@ -48,6 +49,8 @@ class LoadedSlot:
     estimate_bytes: int
     # Seconds to stay loaded after the last use: -1 never unload, 0 unload right away.
     keep_alive_s: float
+    # The one thread that runs this model's engine calls.
+    executor: ThreadPoolExecutor
     last_used: float = field(default_factory=time.monotonic)
     closed: bool = False  # no new requests; freed once idle
     freed: bool = False

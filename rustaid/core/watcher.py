@@ -50,5 +50,5 @@ class FolderWatcher:
         existing = [str(f) for f in self.folders if f.is_dir()]
         self.mode = "inotify"
         stop = asyncio.Event()
-        async for _changes in awatch(*existing, debounce=100, step=50, stop_event=stop):
+        async for _changes in awatch(*existing, debounce=100, step=250, stop_event=stop):
             await self.on_change()
