@@ -121,7 +121,7 @@ class Daemon1(ServiceInterface):
         for sig in data.signals:
             for arg, name in zip(sig.args, names.get(sig.name, ()), strict=False):
                 arg.name = name
-                arg.direction = None  # signal arguments have no direction
+                arg.direction = None  # type: ignore[assignment]  # signal args have no direction
         return data
 
     # -- properties (read-only; PropertiesChanged is emitted when they change) -----------
