@@ -19,6 +19,25 @@ from rustaid.core.registry import ModelEntry
 VariantDict = dict[str, Variant]
 
 
+def safe_text(text: str) -> str:
+    """D-Bus strings cannot hold U+0000 (a bus drops the connection that sends one), but
+    a model can generate it (byte tokens): it becomes U+FFFD."""
+    return text.replace("\x00", "\ufffd") if "\x00" in text else text
+
+
+def safe_body(value: Any) -> Any:
+    """`safe_text` applied to every string of a message body (lists, dicts, Variants)."""
+    if isinstance(value, str):
+        return safe_text(value)
+    if isinstance(value, list):
+        return [safe_body(v) for v in value]
+    if isinstance(value, dict):
+        return {safe_body(k): safe_body(v) for k, v in value.items()}
+    if isinstance(value, Variant):
+        return Variant(value.signature, safe_body(value.value))
+    return value
+
+
 def model_to_dbus(e: ModelEntry) -> VariantDict:
     m = e.metadata
     return {
@@ -79,7 +98,7 @@ def to_variant(value: Any) -> Variant | None:
     if isinstance(value, float):
         return Variant("d", value)
     if isinstance(value, str | Path):
-        return Variant("s", str(value))
+        return Variant("s", safe_text(str(value)))
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
         return Variant("a{sv}", record_to_dbus(value))
     if isinstance(value, Mapping):
@@ -87,7 +106,7 @@ def to_variant(value: Any) -> Variant | None:
     if isinstance(value, Iterable) and not isinstance(value, bytes | bytearray):
         items = list(value)
         if all(isinstance(i, str) for i in items):
-            return Variant("as", items)
+            return Variant("as", [safe_text(i) for i in items])
         return Variant("av", [v for v in map(to_variant, items) if v is not None])
     raise TypeError(f"no D-Bus representation for {type(value).__name__}")
 

@@ -341,7 +341,7 @@ class DBusService:
                 interface=INTERFACE,
                 member=member,
                 signature=self._signals[member].signature,
-                body=list(body),
+                body=convert.safe_body(list(body)),
             )
         )
 
@@ -398,7 +398,7 @@ class DBusService:
             if exc is None:
                 try:
                     body, fds = ServiceInterface._fn_result_to_body(
-                        task.result(), method.out_signature_tree
+                        convert.safe_body(task.result()), method.out_signature_tree
                     )
                     reply = Message.new_method_return(msg, method.out_signature, body, fds)
                 except Exception as e:
@@ -420,7 +420,7 @@ class DBusService:
         else:
             log.error("bug in D-Bus method %s", msg.member, exc_info=exc)
             err = DBusError(INTERNAL, "internal error; see the daemon's log")
-        return Message.new_error(msg, err.type, err.text)
+        return Message.new_error(msg, err.type, convert.safe_text(err.text))
 
     def _reply(self, msg: Message, reply: Message) -> None:
         if self.bus is not None and not msg.flags & MessageFlag.NO_REPLY_EXPECTED:

@@ -253,6 +253,31 @@ async def test_generate_matches_grpc_generate(served: DaemonProcess, client: Cli
     assert reply.text == text
 
 
+NUL_PROMPT = "what user said to the assistant: can you answer this question about the rust daemon"
+
+
+async def test_generated_nul_characters_do_not_break_the_connection(
+    served: DaemonProcess, client: Client
+) -> None:
+    """The tiny model generates U+0000 for this prompt; D-Bus strings cannot carry it (a
+    bus drops a connection that sends one), so it arrives as U+FFFD, and the daemon
+    stays on the bus."""
+    options = {"model": Variant("s", "tiny"), "max_tokens": Variant("u", 100), **GREEDY}
+    with grpc.insecure_channel(served.address) as channel:
+        stub = generate_pb2_grpc.GenerateServiceStub(channel)
+        params = common_pb2.GenerationParams(max_tokens=100, temperature=0.0, seed=7)
+        grpc_text = stub.Generate(
+            generate_pb2.GenerateRequest(model_id="tiny", prompt=NUL_PROMPT, params=params)
+        ).text
+    assert "\x00" in grpc_text
+    (text,) = await client.call("Generate", "sa{sv}", NUL_PROMPT, options)
+    assert text == grpc_text.replace("\x00", "\ufffd")
+    (gen_id,) = await client.call("StartGeneration", "sa{sv}", NUL_PROMPT, options)
+    tokens, end = await client.until_finished(gen_id)
+    assert end.member == "Finished" and "".join(tokens) == text
+    assert await client.prop("State") in ("ready", "busy")  # still connected
+
+
 def test_generate_with_gdbus_and_busctl(served: DaemonProcess, session_bus: PrivateBus) -> None:
     r = gdbus_call(
         session_bus,

@@ -308,6 +308,17 @@ def test_records_become_variant_dictionaries() -> None:
         convert.to_variant(object())
 
 
+def test_nul_characters_never_reach_the_bus() -> None:
+    body = ["a\x00b", {"k": Variant("s", "\x00")}, [Variant("as", ["x\x00"])], 3]
+    assert convert.safe_body(body) == [
+        "a\ufffdb",
+        {"k": Variant("s", "\ufffd")},
+        [Variant("as", ["x\ufffd"])],
+        3,
+    ]
+    assert convert.to_variant("\x00").value == "\ufffd"  # type: ignore[union-attr]
+
+
 def test_introspection_names_every_argument() -> None:
     from rustaid.dbus.interface import Daemon1
 
