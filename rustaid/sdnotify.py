@@ -27,7 +27,8 @@ class Notifier:
         try:
             with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC) as s:
                 s.connect(self.address)
-                s.sendall(message)
+                # Never block the event loop on a notify socket nobody reads.
+                s.send(message, socket.MSG_DONTWAIT)
         except OSError as e:
             log.warning("sd_notify to %r failed: %s", self.address.lstrip("\0"), e)
 
