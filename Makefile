@@ -7,7 +7,7 @@ DEMO_DIR := $(CURDIR)/.demo
 DEMO_ADDRESS := unix://$(DEMO_DIR)/rustaid.sock
 PYTEST_ARGS ?= -m "not slow"
 
-.PHONY: setup system-deps node-deps demo demo-stop serve proto lint typecheck test test-all bench dist deb clean
+.PHONY: setup system-deps node-deps demo demo-stop serve proto lint typecheck test test-all bench bench-quick dist deb clean
 
 ## setup: virtualenv with rustaid, its client and the dev tools (builds llama-cpp-python once, ~7 min on 2 cores; pip caches the wheel)
 setup: $(VENV)/.installed
@@ -87,17 +87,27 @@ test: setup node-deps lint typecheck
 test-all: PYTEST_ARGS =
 test-all: test
 
-## bench: speed and memory benchmarks (not timed tests; print ratios)
+## bench: every benchmark in tests/bench (scripts, not timed tests: each measures the daemon
+## and what it wraps in one run) with its JSON in $(BENCH_DIR), then docs/benchmarks.md and
+## its plots in docs/benchmarks/ (about an hour on 2 cores: use an otherwise idle machine).
+## BENCH_ARGS=--quick (or make bench-quick): short settings that check the pipeline; the
+## document then says it is a quick run
+BENCH_DIR ?= build/bench
+BENCH_ARGS ?=
+BENCH_SCRIPTS = $(filter-out __init__ common report,$(basename $(notdir $(wildcard tests/bench/*.py))))
 bench: setup
-	$(PY) tests/bench/generate.py
-	$(PY) tests/bench/idle.py
-	$(PY) tests/bench/registry.py
-	$(PY) tests/bench/monitor.py
-	$(PY) tests/bench/rag.py
-	$(PY) tests/bench/tools.py
-	$(PY) tests/bench/updates.py
-	$(PY) tests/bench/remote.py
-	$(PY) tests/bench/dbus.py
+	@$(PY) -c 'import matplotlib' 2>/dev/null || $(PY) -m pip install --quiet -e '.[bench]'
+	@rm -rf $(BENCH_DIR) && mkdir -p $(BENCH_DIR)
+	@for b in $(BENCH_SCRIPTS); do \
+	  echo "== tests/bench/$$b.py $(BENCH_ARGS)"; \
+	  $(PY) tests/bench/$$b.py --json $(BENCH_DIR)/$$b.json $(BENCH_ARGS) \
+	    || echo $$b >> $(BENCH_DIR)/failed; \
+	done
+	$(PY) tests/bench/report.py $(BENCH_DIR) --output docs/benchmarks.md --plots docs/benchmarks $(BENCH_ARGS)
+	@if [ -s $(BENCH_DIR)/failed ]; then echo "exited non-zero: $$(tr '\n' ' ' < $(BENCH_DIR)/failed)"; exit 1; fi
+
+bench-quick:
+	@$(MAKE) --no-print-directory bench BENCH_ARGS=--quick
 
 ## dist: wheels and sdists of rustaid and rustaid-client in dist/
 dist: setup

@@ -32,11 +32,18 @@ def _parser() -> argparse.ArgumentParser:
     mode.add_argument("--user", dest="system", action="store_false",
                       help="per-user paths (XDG)")  # fmt: skip
     sub.add_parser("version", help="print the version")
+    from rustaid.auth.cli import add_token_parser
+
+    add_token_parser(sub)
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    if args.command == "token":
+        from rustaid.auth.cli import run_token_command
+
+        return run_token_command(args)
     if args.command == "version":
         print(f"rustaid {__version__}")
         return 0
@@ -49,7 +56,7 @@ def main(argv: list[str] | None = None) -> int:
     except RustaidError as e:
         print(f"rustaid: {e}", file=sys.stderr)
         return 2
-    setup_logging(settings.log_level)
+    setup_logging(settings.log_level, settings.log_format)
     from rustaid.daemon import Daemon
 
     try:

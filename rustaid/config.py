@@ -5,6 +5,7 @@ One typed object; everything else receives it rather than reading files or env i
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import tomllib
 from dataclasses import dataclass, field, fields, replace
@@ -12,8 +13,12 @@ from pathlib import Path
 from typing import Any
 
 from rustaid.errors import InvalidArgument
+from rustaid.observability.listen import parse_metrics_listen
 
 LOG_LEVELS = ("debug", "info", "warning", "error")
+LOG_FORMATS = ("text", "json")
+# gRPC's own ceiling for a message is just under 2 GiB.
+MAX_MESSAGE_MB_LIMIT = 2047
 
 
 def _user_runtime_dir() -> Path:
@@ -41,6 +46,8 @@ class Settings:
     listen: tuple[str, ...]
     system: bool = False
     log_level: str = "info"
+    # "text" (journald's format under systemd) or "json" (OpenTelemetry log records).
+    log_format: str = "text"
     # Unix socket permissions: owner and group may connect, nobody else.
     socket_mode: int = 0o660
     socket_group: str = ""
@@ -55,6 +62,12 @@ class Settings:
     threads: int = 0
     # Requests allowed to wait per loaded model before RESOURCE_EXHAUSTED.
     max_queue_per_model: int = 64
+    # Requests one client may have in flight (waiting ones included); 0: no limit.
+    max_requests_per_client: int = 8
+    # Largest prompt (all messages of a chat turn together) in UTF-8 bytes; 0: no limit.
+    max_prompt_bytes: int = 1 << 20
+    # Largest gRPC message the daemon receives or sends, in MiB.
+    max_message_mb: int = 16
     # Memory for loaded models: a fixed size, or 0 for a share of the available memory.
     memory_budget_mb: int = 0
     memory_budget_fraction: float = 0.8
@@ -66,6 +79,26 @@ class Settings:
     drop_in_plugins: bool = True
     # Entry-point plugins enabled (RUSTAID_ENTRY_POINT_PLUGINS=0 disables them, e.g. in tests).
     entry_point_plugins: bool = True
+    # Prometheus metrics on a loopback HOST:PORT, e.g. "127.0.0.1:9464"; "" is off.
+    metrics_listen: str = ""
+    # -- Who may call what (docs/security.md) --
+    # Unix socket peers identified by SO_PEERCRED (default: on for the system service).
+    # Off, whoever can open the socket is an administrator.
+    peer_credentials: bool = False
+    # Administrators besides root and the daemon's own user (changing RPCs).
+    admin_group: str = ""
+    admin_uids: tuple[int, ...] = ()
+    # TCP listeners: TLS certificate chain and key (PEM); client certificates signed by
+    # tls_client_ca (mTLS), and/or bearer tokens from token_file (default
+    # <data-dir>/config/tokens.json; `rustaid token add`). Relative paths: config dir.
+    tls_cert: str = ""
+    tls_key: str = ""
+    tls_client_ca: str = ""
+    # Client certificate names (subject CN or SAN) that are administrators.
+    admin_cert_names: tuple[str, ...] = ()
+    token_file: str = ""
+    # Plain TCP, on loopback addresses only.
+    allow_insecure_tcp: bool = False
     extra: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -98,6 +131,14 @@ _TUNABLE = {
 def _coerce(key: str, value: Any, source: str) -> Any:
     kind = _TUNABLE[key]
     try:
+        if kind == "tuple[int, ...]":
+            if isinstance(value, str):
+                value = [int(v.strip()) for v in value.split(",") if v.strip()]
+            if not isinstance(value, list) or not all(
+                isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in value
+            ):
+                raise ValueError("expected a list of non-negative integers")
+            return tuple(value)
         if kind == "tuple[str, ...]":
             if isinstance(value, str):
                 value = [v for v in value.split(",") if v]
@@ -137,8 +178,21 @@ def _validate(s: Settings) -> Settings:
             f"log_level must be one of {', '.join(LOG_LEVELS)} (got {s.log_level!r})",
             field="log_level",
         )
+    if s.log_format not in LOG_FORMATS:
+        raise InvalidArgument(
+            f"log_format must be one of {', '.join(LOG_FORMATS)} (got {s.log_format!r})",
+            field="log_format",
+        )
     if not s.listen:
         raise InvalidArgument("at least one listen address is required", field="listen")
+    for name in ("max_requests_per_client", "max_prompt_bytes"):
+        if getattr(s, name) < 0:
+            raise InvalidArgument(f"{name} must be >= 0 (0: no limit)", field=name)
+    if not 1 <= s.max_message_mb <= MAX_MESSAGE_MB_LIMIT:
+        raise InvalidArgument(
+            f"max_message_mb must be between 1 and {MAX_MESSAGE_MB_LIMIT} (got {s.max_message_mb})",
+            field="max_message_mb",
+        )
     for name in ("default_max_tokens", "max_tokens_limit", "max_context_length"):
         if getattr(s, name) < 1:
             raise InvalidArgument(f"{name} must be >= 1", field=name)
@@ -156,7 +210,49 @@ def _validate(s: Settings) -> Settings:
         raise InvalidArgument(
             "default_max_tokens must not exceed max_tokens_limit", field="default_max_tokens"
         )
+    parse_metrics_listen(s.metrics_listen)  # loopback only: the metrics reveal usage
+    _validate_transport_security(s)
     return s
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False  # a host name (other than localhost) may resolve anywhere
+
+
+def _validate_transport_security(s: Settings) -> None:
+    """TCP needs TLS, except on loopback when allow_insecure_tcp says so (docs/security.md)."""
+    if bool(s.tls_cert) != bool(s.tls_key):
+        missing = "tls_key" if s.tls_cert else "tls_cert"
+        raise InvalidArgument(
+            f"tls_cert and tls_key go together: set {missing} too (PEM files)", field=missing
+        )
+    if s.tls_client_ca and not s.tls_cert:
+        raise InvalidArgument(
+            "tls_client_ca needs TLS: set tls_cert and tls_key as well", field="tls_cert"
+        )
+    for address in s.listen:
+        if address.startswith("unix:") or s.tls_cert:
+            continue
+        host = address.rsplit(":", 1)[0].strip("[]") if ":" in address else address
+        if not _is_loopback(host):
+            raise InvalidArgument(
+                f"listen address {address!r} is reachable from other machines and needs "
+                "TLS: set tls_cert and tls_key (with tls_client_ca or tokens), or listen "
+                "on 127.0.0.1",
+                field="tls_cert",
+            )
+        if not s.allow_insecure_tcp:
+            raise InvalidArgument(
+                f"listen address {address!r} is plain TCP, which every local user can "
+                "reach: set tls_cert and tls_key, or allow_insecure_tcp = true to accept "
+                "plain TCP on loopback",
+                field="allow_insecure_tcp",
+            )
 
 
 def load_settings(
@@ -176,6 +272,9 @@ def load_settings(
         data_dir=root,
         listen=(f"unix://{default_socket(is_system)}",),
         system=is_system,
+        # The system service's group members and administrators differ; a user's own
+        # daemon has its socket in the user's private runtime folder.
+        peer_credentials=is_system,
     )
     values: dict[str, Any] = {}
     extra: dict[str, Any] = {}

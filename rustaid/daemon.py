@@ -10,11 +10,12 @@ import signal
 import time
 from collections.abc import Coroutine
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import grpc
 
 from rustaid import __version__
+from rustaid.auth.manager import Auth
 from rustaid.config import Settings, load_settings
 from rustaid.core.engine import Engine
 from rustaid.core.registry import ModelEvent, ModelEventType, ModelRegistry
@@ -29,6 +30,9 @@ from rustaid.tools.nlu import Nlu
 from rustaid.tools.registry import ToolRegistry
 from rustaid.updates.gate import gate_from_state, state_from_snapshot
 from rustaid.updates.manager import UpdateManager
+
+if TYPE_CHECKING:
+    from rustaid.observability.prometheus import PrometheusExporter
 
 log = logging.getLogger(__name__)
 
@@ -81,6 +85,10 @@ class Daemon:
         self._tasks: set[asyncio.Task[None]] = set()
         # The D-Bus API (org.rustai.Daemon1): started after gRPC, stopped before it.
         self.dbus = DBusService(self)
+        # Who may call what over gRPC: peer credentials, TLS, tokens (rustaid/auth).
+        self.auth = Auth(lambda: self.settings)
+        # Prometheus metrics on loopback, when `metrics_listen` is set (before gRPC).
+        self.prometheus: PrometheusExporter | None = None
 
     def _provider_for(self, path: Path) -> str:
         # Files under embeddings/ and nlu/ belong to embedding engines; every other model
@@ -146,10 +154,16 @@ class Daemon:
         await self.tools.start()
         self.watcher.start()
         self.resources.start()
+        if self.settings.metrics_listen:  # opt-in: prometheus_client is imported only here
+            from rustaid.observability.prometheus import PrometheusExporter
+
+            self.prometheus = PrometheusExporter(self)
+            await self.prometheus.start()
         from rustaid.services.server import build_server, set_generate_serving, set_serving
 
         self.server, self._health = build_server(self)
         await self.server.start()
+        await self.auth.start()  # Unix socket relays accept once gRPC listens
         await set_serving(self._health, True)
         # While critically hot, health says NOT_SERVING for GenerateService.
         self.resources.on_generate_serving(
@@ -225,6 +239,9 @@ class Daemon:
             await set_serving(self._health, False)
             await self.server.stop(grace)
             remove_sockets(self.settings.listen)
+        await self.auth.stop()
+        if self.prometheus is not None:
+            await self.prometheus.stop()
         await dbus_stopped
         await self.watcher.stop()
         if self._recheck is not None:

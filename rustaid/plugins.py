@@ -170,6 +170,8 @@ _HOOK_NAMES: tuple[str, ...] = (*(k.hook for k in _KINDS), "startup", "shutdown"
 _PLUGIN_ERRORS: tuple[type[BaseException], ...] = (Exception, SystemExit)
 
 _WASM_SUFFIX = ".wasm"
+# Longest file name (bytes) Linux file systems take; a longer name is ENAMETOOLONG.
+_NAME_MAX = 255
 
 
 def _describe_error(exc: BaseException) -> str:
@@ -488,6 +490,15 @@ class PluginManager:
 
     def _resolve_drop_in(self, name: str) -> Path:
         folder = self._settings.plugins_dir
+        # The longest file name the file system takes (NAME_MAX), ".py" included.
+        size = len(os.fsencode(name if name.endswith(".py") else f"{name}.py"))
+        if size > _NAME_MAX:
+            raise InvalidArgument(
+                f"the plugin id is {len(name)} characters long: no plugin has such an id, and "
+                f"a drop-in's file name (with .py) is at most {_NAME_MAX} bytes",
+                reason="PLUGIN_PATH_INVALID",
+                field="id",
+            )
         if (
             not name
             or "\x00" in name

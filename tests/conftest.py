@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -14,6 +15,20 @@ import pytest
 from rustaid.api.v1 import generate_pb2_grpc, models_pb2_grpc, plugins_pb2_grpc
 from rustaid.testing.daemon import DaemonProcess, run_daemon
 from rustaid.testing.synthetic import ModelShape, write_llama_gguf
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _close_llama_cpp_devnull() -> Iterator[None]:
+    """llama_cpp._utils opens /dev/null twice at import and never closes it: without
+    this, the interpreter reports two unclosed files at exit. Only at the very end of the
+    session, once: every llama.cpp model load in this process uses them."""
+    yield
+    utils = sys.modules.get("llama_cpp._utils")
+    for name in ("outnull_file", "errnull_file"):
+        handle = getattr(utils, name, None)
+        if handle is not None:
+            handle.close()
+
 
 # Slow enough per token (a few ms) that a test can cancel a generation midway.
 SLOW = ModelShape(n_embd=256, n_layer=8, n_head=4, n_head_kv=2, n_ff=768, context_length=4096)

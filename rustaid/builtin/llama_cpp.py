@@ -7,13 +7,13 @@ from __future__ import annotations
 
 import json
 import logging
-import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import psutil
 
+from rustaid.builtin.llama_cpp_loop import Pieces, Sampling, generate
 from rustaid.errors import InvalidArgument, PreconditionFailed
 from rustaid.hookspecs import hookimpl
 from rustaid.providers import (
@@ -21,7 +21,6 @@ from rustaid.providers import (
     ChatMessage,
     CompletionStats,
     EmitText,
-    FinishReason,
     GenerationParams,
     LLMProvider,
     LoadedLLM,
@@ -57,28 +56,71 @@ CHATML_TEMPLATE = (
 DEFAULTS = {"temperature": 0.8, "top_p": 0.95, "top_k": 40, "min_p": 0.05, "repeat_penalty": 1.0}
 
 
+# llama.cpp parses GBNF recursively, several C stack frames per nested ( ) group: a
+# grammar nested some thousands of groups deep overflows the thread's stack and kills
+# the daemon (SIGSEGV). Real grammars nest a handful of levels.
+MAX_GRAMMAR_NESTING = 256
+
+
+def grammar_nesting(text: str) -> int:
+    """Deepest nesting of ( ) groups in GBNF text (not counting literals, character
+    classes and comments)."""
+    depth = deepest = i = 0
+    n = len(text)
+    while i < n:
+        c = text[i]
+        if c in '"[':
+            close = '"' if c == '"' else "]"
+            i += 1
+            while i < n and text[i] != close:
+                i += 2 if text[i] == "\\" else 1
+        elif c == "#":
+            while i < n and text[i] not in "\r\n":
+                i += 1
+        elif c == "(":
+            depth += 1
+            deepest = max(deepest, depth)
+        elif c == ")":
+            depth -= 1
+        i += 1
+    return deepest
+
+
+def _check_nesting(text: str, field: str) -> str:
+    depth = grammar_nesting(text)
+    if depth > MAX_GRAMMAR_NESTING:
+        raise InvalidArgument(
+            f"{field} nests ( ) groups {depth} deep; at most {MAX_GRAMMAR_NESTING} are "
+            "allowed: name the inner parts as rules instead",
+            field=field,
+        )
+    return text
+
+
 def grammar_text(params: GenerationParams) -> str:
     """GBNF text for params.grammar or params.json_schema ("" when unconstrained)."""
     if not params.json_schema:
-        return params.grammar
+        return _check_nesting(params.grammar, "params.grammar")
     from llama_cpp.llama_grammar import json_schema_to_gbnf
 
     try:
         schema = json.loads(params.json_schema)
-    except json.JSONDecodeError as e:
+    except (ValueError, RecursionError) as e:  # not JSON, nested too deep, too long a number
+        why = str(e).split("; use sys.", 1)[0]  # Python's advice is not for the client
         raise InvalidArgument(
-            f"params.json_schema is not valid JSON: {e}", field="params.json_schema"
+            f"params.json_schema is not valid JSON: {why}", field="params.json_schema"
         ) from e
     if not isinstance(schema, dict):
         raise InvalidArgument(
             "params.json_schema must be a JSON object (a JSON Schema)", field="params.json_schema"
         )
     try:
-        return str(json_schema_to_gbnf(json.dumps(schema)))
+        text = str(json_schema_to_gbnf(json.dumps(schema)))
     except Exception as e:  # the converter raises several types
         raise InvalidArgument(
             f"params.json_schema cannot be turned into a grammar: {e}", field="params.json_schema"
         ) from e
+    return _check_nesting(text, "params.json_schema")
 
 
 class StopScanner:
@@ -115,6 +157,7 @@ class LlamaModel(LoadedLLM):
         self.threads = threads
         self.context_length = llm.n_ctx()
         self._formatter = self._make_formatter(llm.metadata, chat_format)
+        self._pieces = Pieces(llm)
         self._cache_enabled = False
 
     def enable_prompt_cache(self, capacity_bytes: int) -> None:
@@ -122,9 +165,15 @@ class LlamaModel(LoadedLLM):
         # also keeps states of other conversations so interleaved sessions stay fast.
         if self._cache_enabled or capacity_bytes <= 0:
             return
-        from llama_cpp.llama_cache import LlamaRAMCache
+        # Our cache counts every byte a saved state holds (LlamaRAMCache counts only the
+        # context state, not its logits copy) and keeps just what restoring needs.
+        from functools import partial
 
-        self.llm.set_cache(LlamaRAMCache(capacity_bytes=capacity_bytes))
+        from rustaid.builtin.llama_cpp_cache import PromptCache, snapshot
+
+        llm = self.llm
+        llm.set_cache(PromptCache(capacity_bytes, llm.n_ctx(), llm._logits_all))
+        llm.save_state = partial(snapshot, llm)  # type: ignore[method-assign]
         self._cache_enabled = True
 
     def _make_formatter(self, meta: dict[str, str], chat_format: str) -> Any:
@@ -229,6 +278,8 @@ class LlamaModel(LoadedLLM):
         field: str,
     ) -> CompletionStats:
         n_prompt = len(tokens)
+        if n_prompt == 0:
+            raise InvalidArgument(f"{field} has no tokens: give it some text", field=field)
         room = self.context_length - n_prompt
         if room < 1:
             raise InvalidArgument(
@@ -236,33 +287,7 @@ class LlamaModel(LoadedLLM):
                 f"{self.context_length}: shorten it or load the model with a larger context",
                 field=field,
             )
-        max_tokens = min(params.max_tokens or 512, room)
-        sampled = 0
-        t_first = 0.0
-
-        def count(_ids: Any, scores: Any) -> Any:
-            # Called once per sampled token: exact counts and the true first-token time
-            # (llama-cpp-python may hold text back until a UTF-8 character is complete).
-            nonlocal sampled, t_first
-            sampled += 1
-            if sampled == 1:
-                t_first = time.perf_counter()
-            return scores
-
-        def should_stop(_ids: Any, _logits: Any) -> bool:
-            # Checked after every sample, even while llama-cpp-python holds back a partial
-            # UTF-8 character: cancellation takes effect within one token, and max_tokens
-            # is never exceeded.
-            return cancel.cancelled or sampled > max_tokens
-
-        stops = StopScanner([*params.stop, *extra_stops])
-        finish = FinishReason.LENGTH
-        t0 = time.perf_counter()
-        from llama_cpp import LogitsProcessorList, StoppingCriteriaList
-
-        stream: Iterator[Any] = self.llm.create_completion(  # type: ignore[assignment]
-            tokens,
-            max_tokens=max_tokens,
+        sampling = Sampling(
             temperature=_pick(params.temperature, "temperature"),
             top_p=_pick(params.top_p, "top_p"),
             top_k=_pick(params.top_k, "top_k"),
@@ -270,42 +295,25 @@ class LlamaModel(LoadedLLM):
             repeat_penalty=_pick(params.repeat_penalty, "repeat_penalty"),
             seed=params.seed,
             grammar=self._grammar(params),
-            logits_processor=LogitsProcessorList([count]),
-            stopping_criteria=StoppingCriteriaList([should_stop]),
-            stream=True,
         )
-        try:
-            for chunk in stream:
-                choice = chunk["choices"][0]
-                text, hit = stops.feed(choice["text"])
-                if text:
-                    emit(text)
-                if hit:
-                    finish = FinishReason.STOP_SEQUENCE
-                    break
-                if choice.get("finish_reason") == "stop":
-                    finish = FinishReason.STOP
-                if cancel.cancelled:
-                    break
-            else:
-                if rest := stops.flush():
-                    emit(rest)
-            if cancel.cancelled:
-                finish = FinishReason.CANCELLED
-            elif sampled > max_tokens:
-                finish = FinishReason.LENGTH
-        finally:
-            close = getattr(stream, "close", None)
-            if close is not None:
-                close()
-        t_end = time.perf_counter()
-        t_first = t_first or t_end
+        # Samples the tokens create_completion would, with a cost per token that does not
+        # grow with the text (see llama_cpp_loop).
+        out = generate(
+            self.llm,
+            tokens,
+            sampling,
+            max_tokens=min(params.max_tokens or 512, room),
+            pieces=self._pieces,
+            stops=StopScanner([*params.stop, *extra_stops]),
+            emit=emit,
+            cancel=cancel,
+        )
         return CompletionStats(
-            finish_reason=finish,
+            finish_reason=out.finish,
             prompt_tokens=n_prompt,
-            completion_tokens=min(sampled, max_tokens),
-            prompt_eval_ms=(t_first - t0) * 1000,
-            generation_ms=(t_end - t_first) * 1000,
+            completion_tokens=out.sampled,
+            prompt_eval_ms=(out.t_first - out.t_start) * 1000,
+            generation_ms=(out.t_end - out.t_first) * 1000,
         )
 
     def _grammar(self, params: GenerationParams) -> LlamaGrammar | None:

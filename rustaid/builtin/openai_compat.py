@@ -77,7 +77,7 @@ def check_params(params: GenerationParams) -> dict[str, Any] | None:
         return None
     try:
         schema = json.loads(params.json_schema)
-    except ValueError as e:
+    except (ValueError, RecursionError) as e:  # not JSON, or nested past the recursion limit
         raise InvalidArgument(
             f"params.json_schema is not valid JSON: {e}", field="params.json_schema"
         ) from e

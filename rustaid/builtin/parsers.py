@@ -387,8 +387,17 @@ class PDFParser(DocumentParser):
             pages = list(reader.pages)
         except InvalidArgument:
             raise
+        except NotImplementedError as e:  # an encryption scheme pypdf does not implement
+            raise _bad(
+                filename,
+                f"is encrypted in a way this daemon cannot open ({e}): remove the "
+                "encryption and index it again",
+                "DOCUMENT_ENCRYPTED",
+            ) from e
         except (PyPdfError, ValueError, KeyError, TypeError, AttributeError, OSError) as e:
             raise _bad(filename, f"is not a readable PDF: {e}") from e
+        except Exception as e:  # pypdf raises many more types on damaged files
+            raise _bad(filename, f"is not a readable PDF ({type(e).__name__}: {e})") from e
         starts = _outline_starts(reader)
         sections: list[Section] = []
         unreadable = 0

@@ -16,6 +16,16 @@ using the live shard meanwhile; writes made during the build are recorded and re
 the new generation, which then replaces the old one with an atomic rename of `current`.
 A daemon killed at any point of a build restarts on the last complete generation.
 
+Replacing points (re-indexing a document: upsert the new version, delete the old one)
+only marks the old points deleted; their vectors and payloads stay in the segments until
+the optimizer vacuums them, and every write also grows the write-ahead log until a flush
+lets it drop what the segments hold. So the store counts the points written and deleted
+since the live generation was built, and a build also runs once that count reaches
+`index_after_points` (its optimize() vacuums the deleted points and merges the segments);
+and maintenance flushes a shard once its writes have settled (or every FLUSH_INTERVAL_S
+under steady writes), which truncates the write-ahead log. Under steady replacement the
+folder and the mapped memory therefore stay bounded instead of growing with every write.
+
 qdrant_edge is imported when the first collection is opened.
 """
 
@@ -85,6 +95,11 @@ DEFAULTS: dict[str, Any] = {
 }
 # After a failed build, wait this long before trying again.
 BUILD_RETRY_S = 300.0
+# Under steady writes, flush a shard (and so truncate its write-ahead log) at least this often.
+FLUSH_INTERVAL_S = 30.0
+# Build even while writes go on once this many times index_after_points were written or
+# deleted since the live generation was built.
+CHURN_UNSETTLED = 4
 
 
 def _options(options: Mapping[str, Any]) -> dict[str, Any]:
@@ -254,6 +269,12 @@ class _Collection:
         self.write_lock = threading.Lock()
         self.journal: list[_Op] | None = None
         self.last_write = 0.0
+        # Points written or deleted since the live generation was built (its optimizer
+        # has not seen them: unindexed vectors, deleted points not yet vacuumed).
+        self.churn = 0
+        # Writes not flushed yet (the write-ahead log keeps them until a flush).
+        self.unflushed = 0
+        self.last_flush = time.monotonic()
         self.build: threading.Thread | None = None
         self.child: subprocess.Popen[bytes] | None = None
         self.retry_at = 0.0
@@ -297,7 +318,8 @@ class _Collection:
             except Exception as e:
                 raise _edge_error(self.name, e) from e
 
-    def write(self, op: _Op) -> None:
+    def write(self, op: _Op, points: int = 1) -> None:
+        """Apply `op`, which writes or deletes about `points` points."""
         with self.write_lock, self.lock:
             self._check_open()
             try:
@@ -307,6 +329,25 @@ class _Collection:
             if self.journal is not None:
                 self.journal.append(op)
             self.last_write = time.monotonic()
+            self.churn += max(points, 0)
+            self.unflushed += 1
+
+    def maybe_flush(self) -> None:
+        """Flush once writes have settled (or at least every FLUSH_INTERVAL_S): the
+        write-ahead log only drops what a flush has made durable in the segments."""
+        if self.closed or not self.unflushed:
+            return
+        now = time.monotonic()
+        settled = now - self.last_write >= self.options["index_settle_s"]
+        if not settled and now - self.last_flush < FLUSH_INTERVAL_S:
+            return
+        with self.lock:
+            if self.closed:
+                return
+            pending = self.unflushed
+            self.shard.flush()
+            self.unflushed -= pending
+            self.last_flush = time.monotonic()
 
     def _check_open(self) -> None:
         if self.closed:
@@ -331,10 +372,17 @@ class _Collection:
         if self.build is not None and self.build.is_alive():
             return
         now = time.monotonic()
-        if now < self.retry_at or now - self.last_write < self.options["index_settle_s"]:
+        threshold = self.options["index_after_points"]
+        settled = now - self.last_write >= self.options["index_settle_s"]
+        # Writes that never pause must not grow the shard forever: past this much churn,
+        # build without waiting for them to settle.
+        if now < self.retry_at or not (
+            settled or self.churn >= max(1, CHURN_UNSETTLED * threshold)
+        ):
             return
         info = self.read(lambda s: s.info())
-        if info.points_count - info.indexed_vectors_count < self.options["index_after_points"]:
+        unindexed = info.points_count - info.indexed_vectors_count
+        if max(unindexed, self.churn) < threshold:
             return
         self.build = threading.Thread(
             target=self._build, name=f"rustaid-index-{self.name}", daemon=True
@@ -356,6 +404,7 @@ class _Collection:
                 shutil.rmtree(staging, ignore_errors=True)
                 shutil.copytree(self.folder / self.generation, staging)
                 self.journal = []
+                churn_copied = self.churn
             self.child = subprocess.Popen(
                 [sys.executable, "-m", "rustaid.builtin.qdrant_edge", "build", str(staging)],
                 stdin=subprocess.DEVNULL,
@@ -368,7 +417,7 @@ class _Collection:
                     f"index build exited with {self.child.returncode}: "
                     f"{err.decode(errors='replace').strip()[-500:]}"
                 )
-            self._swap(staging, new)
+            self._swap(staging, new, churn_copied)
             log.info(
                 "collection %s: vector index built in %.1f s", self.name, time.monotonic() - t0
             )
@@ -381,7 +430,7 @@ class _Collection:
         finally:
             self.child = None
 
-    def _swap(self, staging: Path, new: str) -> None:
+    def _swap(self, staging: Path, new: str, churn_copied: int) -> None:
         import qdrant_edge as qe
 
         with self.write_lock:
@@ -401,6 +450,8 @@ class _Collection:
                 old, old_generation = self.shard, self.generation
                 self.shard, self.generation = shard, new
                 self.journal = None
+                # What the build optimised is done; writes replayed from the journal are not.
+                self.churn = max(0, self.churn - churn_copied)
                 self.indexed_fields = set(shard.info().payload_schema)
         old.close()
         shutil.rmtree(self.folder / old_generation, ignore_errors=True)
@@ -505,7 +556,7 @@ class EdgeStoreClient(VectorStoreClient):
                 )
         edge_points = [qe.Point(p.id, list(p.vector), stored_payload(p.payload)) for p in points]
         operation = qe.UpdateOperation.upsert_points(edge_points)
-        collection.write(lambda s: s.update(operation))
+        collection.write(lambda s: s.update(operation), len(edge_points))
 
     def delete(self, name: str, ids: Sequence[str] = (), filter: Filter | None = None) -> None:
         import qdrant_edge as qe
@@ -513,10 +564,15 @@ class EdgeStoreClient(VectorStoreClient):
         collection = self._get(name)
         if ids:
             by_id = qe.UpdateOperation.delete_points(list(ids))
-            collection.write(lambda s: s.update(by_id))
+            collection.write(lambda s: s.update(by_id), len(ids))
         if filter is not None and not filter.empty:
-            by_filter = qe.UpdateOperation.delete_points_by_filter(edge_filter(filter))
-            collection.write(lambda s: s.update(by_filter))
+            edge = edge_filter(filter)
+            # How many points it deletes (they stay in the segments until vacuumed).
+            matched = int(
+                collection.read(lambda s: s.count(qe.CountRequest(exact=True, filter=edge)))
+            )
+            by_filter = qe.UpdateOperation.delete_points_by_filter(edge)
+            collection.write(lambda s: s.update(by_filter), matched)
 
     def count(self, name: str, filter: Filter | None = None) -> int:
         import qdrant_edge as qe
@@ -568,6 +624,7 @@ class EdgeStoreClient(VectorStoreClient):
             collections = list(self._collections.values())
         for collection in collections:
             try:
+                collection.maybe_flush()
                 collection.maybe_build()
             except Exception as e:
                 log.warning("collection %s: %s", collection.name, e)

@@ -233,7 +233,7 @@ def server_message(body: bytes, secret: str) -> str:
     text = body.decode("utf-8", errors="replace")
     try:
         doc: Any = json.loads(text)
-    except ValueError:
+    except (ValueError, RecursionError):  # not JSON, or nested past the recursion limit
         doc = None
     message: Any = None
     if isinstance(doc, dict):  # {"error": {"message"}}, {"error": "..."}, {"detail": ...}
@@ -417,7 +417,7 @@ class RemoteClient:
     def parse_json(self, body: bytes) -> Any:
         try:
             return json.loads(body)
-        except ValueError:
+        except (ValueError, RecursionError):  # not JSON, or nested past the recursion limit
             snippet = redact(body[:80].decode("utf-8", errors="replace"), self.settings.api_key)
             raise self.malformed(f"expected JSON, got {snippet!r}") from None
 

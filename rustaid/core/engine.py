@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import logging
 import math
 import time
@@ -20,6 +21,7 @@ from pathlib import Path
 from typing import Any, Protocol, TypeVar
 
 from rustaid.config import Settings
+from rustaid.core.admission import Admission, RecentDuration, check_prompt_size
 from rustaid.core.cache import MIB, LoadedSlot, MemoryBudget, estimate_bytes, mb
 from rustaid.core.events import EventBus
 from rustaid.core.registry import ModelEntry, ModelEventType, ModelKind, ModelRegistry, ModelState
@@ -44,7 +46,9 @@ T = TypeVar("T")
 
 MAX_STOP_SEQUENCES = 16
 MAX_STOP_LENGTH = 256
-QUEUE_REPORT_INTERVAL_S = 0.5
+# A waiting request re-checks its position at least this often (it is also woken on
+# every change of its model's queue).
+QUEUE_REPORT_INTERVAL_S = 5.0
 
 
 @dataclass(frozen=True)
@@ -163,6 +167,10 @@ class Engine:
         self._running: set[asyncio.Future[Any]] = set()
         self._stopping = False
         self.activity: EventBus[Activity] = EventBus()
+        # Per-client limits; read at every request, so a reload applies at once.
+        self.admission = Admission(lambda: self.settings.max_requests_per_client)
+        # How long a turn takes on each model lately (for retry delays of a full queue).
+        self._turns: dict[str, RecentDuration] = {}
         # Set by the daemon when the device-awareness subsystem runs.
         self.policy: InferencePolicy | None = None
         self.metrics: MetricsSink | None = None
@@ -195,7 +203,9 @@ class Engine:
         return provider
 
     def _submit(self, executor: ThreadPoolExecutor, fn: Callable[[], T]) -> asyncio.Future[T]:
-        fut = asyncio.get_running_loop().run_in_executor(executor, fn)
+        # The worker sees the request's context (request id and caller in its log lines).
+        ctx = contextvars.copy_context()
+        fut = asyncio.get_running_loop().run_in_executor(executor, ctx.run, fn)
         self._running.add(fut)
         fut.add_done_callback(self._running.discard)
         return fut
@@ -330,7 +340,12 @@ class Engine:
             slot = LoadedSlot(
                 entry,
                 model,
-                ModelQueue(model_id, self.settings.max_queue_per_model, self._queue_changed),
+                ModelQueue(
+                    model_id,
+                    self.settings.max_queue_per_model,
+                    self._queue_changed,
+                    self._turns.setdefault(model_id, RecentDuration()),
+                ),
                 estimate_bytes=need,
                 keep_alive_s=self.settings.keep_alive_s if keep_alive is None else keep_alive,
                 executor=executor,
@@ -453,14 +468,26 @@ class Engine:
                     )
         elif not request.prompt:
             raise InvalidArgument("prompt is empty: give the text to continue", field="prompt")
+        # Bytes before tokens: a huge prompt is refused before anything tokenizes it.
+        if request.messages:
+            texts = [m.content for m in request.messages]
+            check_prompt_size(texts, self.settings.max_prompt_bytes, "messages")
+        else:
+            check_prompt_size([request.prompt], self.settings.max_prompt_bytes, "prompt")
         validate_params(request.params, self.settings.max_tokens_limit)
 
     async def generate(self, request: GenerationRequest) -> AsyncIterator[GenerationEvent]:
         """Yield Queued while waiting, Text as it is produced, then one Done.
 
         Without a model id the router picks one; if that model is unreachable before it
-        produced anything (a remote endpoint down), the next candidate serves instead."""
+        produced anything (a remote endpoint down), the next candidate serves instead.
+        The request counts against its caller's max_requests_per_client until it ends."""
         self.validate(request)
+        with self.admission.admit("generate"):
+            async for event in self._generate(request):
+                yield event
+
+    async def _generate(self, request: GenerationRequest) -> AsyncIterator[GenerationEvent]:
         if request.params.max_tokens is None:
             request = replace(
                 request, params=replace(request.params, max_tokens=self.settings.default_max_tokens)
@@ -606,13 +633,18 @@ class Engine:
             yield event
 
     async def _wait_turn(self, queue: ModelQueue, ticket: Ticket) -> AsyncIterator[int]:
+        """Yield the position at once, then after every change, until the turn comes."""
         last = -1
         while not ticket.granted.done():
             position = queue.position(ticket)
             if position != last:
                 last = position
                 yield position
-            await asyncio.wait([ticket.granted], timeout=QUEUE_REPORT_INTERVAL_S)
+            await asyncio.wait(
+                [ticket.granted, queue.moved()],
+                timeout=QUEUE_REPORT_INTERVAL_S,
+                return_when=asyncio.FIRST_COMPLETED,
+            )
 
     async def _run(
         self,
@@ -650,7 +682,7 @@ class Engine:
             else:
                 out.put_nowait(fut.result())
 
-        fut = loop.run_in_executor(slot.executor, work)
+        fut = loop.run_in_executor(slot.executor, contextvars.copy_context().run, work)
         self._running.add(fut)
         fut.add_done_callback(self._running.discard)
         fut.add_done_callback(finished)
@@ -671,14 +703,15 @@ class Engine:
 
     async def run_on_model(self, model_id: str, fn: Callable[[LoadedLLM], T]) -> T:
         """Run a quick call (tokenize, count) on a loaded model, in its turn."""
-        slot, _ = await self._ensure_loaded(model_id)
-        ticket = slot.queue.join(Priority.INTERACTIVE)
-        try:
-            await ticket.granted
-            return await self._submit(slot.executor, lambda: fn(slot.model))
-        finally:
-            slot.queue.leave(ticket)
-            self._release_idle(slot)
+        with self.admission.admit("model_call"):
+            slot, _ = await self._ensure_loaded(model_id)
+            ticket = slot.queue.join(Priority.INTERACTIVE)
+            try:
+                await ticket.granted
+                return await self._submit(slot.executor, lambda: fn(slot.model))
+            finally:
+                slot.queue.leave(ticket)
+                self._release_idle(slot)
 
     async def stop(self) -> None:
         """Cancel what still runs, wait for the threads, free every model."""

@@ -17,6 +17,11 @@ MAGIC = b"GGUF"
 MAX_STRING = 16 << 20  # a single metadata string larger than this is corruption
 MAX_ARRAY = 1 << 24
 MAX_TENSORS = 1 << 20
+# Arrays of arrays deeper than this are corruption (real files nest at most 2 levels).
+MAX_NESTING = 16
+# Longer arrays are walked past and kept as their length (like the vocabulary), so the
+# metadata of any file stays small.
+MAX_KEPT_ITEMS = 4096
 
 # value type -> struct format for scalars
 _SCALARS = {0: "<B", 1: "<b", 2: "<H", 3: "<h", 4: "<I", 5: "<i", 6: "<f", 7: "<?", 10: "<Q",
@@ -94,15 +99,18 @@ class _Reader:
             raise GGUFError(f"string of {n} bytes at offset {self.pos}: corrupt")
         self.take(n)
 
-    def value(self, vtype: int, keep: bool) -> Any:
+    def value(self, vtype: int, keep: bool, depth: int = 0) -> Any:
         if vtype in _SCALARS:
             return self.scalar(_SCALARS[vtype])
         if vtype == _STRING:
             return self.string()
         if vtype == _ARRAY:
+            if depth >= MAX_NESTING:
+                raise GGUFError(f"arrays nested more than {MAX_NESTING} deep at offset {self.pos}")
             etype, count = self.scalar("<I"), self.scalar("<Q")
             if count > MAX_ARRAY:
                 raise GGUFError(f"array of {count} items: corrupt")
+            keep = keep and count <= MAX_KEPT_ITEMS
             if not keep:  # large arrays (vocabularies): walk past them, keep only the length
                 if etype in _SCALARS:
                     self.take(struct.calcsize(_SCALARS[etype]) * count)
@@ -111,9 +119,9 @@ class _Reader:
                         self.skip_string()
                 else:
                     for _ in range(count):
-                        self.value(etype, keep=False)
+                        self.value(etype, keep=False, depth=depth + 1)
                 return count
-            return [self.value(etype, keep=True) for _ in range(count)]
+            return [self.value(etype, keep=True, depth=depth + 1) for _ in range(count)]
         raise GGUFError(f"unknown metadata value type {vtype} at offset {self.pos}")
 
 
@@ -157,7 +165,12 @@ def _parse(r: _Reader, size: int) -> GGUFInfo:
         type_counts[ttype] = type_counts.get(ttype, 0) + n_elems
         block_bytes, block_elems = _TYPE_SIZE.get(ttype, (0, 1))
         data_end = max(data_end, offset + n_elems // block_elems * block_bytes)
-    alignment = int(meta.get("general.alignment", 32)) or 32
+    alignment = meta.get("general.alignment", 32)
+    # As llama.cpp requires: a power of two (it refuses the file otherwise).
+    if isinstance(alignment, bool) or not isinstance(alignment, int) or alignment <= 0:
+        raise GGUFError(f"general.alignment is {alignment!r}, not a positive integer: corrupt")
+    if alignment & (alignment - 1):
+        raise GGUFError(f"general.alignment {alignment} is not a power of two: corrupt")
     data_start = -(-r.pos // alignment) * alignment
     if data_start + data_end > size:
         raise GGUFError(

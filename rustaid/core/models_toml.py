@@ -28,18 +28,20 @@ A bad entry is reported with the file, its line and the reason; the others still
 
 from __future__ import annotations
 
+import math
 import re
 import tomllib
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 _SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]?i?b?)?\s*$", re.IGNORECASE)
 _UNITS = {"": 1, "b": 1, "k": 1e3, "kb": 1e3, "kib": 1024, "m": 1e6, "mb": 1e6, "mib": 1 << 20,
           "g": 1e9, "gb": 1e9, "gib": 1 << 30, "t": 1e12, "tb": 1e12, "tib": 1 << 40}  # fmt: skip
 _DURATION = re.compile(r"^\s*(-?\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*$")
 _SECONDS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, None: 1}
+T = TypeVar("T")
 
 KNOWN_KEYS = {
     "id", "path", "url", "provider", "remote_model", "api_key_env", "priority", "tags",
@@ -99,8 +101,9 @@ def parse_size(value: object) -> int:
         return value
     if isinstance(value, str) and (m := _SIZE.match(value)):
         unit = (m.group(2) or "").lower()
-        if unit in _UNITS:
-            return int(float(m.group(1)) * _UNITS[unit])
+        size = float(m.group(1)) * _UNITS[unit] if unit in _UNITS else math.inf
+        if math.isfinite(size):
+            return int(size)
     raise ValueError(f"expected a size like 512000000 or '1.5 GB' (got {value!r})")
 
 
@@ -111,9 +114,19 @@ def parse_duration(value: object) -> float:
         seconds = float(m.group(1)) * _SECONDS[m.group(2)]
     else:
         raise ValueError(f"expected seconds or a duration like '10m' (got {value!r})")
+    if not math.isfinite(seconds):
+        raise ValueError(f"must be a finite number of seconds, or -1 for never (got {value!r})")
     if seconds < 0 and seconds != -1:
         raise ValueError(f"must be >= 0, or -1 for never (got {value!r})")
     return seconds
+
+
+def _keyed(key: str, parse: Callable[[object], T], value: object) -> T:
+    """`parse(value)`, its ValueError naming the key."""
+    try:
+        return parse(value)
+    except ValueError as e:
+        raise ValueError(f"{key}: {e}") from None
 
 
 def _table_lines(text: str) -> list[int]:
@@ -158,7 +171,10 @@ def _entry(raw: dict[str, Any], line: int, models_dir: Path) -> TomlModel:
         raise ValueError(f"quality must be a number from 0 to 10 (got {quality!r})")
     path = None
     if raw.get("path"):
-        path = Path(raw["path"]).expanduser()
+        try:
+            path = Path(raw["path"]).expanduser()
+        except RuntimeError as e:  # ~user of an unknown user, or no home directory
+            raise ValueError(f"path {raw['path']!r}: cannot expand '~': {e}") from None
         path = path if path.is_absolute() else models_dir / path
     config = ModelConfig(
         context_length=_int(raw, "context_length"),
@@ -166,10 +182,12 @@ def _entry(raw: dict[str, Any], line: int, models_dir: Path) -> TomlModel:
         gpu_layers=_int(raw, "gpu_layers"),
         batch_size=_int(raw, "batch_size"),
         chat_format=raw.get("chat_format", ""),
-        keep_alive_s=parse_duration(raw["keep_alive"]) if "keep_alive" in raw else None,
+        keep_alive_s=_keyed("keep_alive", parse_duration, raw["keep_alive"])
+        if "keep_alive" in raw
+        else None,
     )
     constraints = Constraints(
-        min_memory_bytes=parse_size(raw.get("min_memory", 0)),
+        min_memory_bytes=_keyed("min_memory", parse_size, raw.get("min_memory", 0)),
         max_battery_draw_mw=_int(raw, "max_battery_draw_mw"),
     )
     options: dict[str, Any] = {
@@ -212,6 +230,11 @@ def load_models_toml(
     entries: list[TomlModel] = []
     for i, raw in enumerate(tables):
         line = lines[i] if i < len(lines) else 0
+        if not isinstance(raw, dict):
+            problems.append(
+                TomlProblem(line, "", f"model {i + 1}: 'model' entries must be tables: [[model]]")
+            )
+            continue
         model_id = raw.get("id", "") if isinstance(raw.get("id"), str) else ""
         try:
             entry = _entry(raw, line, models_dir)

@@ -8,13 +8,20 @@ from __future__ import annotations
 import dataclasses
 import enum
 from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from dbus_next.signature import Variant
 
 from rustaid.core.engine import Done
 from rustaid.core.registry import ModelEntry
+
+if TYPE_CHECKING:
+    from rustaid.power.snapshot import ResourceSnapshot
+    from rustaid.rag.ask import Hit
+    from rustaid.updates.journal import UpdateRecord
+    from rustaid.updates.manager import AvailableUpdate
 
 VariantDict = dict[str, Variant]
 
@@ -80,6 +87,90 @@ def done_to_dbus(done: Done) -> VariantDict:
         "tokens_per_second": Variant("d", t.tokens_per_second),
         "total_ms": Variant("d", t.total_ms),
     }
+
+
+def hit_to_dbus(h: Hit, number: int = 0) -> VariantDict:
+    """A retrieved passage (Search hits, Ask sources); `number` is the [n] an answer
+    cites it by (Ask only)."""
+    out = {
+        "document_id": Variant("s", safe_text(h.document_id)),
+        "chunk_id": Variant("s", h.chunk_id),
+        "text": Variant("s", safe_text(h.text)),
+        "score": Variant("d", float(h.score)),
+        "metadata": Variant("a{sv}", mapping_to_dbus(h.metadata)),
+        "source": Variant("s", safe_text(h.source)),
+        "title": Variant("s", safe_text(h.title)),
+        "page": Variant("u", max(0, h.page)),
+        "heading_path": Variant("as", [safe_text(x) for x in h.heading_path]),
+        "chunk_index": Variant("u", max(0, h.chunk_index)),
+    }
+    if number:
+        out["number"] = Variant("u", number)
+    return out
+
+
+def available_update_to_dbus(u: AvailableUpdate) -> VariantDict:
+    a = u.artifact
+    return {
+        "artifact_id": Variant("s", a.id),
+        "kind": Variant("s", a.kind.value),
+        "current_version": Variant("s", u.current_version),
+        "available_version": Variant("s", a.version),
+        "size_bytes": Variant("t", a.size),
+        "sha256": Variant("s", a.sha256),
+        "channel": Variant("s", u.channel),
+        "in_rollout": Variant("b", u.in_rollout),
+        "automatic": Variant("b", u.automatic),
+        "blocked": Variant("b", u.blocked),
+        "note": Variant("s", safe_text(u.note)),
+    }
+
+
+def update_record_to_dbus(r: UpdateRecord) -> VariantDict:
+    return {
+        "update_id": Variant("s", r.update_id),
+        "artifact_id": Variant("s", r.artifact_id),
+        "kind": Variant("s", r.kind),
+        "from_version": Variant("s", r.from_version),
+        "to_version": Variant("s", r.to_version),
+        "outcome": Variant("s", r.outcome),
+        "message": Variant("s", safe_text(r.message)),
+        "started_time": Variant("d", r.started),
+        "finished_time": Variant("d", r.finished),
+    }
+
+
+@dataclass(frozen=True)
+class ResourceState:
+    """What the D-Bus API tells about the device (properties, ResourceStateChanged)."""
+
+    # performance, balanced, power-saver, ultra-saver, custom
+    power_profile: str
+    # power-profiles-daemon, battery, override, default
+    profile_source: str
+    # nominal, fair, serious, critical
+    thermal_state: str
+    on_battery: bool
+    # Critically hot: health reports GenerateService NOT_SERVING, requests run at the
+    # minimum (one thread, few tokens) until it cools down.
+    critical: bool
+    # normal, warning, critical
+    memory_pressure: str
+
+
+def _name(value: str) -> str:
+    return value.replace("_", "-")
+
+
+def resource_state(snapshot: ResourceSnapshot, generate_serving: bool) -> ResourceState:
+    return ResourceState(
+        power_profile=_name(snapshot.power_profile.value),
+        profile_source=_name(snapshot.profile_source.value),
+        thermal_state=snapshot.thermal.state.name.lower(),
+        on_battery=snapshot.power.on_battery,
+        critical=not generate_serving,
+        memory_pressure=snapshot.memory.pressure.name.lower(),
+    )
 
 
 def to_variant(value: Any) -> Variant | None:

@@ -53,11 +53,3 @@ def error_name(error: errors.RustaidError) -> str:
 
 def to_dbus_error(error: errors.RustaidError) -> DBusError:
     return DBusError(error_name(error), error.message)
-
-
-def not_supported(method: str, subsystem: str) -> errors.NotImplementedYet:
-    """The error of a method whose subsystem this build does not include yet."""
-    return errors.NotImplementedYet(
-        f"{method} needs the {subsystem}, which this version of rustaid does not include yet",
-        reason="NOT_SUPPORTED",
-    )

@@ -2,9 +2,10 @@
 signature. Introspection is generated from these declarations (docs/dbus.md shows it).
 
 Methods are coroutines run by DBusService's dispatcher, which knows the caller (see
-`current_call`), maps domain errors to named D-Bus errors and stops a caller's work when
-it leaves the bus. The logic behind each method lives in the daemon's core (engine,
-registry) that the gRPC services use as well.
+`current_call`, and rustaid.core.caller for the core's view of it), maps domain errors
+to named D-Bus errors and stops a caller's work when it leaves the bus. The logic behind
+each method lives in the daemon's core (engine, registry, RAG, resource manager, update
+manager) that the gRPC services use as well: the methods here only convert.
 """
 
 from __future__ import annotations
@@ -21,9 +22,13 @@ from dbus_next.service import ServiceInterface, dbus_property, method, signal
 from dbus_next.signature import Variant
 
 from rustaid import __version__
+from rustaid.core.engine import Text
 from rustaid.dbus import convert
-from rustaid.dbus.errors import not_supported
-from rustaid.dbus.options import generation_request
+from rustaid.dbus.options import ask_request, generation_request
+from rustaid.errors import InvalidArgument
+from rustaid.power.profiles import parse_profile_name
+from rustaid.power.snapshot import PowerProfile
+from rustaid.rag.manager import CitedHits
 
 if TYPE_CHECKING:
     from rustaid.dbus.service import DBusService
@@ -142,10 +147,12 @@ class Daemon1(ServiceInterface):
 
     @dbus_readonly("s")
     def PowerProfile(self) -> str:
+        """performance, balanced, power-saver, ultra-saver or custom."""
         return self._service.resource_state().power_profile
 
     @dbus_readonly("s")
     def ThermalState(self) -> str:
+        """nominal, fair, serious or critical."""
         return self._service.resource_state().thermal_state
 
     @dbus_readonly("b")
@@ -180,23 +187,46 @@ class Daemon1(ServiceInterface):
 
     @dbus_method("collection:s", "query:s", "top_k:u", returns="aa{sv}", out=("hits",))
     async def Search(self, collection: str, query: str, top_k: int) -> list[convert.VariantDict]:
-        raise not_supported("Search", "retrieval (RAG) subsystem")
+        """The `top_k` passages of `collection` closest to `query` (0: 5), best first."""
+        result = await self._service.daemon.rag.search(collection, query, top_k)
+        return [convert.hit_to_dbus(h) for h in result.hits]
 
     @dbus_method(
         "collection:s", "question:s", "options:a{sv}", returns="saa{sv}", out=("answer", "sources")
     )
     async def Ask(self, collection: str, question: str, options: dict[str, Variant]) -> list[Any]:
-        raise not_supported("Ask", "retrieval (RAG) subsystem")
+        """An answer grounded in passages of `collection`, and those passages (the
+        answer cites them as [number])."""
+        request = ask_request(collection, question, options)
+        answer: list[str] = []
+        sources: list[convert.VariantDict] = []
+        async for event in self._service.daemon.rag.ask(request):
+            if isinstance(event, CitedHits):
+                sources = [convert.hit_to_dbus(h, i + 1) for i, h in enumerate(event.hits)]
+            elif isinstance(event, Text):
+                answer.append(event.text)
+        return ["".join(answer), sources]
 
     @dbus_method("profile:s")
     async def SetPowerProfile(self, profile: str) -> None:
-        await self._service.require_privileged(current_call(), "SetPowerProfile")
-        raise not_supported("SetPowerProfile", "power management subsystem")
+        """Use `profile` until cleared; "" or "auto": back to the automatic profile."""
+        self._service.require_privileged("SetPowerProfile")
+        chosen = parse_profile_name(profile)
+        if chosen is PowerProfile.CUSTOM:
+            raise InvalidArgument(
+                "the custom profile needs its parameters, which SetPowerProfile does not "
+                "take: set it over gRPC (rustaictl power custom --threads N ...)",
+                field="profile",
+            )
+        self._service.daemon.resources.set_power_profile(chosen)
 
     @dbus_method(returns="aa{sv}", out=("updates",))
     async def CheckUpdates(self) -> list[convert.VariantDict]:
-        await self._service.require_privileged(current_call(), "CheckUpdates")
-        raise not_supported("CheckUpdates", "update subsystem")
+        """Fetch and verify the release metadata now: the updates newer than what is
+        installed (this downloads no artifact and installs nothing)."""
+        self._service.require_privileged("CheckUpdates")
+        result = await self._service.daemon.updates.check("")
+        return [convert.available_update_to_dbus(u) for u in result.updates]
 
     # -- signals ------------------------------------------------------------------------
     # Broadcast: calling one of these sends it to every listener.

@@ -1,8 +1,9 @@
-"""The `options a{sv}` of Generate/StartGeneration -> a GenerationRequest.
+"""The `options a{sv}` of Generate/StartGeneration -> a GenerationRequest, and of Ask
+-> an AskInput.
 
-Each option has one kind; a value of another D-Bus type, or an option this table does
-not know, is rejected with InvalidArgument naming the option. Ranges (max_tokens,
-temperature...) are checked by the engine, like for gRPC requests.
+Each option has one kind; a value of another D-Bus type, or an option the method's table
+does not know, is rejected with InvalidArgument naming the option. Ranges (max_tokens,
+temperature, top_k...) are checked by the core (engine, RAG), like for gRPC requests.
 """
 
 from __future__ import annotations
@@ -17,14 +18,15 @@ from rustaid.core.engine import GenerationRequest
 from rustaid.core.router import SelectionCriteria
 from rustaid.core.scheduler import Priority
 from rustaid.errors import InvalidArgument
-from rustaid.providers import GenerationParams
+from rustaid.providers import Condition, FieldAnyOf, FieldMatch, Filter, GenerationParams
+from rustaid.rag.manager import AskInput
 
 INTEGER_TYPES = frozenset("ynqiuxt")
 
 
 @dataclass(frozen=True)
 class Option:
-    kind: str  # "int", "float", "bool", "str", "strs"
+    kind: str  # "int", "float", "bool", "str", "strs", "dict"
     help: str
 
 
@@ -50,12 +52,26 @@ OPTIONS: dict[str, Option] = {
     "required_tags": Option("strs", "router: tags the model must have"),
 }
 
+# Ask's options (docs/dbus.md lists this table): the generation options for the answer,
+# except `priority`; `top_k` is the number of passages (sampling top_k is not offered).
+ASK_OPTIONS: dict[str, Option] = {
+    **{k: v for k, v in OPTIONS.items() if k not in ("priority", "top_k")},
+    "top_k": Option("int", "passages to retrieve, 1 to 100 (0 or absent: 5)"),
+    "score_threshold": Option("float", "leave out passages scoring worse than this"),
+    "filter": Option(
+        "dict",
+        "only passages whose fields match: field -> s, b or an integer (equal) or as "
+        "(any of); fields as in Search filters, e.g. source or metadata.lang",
+    ),
+}
+
 _EXPECTED = {
     "int": "an integer (D-Bus type y, n, q, i, u, x or t)",
     "float": "a number (D-Bus type d, or an integer type)",
     "bool": "a boolean (D-Bus type b)",
     "str": "a string (D-Bus type s)",
     "strs": "an array of strings (D-Bus type as)",
+    "dict": "a dictionary (D-Bus type a{sv})",
 }
 
 _PARAMS = ("max_tokens", "temperature", "top_p", "top_k", "min_p", "repeat_penalty", "seed")
@@ -63,12 +79,12 @@ _SELECTION = ("prefer_local", "prefer_speed", "prefer_quality", "battery_sensiti
 _PRIORITIES = {"interactive": Priority.INTERACTIVE, "background": Priority.BACKGROUND}
 
 
-def _value(name: str, variant: Any) -> Any:
-    option = OPTIONS.get(name)
+def _value(name: str, variant: Any, table: Mapping[str, Option] = OPTIONS) -> Any:
+    option = table.get(name)
     if option is None:
         raise InvalidArgument(
-            f"unknown option {name!r}; known options: {', '.join(sorted(OPTIONS))}",
-            field=f"options.{name}",
+            f"unknown option {name[:64]!r}; known options: {', '.join(sorted(table))}",
+            field=f"options.{name[:64]}",
         )
     signature = variant.signature if isinstance(variant, Variant) else ""
     ok = {
@@ -77,6 +93,7 @@ def _value(name: str, variant: Any) -> Any:
         "bool": signature == "b",
         "str": signature == "s",
         "strs": signature == "as",
+        "dict": signature == "a{sv}",
     }[option.kind]
     if not ok:
         raise InvalidArgument(
@@ -97,21 +114,60 @@ def generation_request(prompt: str, options: Mapping[str, Any]) -> GenerationReq
             f"option 'priority' must be 'interactive' or 'background' (got {priority!r})",
             field="options.priority",
         )
-    params = GenerationParams(
-        **{k: values[k] for k in _PARAMS if k in values},
+    return GenerationRequest(
+        model_id=values.get("model", ""),
+        prompt=prompt,
+        params=_params(values),
+        selection=_selection(values),
+        priority=_PRIORITIES[priority],
+    )
+
+
+def _params(values: Mapping[str, Any], names: tuple[str, ...] = _PARAMS) -> GenerationParams:
+    return GenerationParams(
+        **{k: values[k] for k in names if k in values},
         stop=tuple(values.get("stop", ())),
         grammar=values.get("grammar", ""),
         json_schema=values.get("json_schema", ""),
     )
-    selection = SelectionCriteria(
+
+
+def _selection(values: Mapping[str, Any]) -> SelectionCriteria:
+    return SelectionCriteria(
         **{k: values[k] for k in _SELECTION if k in values},
         max_latency_ms=values.get("max_latency_ms", 0),
         required_tags=tuple(values.get("required_tags", ())),
     )
-    return GenerationRequest(
+
+
+def _condition(key: str, variant: Any) -> Condition:
+    """One `filter` entry; the field itself is checked by the RAG core."""
+    signature = variant.signature if isinstance(variant, Variant) else ""
+    if signature in ("s", "b") or signature in INTEGER_TYPES:
+        return FieldMatch(key, variant.value)
+    if signature == "as":
+        return FieldAnyOf(key, tuple(variant.value))
+    raise InvalidArgument(
+        f"option 'filter': the value for {key[:64]!r} must be a string, a boolean, an "
+        f"integer (equal to it) or an array of strings (any of them), not D-Bus type "
+        f"{signature!r}",
+        field=f"options.filter.{key[:64]}",
+    )
+
+
+def ask_request(collection: str, question: str, options: Mapping[str, Any]) -> AskInput:
+    """Build the RAG core's request; raises InvalidArgument for an unknown option or a
+    value of the wrong type (the question, top_k, filter fields and ranges are checked
+    by the core)."""
+    values = {name: _value(name, v, ASK_OPTIONS) for name, v in options.items()}
+    conditions = tuple(_condition(k, v) for k, v in values.get("filter", {}).items())
+    return AskInput(
+        collection=collection,
+        question=question,
+        top_k=values.get("top_k", 0),
+        filter=Filter(must=conditions),
         model_id=values.get("model", ""),
-        prompt=prompt,
-        params=params,
-        selection=selection,
-        priority=_PRIORITIES[priority],
+        params=_params(values, tuple(k for k in _PARAMS if k != "top_k")),
+        selection=_selection(values),
+        score_threshold=values.get("score_threshold"),
     )

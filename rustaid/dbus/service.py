@@ -15,9 +15,16 @@ Without `address`, the standard variables are used: DBUS_SYSTEM_BUS_ADDRESS (def
 is taken, the daemon logs a warning and serves gRPC only.
 
 Method calls are dispatched here rather than by dbus-next so that each handler knows
-its caller (a contextvar), arguments of the wrong type get InvalidArgs naming the
-expected signature, domain errors become named D-Bus errors (rustaid.dbus.errors), and
-the work of a caller that leaves the bus (NameOwnerChanged) is cancelled.
+its caller (a contextvar, and rustaid.core.caller for the core: `dbus:<unique name>`,
+its uid, admin when root or the daemon's own user on the system bus, always on a session
+bus), arguments of the wrong type get InvalidArgs naming the expected signature, domain
+errors become named D-Bus errors (rustaid.dbus.errors), and the work of a caller that
+leaves the bus (NameOwnerChanged) is cancelled.
+
+Signals and properties follow the subsystems: models (registry events), activity
+(engine), the device (resource monitor listener: PowerProfile, ThermalState, OnBattery,
+ResourceStateChanged) and updates (the update manager's `checks` and `finished` buses:
+UpdateAvailable, UpdateApplied).
 """
 
 from __future__ import annotations
@@ -40,9 +47,11 @@ from dbus_next.message import Message
 from dbus_next.service import ServiceInterface
 
 from rustaid import errors
+from rustaid.core import caller as core_caller
 from rustaid.core.engine import Done, GenerationRequest, Text
 from rustaid.core.registry import ModelEventType
 from rustaid.dbus import convert
+from rustaid.dbus.convert import ResourceState
 from rustaid.dbus.errors import (
     CANCELLED,
     INTERNAL,
@@ -56,6 +65,7 @@ from rustaid.dbus.interface import BUS_NAME, CALL, INTERFACE, OBJECT_PATH, Call,
 if TYPE_CHECKING:
     from rustaid.config import Settings
     from rustaid.daemon import Daemon
+    from rustaid.power.snapshot import ResourceSnapshot
 
 log = logging.getLogger(__name__)
 
@@ -64,6 +74,10 @@ DBUS_PATH = "/org/freedesktop/DBus"
 CONNECT_TIMEOUT_S = 5.0
 # At most this many generations started with StartGeneration run per caller at once.
 MAX_GENERATIONS_PER_CALLER = 16
+# Methods that run inference: each call holds one of its caller's places
+# (max_requests_per_client) while it runs, as their gRPC twins do (services/context.py).
+# A generation started with StartGeneration holds one in the engine until it ends.
+COUNTED_METHODS = frozenset({"Generate", "Search", "Ask"})
 
 
 @dataclass(frozen=True)
@@ -121,15 +135,6 @@ def bus_address(config: DBusConfig, environ: dict[str, str] | None = None) -> st
     return address
 
 
-@dataclass(frozen=True)
-class ResourceState:
-    """What the power subsystem reports; defaults until it is part of the daemon."""
-
-    power_profile: str = "unknown"
-    thermal_state: str = "unknown"
-    on_battery: bool = False
-
-
 @dataclass
 class Generation:
     id: str
@@ -168,6 +173,11 @@ class DBusService:
         self._stopping = False
         self._published: dict[str, Any] = {}
         self._flush_pending = False
+        # Unix user of each caller on the bus (asked once per connection).
+        self._uids: dict[str, int] = {}
+        # The last ResourceStateChanged sent; updates announced (id, version, sha256).
+        self._sent_state: ResourceState | None = None
+        self._announced: set[tuple[str, str, str]] = set()
 
     # -- lifecycle ------------------------------------------------------------------------
 
@@ -184,8 +194,12 @@ class DBusService:
             self._disconnect()
             return
         self._published = self._properties()
+        self._sent_state = self.resource_state()
         self._spawn(self._follow_models())
         self._spawn(self._follow_activity())
+        self._spawn(self._follow_checks())
+        self._spawn(self._follow_updates())
+        self.daemon.resources.monitor.add_listener(self._resources_changed)
         log.info("D-Bus API %s on the %s bus (%s)", BUS_NAME, self.config.bus, address)
 
     async def _connect(self, address: str) -> None:
@@ -258,14 +272,18 @@ class DBusService:
         return sorted(e.id for e in self.daemon.engine.loaded())
 
     def resource_state(self) -> ResourceState:
-        # The power subsystem is not part of the daemon yet: report "unknown".
-        return ResourceState()
+        resources = self.daemon.resources
+        return convert.resource_state(resources.snapshot, resources.generate_serving)
 
     def _properties(self) -> dict[str, Any]:
+        device = self.resource_state()
         return {
             "State": self.state(),
             "ActiveModels": self.active_models(),
             "QueueLength": self.daemon.engine.queue_length(),
+            "PowerProfile": device.power_profile,
+            "ThermalState": device.thermal_state,
+            "OnBattery": device.on_battery,
         }
 
     def _emit_changes(self) -> None:
@@ -308,26 +326,43 @@ class DBusService:
                 await activity.get()
                 self._schedule_changes()
 
-    # -- signals for the subsystems that publish them -------------------------------------
+    # -- the device and updates ------------------------------------------------------------
 
-    def emit_update_available(self, update: object) -> None:
-        if self.bus is not None:
-            self.interface.UpdateAvailable(convert.record_to_dbus(update))
-
-    def emit_update_applied(self, update: object) -> None:
-        if self.bus is not None:
-            self.interface.UpdateApplied(convert.record_to_dbus(update))
-
-    def emit_resource_state_changed(self, state: ResourceState) -> None:
-        if self.bus is not None:
+    def _resources_changed(self, old: ResourceSnapshot, new: ResourceSnapshot) -> None:
+        """Monitor listener (on the event loop): ResourceStateChanged when what the API
+        tells about the device changed, and PropertiesChanged for its properties."""
+        if self.bus is None:
+            return
+        state = self.resource_state()
+        if state != self._sent_state:
+            self._sent_state = state
             self.interface.ResourceStateChanged(convert.record_to_dbus(state))
-            self.interface.emit_properties_changed(
-                {
-                    "PowerProfile": state.power_profile,
-                    "ThermalState": state.thermal_state,
-                    "OnBattery": state.on_battery,
-                }
-            )
+        self._schedule_changes()
+
+    async def _follow_checks(self) -> None:
+        """UpdateAvailable once per update a check finds (each version once)."""
+        async with self.daemon.updates.checks.subscribe() as checks:
+            while True:
+                result = await checks.get()
+                for update in result.updates:
+                    a = update.artifact
+                    key = (a.id, a.version, a.sha256)
+                    if key in self._announced:
+                        continue
+                    self._announced.add(key)
+                    if self.bus is not None:
+                        self.interface.UpdateAvailable(convert.available_update_to_dbus(update))
+
+    async def _follow_updates(self) -> None:
+        """UpdateApplied when an update attempt ends: committed, rolled back or failed
+        (deferred attempts and failed checks are not applications)."""
+        async with self.daemon.updates.finished.subscribe() as finished:
+            while True:
+                record = await finished.get()
+                if not record.artifact_id or record.outcome == "deferred":
+                    continue
+                if self.bus is not None:
+                    self.interface.UpdateApplied(convert.update_record_to_dbus(record))
 
     def send_to(self, destination: str, member: str, *body: Any) -> None:
         """A signal of org.rustai.Daemon1 for one connection only (unicast)."""
@@ -377,12 +412,37 @@ class DBusService:
         call = Call(sender=msg.sender)
         token = CALL.set(call)
         try:  # the task copies the context: the handler sees its Call
-            task = asyncio.ensure_future(method.fn(self.interface, *msg.body))
+            task = asyncio.ensure_future(self._invoke(call, method, msg.body))
         finally:
             CALL.reset(token)
         self._track(msg.sender, task)
         task.add_done_callback(functools.partial(self._answer, msg, method, call))
         return True
+
+    async def _invoke(self, call: Call, method: Any, body: list[Any]) -> Any:
+        """Run a method with the core's caller set (in the call's own task)."""
+        core_caller.set_current(await self._caller(call.sender))
+        if method.name in COUNTED_METHODS:
+            with self.daemon.engine.admission.admit(method.name):
+                return await method.fn(self.interface, *body)
+        return await method.fn(self.interface, *body)
+
+    async def _caller(self, sender: str) -> core_caller.Caller:
+        """Who `sender` is for the core. On the system bus the bus policy has let it
+        through; root and the daemon's own user are admins (the changing methods are
+        theirs). A session bus admits only its user."""
+        uid = self._uids.get(sender)
+        if uid is None:
+            try:
+                uid = int(await self._bus_call("GetConnectionUnixUser", "s", sender))
+            except DBusError as e:
+                if self.config.bus == "system":
+                    raise errors.Unavailable(f"cannot tell who the caller is: {e.text}") from e
+                uid = os.getuid()
+            if sender in self._watched:  # forgotten when it leaves the bus
+                self._uids[sender] = uid
+        admin = self.config.bus != "system" or uid in (0, os.getuid())
+        return core_caller.Caller(key=f"dbus:{sender}", transport="dbus", uid=uid, admin=admin)
 
     def _answer(self, msg: Message, method: Any, call: Call, task: asyncio.Task[Any]) -> None:
         try:
@@ -485,6 +545,7 @@ class DBusService:
 
     def _caller_left(self, sender: str) -> None:
         self._watched.discard(sender)
+        self._uids.pop(sender, None)
         self._spawn(self._bus_call("RemoveMatch", "s", _match_rule(sender)))
         caller = self._callers.get(sender)
         if caller is None:
@@ -510,6 +571,7 @@ class DBusService:
             )
         gen = Generation(id=secrets.token_hex(8), owner=call.sender)
         self._generations[gen.id] = gen
+        who = core_caller.current()
 
         def launch() -> None:
             if self._stopping:
@@ -518,7 +580,7 @@ class DBusService:
                     gen.owner, "Failed", gen.id, UNAVAILABLE, "the daemon is shutting down"
                 )
                 return
-            gen.task = asyncio.ensure_future(self._generate(gen, request))
+            gen.task = asyncio.ensure_future(self._generate(gen, request, who))
             self._track(gen.owner, gen.task)
             gen.task.add_done_callback(functools.partial(self._generation_done, gen))
 
@@ -529,7 +591,10 @@ class DBusService:
         self._generations.pop(gen.id, None)
         self._untrack(gen.owner, task)
 
-    async def _generate(self, gen: Generation, request: GenerationRequest) -> None:
+    async def _generate(
+        self, gen: Generation, request: GenerationRequest, who: core_caller.Caller
+    ) -> None:
+        core_caller.set_current(who)  # this task's own context: the caller's generation
         try:
             async for event in self.daemon.engine.generate(request):
                 if isinstance(event, Text):
@@ -564,11 +629,9 @@ class DBusService:
 
     # -- access ---------------------------------------------------------------------------
 
-    async def require_privileged(self, call: Call, what: str) -> None:
+    def require_privileged(self, what: str) -> None:
         """On the system bus, changing methods are for root and the daemon's own user
         (the bus policy says the same; this holds even with a lax policy)."""
-        if self.config.bus != "system":
-            return  # a session bus only admits its own user
-        uid = await self._bus_call("GetConnectionUnixUser", "s", call.sender)
-        if uid not in (0, os.getuid()):
-            raise errors.PermissionDenied(f"{what} is reserved to root (caller uid {uid})")
+        who = core_caller.current()
+        if not who.admin:
+            raise errors.PermissionDenied(f"{what} is reserved to root (caller uid {who.uid})")

@@ -19,7 +19,8 @@ from rustaid.errors import InvalidArgument
 from rustaid.power.config import PowerConfig, power_config
 from rustaid.power.monitor import ResourceMonitor
 from rustaid.power.policy import InferencePolicy
-from rustaid.power.snapshot import PressureLevel, ResourceSnapshot, ThermalState
+from rustaid.power.profiles import ActiveProfile, ProfileParameters
+from rustaid.power.snapshot import PowerProfile, PressureLevel, ResourceSnapshot, ThermalState
 from rustaid.providers import GenerationParams
 
 log = logging.getLogger(__name__)
@@ -98,6 +99,25 @@ class ResourceManager:
     @property
     def snapshot(self) -> ResourceSnapshot:
         return self.monitor.snapshot
+
+    # -- power profile -----------------------------------------------------------------------
+
+    def set_power_profile(
+        self, profile: PowerProfile | None, custom: ProfileParameters | None = None
+    ) -> ActiveProfile:
+        """Set `profile` until cleared (Custom with its parameters), or with None return
+        to the automatic profile; what every adapter calls. InvalidArgument naming the
+        field for unusable input; nothing changes then."""
+        if profile is None:
+            if custom is not None:
+                raise InvalidArgument(
+                    "returning to the automatic profile takes no custom parameters",
+                    field="custom",
+                )
+            self.monitor.clear_profile()
+        else:
+            self.monitor.set_profile(profile, custom)
+        return self.monitor.active_profile
 
     # -- reactions -------------------------------------------------------------------------
 

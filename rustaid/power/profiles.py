@@ -88,6 +88,27 @@ def validate_custom(p: ProfileParameters | None) -> ProfileParameters:
     return p
 
 
+# Names that mean "no override: choose the profile automatically".
+AUTOMATIC_NAMES = ("", "auto")
+
+
+def parse_profile_name(name: str, field_name: str = "profile") -> PowerProfile | None:
+    """A profile by name: "performance", "balanced", "power_saver", "ultra_saver" or
+    "custom" ('-' may stand for '_', as power-profiles-daemon writes "power-saver").
+    None for "" or "auto": back to the automatic profile. InvalidArgument otherwise."""
+    if name in AUTOMATIC_NAMES:
+        return None
+    try:
+        return PowerProfile(name.replace("-", "_"))
+    except ValueError:
+        names = ", ".join(p.value for p in PowerProfile)
+        raise InvalidArgument(
+            f"{field_name} {name[:64]!r} is not a power profile; use one of {names}, "
+            "or 'auto' to return to the automatic profile",
+            field=field_name,
+        ) from None
+
+
 _FROM_PPD = {
     "performance": PowerProfile.PERFORMANCE,
     "balanced": PowerProfile.BALANCED,

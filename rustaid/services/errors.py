@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
 from typing import Any
 
 import grpc
@@ -15,6 +16,7 @@ from google.protobuf import any_pb2, duration_pb2
 from google.rpc import error_details_pb2, status_pb2
 
 from rustaid import errors
+from rustaid.core import request_id
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +45,23 @@ def status_code(error: errors.RustaidError) -> grpc.StatusCode:
     return grpc.StatusCode.INTERNAL
 
 
+# Longest status message sent, in UTF-8 bytes. The message travels in the trailers twice
+# (grpc-message, percent-encoded, and the details); past the client's metadata limit
+# (8 KiB soft, 16 KiB hard in gRPC core) the client gets RESOURCE_EXHAUSTED "Stream
+# removed" instead of the error, e.g. for a message that quotes a huge request field.
+MAX_STATUS_MESSAGE_BYTES = 1024
+
+
+def bounded(message: str) -> str:
+    """`message`, its middle cut when longer than MAX_STATUS_MESSAGE_BYTES."""
+    data = message.encode()
+    if len(data) <= MAX_STATUS_MESSAGE_BYTES:
+        return message
+    head = data[: MAX_STATUS_MESSAGE_BYTES * 3 // 4].decode(errors="ignore")
+    tail = data[-(MAX_STATUS_MESSAGE_BYTES // 8) :].decode(errors="ignore")
+    return f"{head} [... {len(message) - len(head) - len(tail)} characters cut ...] {tail}"
+
+
 def _pack(msg: Any) -> any_pb2.Any:
     packed = any_pb2.Any()
     packed.Pack(msg)
@@ -55,24 +74,73 @@ def status_details(error: errors.RustaidError, code: grpc.StatusCode) -> bytes:
         details.append(_pack(error_details_pb2.ErrorInfo(reason=error.reason, domain=DOMAIN)))
     if isinstance(error, errors.InvalidArgument) and error.field:
         violation = error_details_pb2.BadRequest.FieldViolation(
-            field=error.field, description=error.message
+            field=error.field, description=bounded(error.message)
         )
         details.append(_pack(error_details_pb2.BadRequest(field_violations=[violation])))
     if isinstance(error, errors.ResourceExhausted | errors.Unavailable) and error.retry_after_s:
         delay = duration_pb2.Duration()
         delay.FromMilliseconds(int(error.retry_after_s * 1000))
         details.append(_pack(error_details_pb2.RetryInfo(retry_delay=delay)))
-    status = status_pb2.Status(code=code.value[0], message=error.message, details=details)
+    status = status_pb2.Status(code=code.value[0], message=bounded(error.message), details=details)
     return bytes(status.SerializeToString())
+
+
+def internal_error_message() -> str:
+    """What a client sees of a bug: where to look, and the id that finds its log lines."""
+    rid = request_id.current_id()
+    suffix = f", request id {rid}" if rid else ""
+    return f"internal error; see the log{suffix}"
 
 
 async def abort(context: grpc.aio.ServicerContext[Any, Any], error: errors.RustaidError) -> None:
     code = status_code(error)
     await context.abort(
         code,
-        error.message,
+        bounded(error.message),
         trailing_metadata=(("grpc-status-details-bin", status_details(error, code)),),
     )
+
+
+@dataclass(frozen=True)
+class Undecodable:
+    """Stands in for a request message whose bytes do not parse (see `lenient`)."""
+
+    error: errors.InvalidArgument
+
+
+def lenient(deserializer: Callable[[bytes], Any] | None) -> Callable[[bytes], Any] | None:
+    """The request deserializer, returning Undecodable instead of raising: grpc would
+    answer a message that does not parse with UNKNOWN, outside of any handler."""
+    if deserializer is None:
+        return None
+    message_type = getattr(getattr(deserializer, "__self__", None), "DESCRIPTOR", None)
+    name = getattr(message_type, "full_name", "") or "request"
+
+    def deserialize(data: bytes) -> Any:
+        try:
+            return deserializer(data)
+        except Exception:  # protobuf's DecodeError, whatever its implementation raises
+            return Undecodable(
+                errors.InvalidArgument(
+                    f"the request is not a valid {name} message ({len(data)} bytes that do "
+                    "not parse as protobuf): send a message encoded from the daemon's "
+                    "proto files (proto/rustaid/api/v1)",
+                    reason="MALFORMED_REQUEST",
+                )
+            )
+
+    return deserialize
+
+
+def decoded(request: Any) -> Any:
+    if isinstance(request, Undecodable):
+        raise request.error
+    return request
+
+
+async def decoded_stream(requests: AsyncIterator[Any]) -> AsyncIterator[Any]:
+    async for request in requests:
+        yield decoded(request)
 
 
 class ErrorInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
@@ -92,16 +160,18 @@ class ErrorInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
 
             async def unary_unary(request: Any, context: Any) -> Any:
                 try:
-                    return await inner_uu(request, context)
+                    return await inner_uu(decoded(request), context)
                 except errors.RustaidError as e:
                     await abort(context, e)
+                except grpc.aio.AbortError:
+                    raise  # the handler set its status itself
                 except Exception:
                     log.exception("bug in %s", method)
-                    await context.abort(grpc.StatusCode.INTERNAL, "internal error; see the log")
+                    await context.abort(grpc.StatusCode.INTERNAL, internal_error_message())
 
             return grpc.unary_unary_rpc_method_handler(
                 unary_unary,
-                request_deserializer=handler.request_deserializer,
+                request_deserializer=lenient(handler.request_deserializer),
                 response_serializer=handler.response_serializer,
             )
         if handler.unary_stream is not None:
@@ -109,17 +179,19 @@ class ErrorInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
 
             async def unary_stream(request: Any, context: Any) -> AsyncIterator[Any]:
                 try:
-                    async for response in inner_us(request, context):
+                    async for response in inner_us(decoded(request), context):
                         yield response
                 except errors.RustaidError as e:
                     await abort(context, e)
+                except grpc.aio.AbortError:
+                    raise  # the handler set its status itself
                 except Exception:
                     log.exception("bug in %s", method)
-                    await context.abort(grpc.StatusCode.INTERNAL, "internal error; see the log")
+                    await context.abort(grpc.StatusCode.INTERNAL, internal_error_message())
 
             return grpc.unary_stream_rpc_method_handler(
                 unary_stream,
-                request_deserializer=handler.request_deserializer,
+                request_deserializer=lenient(handler.request_deserializer),
                 response_serializer=handler.response_serializer,
             )
         if handler.stream_unary is not None:
@@ -127,16 +199,18 @@ class ErrorInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
 
             async def stream_unary(requests: Any, context: Any) -> Any:
                 try:
-                    return await inner_su(requests, context)
+                    return await inner_su(decoded_stream(requests), context)
                 except errors.RustaidError as e:
                     await abort(context, e)
+                except grpc.aio.AbortError:
+                    raise  # the handler set its status itself
                 except Exception:
                     log.exception("bug in %s", method)
-                    await context.abort(grpc.StatusCode.INTERNAL, "internal error; see the log")
+                    await context.abort(grpc.StatusCode.INTERNAL, internal_error_message())
 
             return grpc.stream_unary_rpc_method_handler(
                 stream_unary,
-                request_deserializer=handler.request_deserializer,
+                request_deserializer=lenient(handler.request_deserializer),
                 response_serializer=handler.response_serializer,
             )
         return handler

@@ -67,14 +67,20 @@ class ResourcesServicer(resources_pb2_grpc.ResourcesServiceServicer):
     async def SetPowerProfile(
         self, request: resources_pb2.SetPowerProfileRequest, context: Context
     ) -> resources_pb2.SetPowerProfileResponse:
-        has_custom = request.HasField("custom")
+        # The message's shape (which fields go together) is checked here; the profile and
+        # its parameters by the resource manager, as for D-Bus.
+        custom = (
+            convert.profile_parameters_from_pb(request.custom)
+            if request.HasField("custom")
+            else None
+        )
         if request.clear_override:
-            if request.profile != common_pb2.POWER_PROFILE_UNSPECIFIED or has_custom:
+            if request.profile != common_pb2.POWER_PROFILE_UNSPECIFIED:
                 raise InvalidArgument(
                     "clear_override returns to the automatic profile: give no profile with it",
                     field="profile",
                 )
-            self._monitor.clear_profile()
+            profile = None
         else:
             if request.profile == common_pb2.POWER_PROFILE_UNSPECIFIED:
                 raise InvalidArgument(
@@ -83,10 +89,9 @@ class ResourcesServicer(resources_pb2_grpc.ResourcesServiceServicer):
                     field="profile",
                 )
             profile = convert.power_profile_from_pb(request.profile)
-            custom = convert.profile_parameters_from_pb(request.custom) if has_custom else None
-            self._monitor.set_profile(profile, custom)
+        active = self.resources.set_power_profile(profile, custom)
         return resources_pb2.SetPowerProfileResponse(
-            **convert.active_profile_fields(self._monitor.active_profile)  # type: ignore[arg-type]
+            **convert.active_profile_fields(active)  # type: ignore[arg-type]
         )
 
     async def EstimateCost(

@@ -33,7 +33,10 @@ from rustaid.api.v1 import (
     updates_pb2,
     updates_pb2_grpc,
 )
+from rustaid.auth.interceptor import AuthInterceptor
 from rustaid.errors import InvalidArgument, Unavailable
+from rustaid.observability import metrics_interceptors
+from rustaid.services.context import AdmissionInterceptor, RequestContextInterceptor
 from rustaid.services.errors import ErrorInterceptor
 from rustaid.services.generate import GenerateServicer
 from rustaid.services.models import ModelsServicer
@@ -63,7 +66,8 @@ SERVICE_NAMES = tuple(
     )
 )
 
-# Big enough for a long prompt or a document upload, small enough to bound memory.
+# Big enough for a long prompt or a document upload, small enough to bound memory
+# (the default of the max_message_mb setting).
 MAX_MESSAGE_BYTES = 16 << 20
 
 
@@ -99,11 +103,23 @@ def _secure_socket(path: Path, mode: int, group: str) -> None:
 
 
 def build_server(daemon: Daemon) -> tuple[grpc.aio.Server, health_aio.HealthServicer]:
+    max_message = daemon.settings.max_message_mb << 20
     server = grpc.aio.server(
-        interceptors=[ErrorInterceptor()],
+        # Request context first: its id is in every later log line (it changes no status).
+        # Metrics next: they count the status code the client receives.
+        # Admission last: it limits per caller, so it follows whatever identifies the caller.
+        interceptors=[
+            RequestContextInterceptor(),
+            *metrics_interceptors(daemon),
+            ErrorInterceptor(),
+            # Authentication inside the error mapping (its denials are domain errors),
+            # before admission (which limits per authenticated caller).
+            AuthInterceptor(daemon.auth),
+            AdmissionInterceptor(daemon.engine.admission),
+        ],
         options=[
-            ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
-            ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+            ("grpc.max_receive_message_length", max_message),
+            ("grpc.max_send_message_length", max_message),
             ("grpc.so_reuseport", 0),
         ],
     )
@@ -125,18 +141,19 @@ def build_server(daemon: Daemon) -> tuple[grpc.aio.Server, health_aio.HealthServ
         (*SERVICE_NAMES, health.SERVICE_NAME, reflection.SERVICE_NAME), server
     )
     settings = daemon.settings
+    daemon.auth.prepare()  # token file, groups: refuses to start on an unsafe setting
     for address in settings.listen:
         path = _unix_path(address)
         if path is None:
-            host = address.rsplit(":", 1)[0].strip("[]")
-            if host not in ("127.0.0.1", "::1", "localhost"):
-                log.warning(
-                    "listening on %s without TLS: anyone on the network can connect", address
-                )
-            server.add_insecure_port(address)
+            daemon.auth.add_tcp_port(server, address)  # TLS, or plain on loopback if allowed
             continue
         path.parent.mkdir(parents=True, exist_ok=True, mode=0o750)
         _check_socket_free(path)
+        if settings.peer_credentials:
+            # The daemon accepts on the socket itself to learn each peer's credentials.
+            daemon.auth.add_unix_relay(server, path)
+            _secure_socket(path, settings.socket_mode, settings.socket_group)
+            continue
         old = os.umask(0o177)  # no window where the socket is open to others
         try:
             server.add_insecure_port(f"unix://{path}")

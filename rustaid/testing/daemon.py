@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -108,9 +109,8 @@ def run_daemon(
             proc.wait()
         log.close()
         notify.close()
-        for p in sock_dir.iterdir():
-            p.unlink()
-        sock_dir.rmdir()
+        # Whatever a killed daemon left (sockets, the relay's private folder).
+        shutil.rmtree(sock_dir, ignore_errors=True)
 
 
 def isolated_settings(data_dir: Path, **overrides: object) -> Settings:

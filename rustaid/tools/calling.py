@@ -186,7 +186,7 @@ class Reply:
 def parse_reply(text: str) -> Reply:
     try:
         value = json.loads(text)
-    except ValueError as e:
+    except (ValueError, RecursionError) as e:  # cut off, or nested past the recursion limit
         return Reply(error=f"the reply is not complete JSON ({e})")
     if isinstance(value, dict):
         if set(value) == {"tool", "arguments"} and isinstance(value["tool"], str):

@@ -12,7 +12,7 @@ import json
 import math
 import re
 from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from rustaid.errors import InvalidArgument
 
@@ -46,8 +46,9 @@ def load_json_object(text: str, field: str, what: str) -> dict[str, Any]:
     """Parse JSON text that must hold an object; InvalidArgument names `field`."""
     try:
         value = json.loads(text)
-    except json.JSONDecodeError as e:
-        raise InvalidArgument(f"{field} is not valid JSON: {e}", field=field) from e
+    except ValueError as e:  # JSONDecodeError, or an integer too long to convert
+        why = str(e).split("; use sys.", 1)[0]  # Python's advice is not for the client
+        raise InvalidArgument(f"{field} is not valid JSON: {why}", field=field) from e
     except RecursionError as e:
         raise InvalidArgument(f"{field} is nested too deeply", field=field) from e
     if not isinstance(value, dict):
@@ -80,6 +81,15 @@ def schema_problem(schema: Mapping[str, Any], *, object_only: bool) -> str:
     from jsonschema.exceptions import SchemaError
     from jsonschema.validators import validator_for
 
+    meta = schema.get("$schema")
+    if meta is not None and (
+        # An explicit default: no DeprecationWarning (an error in future jsonschema).
+        not isinstance(meta, str) or validator_for(schema, default=cast(Any, None)) is None
+    ):
+        return (
+            f'"$schema" {meta!r} is not a JSON Schema draft this daemon knows: omit it, or '
+            'name one, e.g. "https://json-schema.org/draft/2020-12/schema"'
+        )
     try:
         validator_for(schema).check_schema(dict(schema))
     except SchemaError as e:

@@ -194,7 +194,7 @@ class WasmPlugin:
             raise WasmRefused(f"tool_definitions() failed: {e}") from None
         try:
             value = json.loads(raw)
-        except ValueError as e:
+        except (ValueError, RecursionError) as e:  # not JSON, or nested past the limit
             raise WasmRefused(f"tool_definitions() did not return JSON: {e}") from None
         if not isinstance(value, list) or not value or len(value) > MAX_TOOLS:
             raise WasmRefused(
@@ -384,7 +384,7 @@ class WasmTool(Tool):
         )
         try:
             reply = json.loads(raw.decode("utf-8"))
-        except (UnicodeDecodeError, ValueError) as e:
+        except (ValueError, RecursionError) as e:  # not UTF-8 or JSON, or nested too deep
             raise InvalidOutput(
                 f"{self.plugin.label}: tool_call() did not return JSON: {e}"
             ) from None

@@ -252,6 +252,10 @@ class UpdateManager:
         self.clock = clock
         self.rng = rng or random.Random()
         self.events: EventBus[UpdateStatus] = EventBus()
+        # Each successful check, and each update attempt as it ends (history records):
+        # for those who announce them (the D-Bus API's UpdateAvailable / UpdateApplied).
+        self.checks: EventBus[CheckResult] = EventBus(maxsize=16)
+        self.finished: EventBus[UpdateRecord] = EventBus(maxsize=64)
         self._status = UpdateStatus()
         self._busy = False
         self._task: asyncio.Task[list[UpdateRecord]] | None = None
@@ -503,7 +507,9 @@ class UpdateManager:
                 f"{f', {automatic} for this device now' if updates else ''}"
             ),
         )
-        return CheckResult(updates, release.version, now, channel, release)
+        result = CheckResult(updates, release.version, now, channel, release)
+        self.checks.publish(result)
+        return result
 
     def _trust_path(self) -> Path:
         return self.root / "trust.json"
@@ -778,6 +784,7 @@ class UpdateManager:
     def _finish_record(self, record: UpdateRecord) -> UpdateRecord:
         if not self.history.has(record.update_id):
             self.history.append(record)
+        self.finished.publish(record)
         log_at = log.info if record.outcome == Outcome.COMMITTED else log.warning
         log_at("update %s: %s", record.outcome, record.message)
         if self._loop is not None:

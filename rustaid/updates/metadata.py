@@ -142,11 +142,24 @@ class Trust:
 # ------------------------------------------------------------------ canonical JSON
 
 
+def _check_text(text: str, where: str) -> None:
+    # JSON can escape half of a UTF-16 surrogate pair ("\ud800"): not Unicode, so not UTF-8.
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise _malformed(
+            where, "a string holds a lone surrogate escape (like \\ud800): not valid Unicode"
+        ) from None
+
+
 def _check_types(value: Any, where: str) -> None:
     if isinstance(value, float):
         raise _malformed(where, "floating-point numbers are not allowed in signed metadata")
+    if isinstance(value, str):
+        _check_text(value, where)
     if isinstance(value, dict):
         for k, v in value.items():
+            _check_text(k, where)
             _check_types(v, f"{where}.{k}")
     elif isinstance(value, list):
         for i, v in enumerate(value):
@@ -181,7 +194,7 @@ def parse_document(raw: bytes | str, what: str) -> SignedDocument:
     """Parse the envelope of a signed document (not its content, not its signatures)."""
     try:
         doc = json.loads(raw)
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+    except (ValueError, RecursionError) as e:  # not UTF-8 or JSON, too deep, too long a number
         raise _malformed(what, f"not valid JSON ({e})") from e
     if not isinstance(doc, dict):
         raise _malformed(what, "the top level must be a JSON object")

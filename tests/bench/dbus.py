@@ -209,7 +209,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--runs", type=int, default=7)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--json", help="write the results here")
-    args = p.parse_args(argv)
+    args = common.parse_args(p, argv, quick={"tokens": 16, "runs": 2, "stream_tokens": 30})
 
     from rustaid.testing.synthetic import SMOLLM2_135M, TINY
 
@@ -261,8 +261,36 @@ def main(argv: list[str] | None = None) -> int:
                 for label, rates in r["streams"].items()
             },
         },
+        figures(r, args.tokens),
     )
     return 0
+
+
+def figures(r: dict[str, Any], tokens: int) -> list[dict[str, Any]]:
+    """The figures of docs/benchmarks.md: D-Bus against gRPC on the same daemon."""
+    out = [
+        common.figure(
+            f"Generate over D-Bus, {tokens} tokens (median)",
+            common.median(r["unary"]["dbus"]) * 1000,
+            "ms",
+            peer="GenerateService.Generate over gRPC",
+            peer_value=common.median(r["unary"]["grpc"]) * 1000,
+            target=f"<= {TARGET_RATIO}",
+            on="ratio",
+            note="same text" if r["same_text"] else "TEXT DIFFERS",
+        )
+    ]
+    for label, rates in r["streams"].items():
+        out.append(
+            common.figure(
+                f"streamed pieces/s over D-Bus signals, {label} model",
+                common.median(rates["dbus"]),
+                "/s",
+                peer="gRPC GenerateStream",
+                peer_value=common.median(rates["grpc"]),
+            )
+        )
+    return out
 
 
 if __name__ == "__main__":

@@ -10,9 +10,8 @@ that drift in the machine's load hits every arm alike):
 - direct: `Llama.create_completion(prompt, stream=True)` in this process, the way a
   plain llama-cpp-python user calls it; tokens are counted with a stopping criterion
   (cheap: it sees numpy views only);
-- direct+lp: the same call with the callbacks the daemon's llama.cpp plugin passes
-  (a Python logits_processor that counts samples, and a stopping criterion), to tell
-  the cost of those callbacks apart from the cost of gRPC and the event loop;
+- direct+lp: the same call with Python callbacks on every token (a logits_processor
+  that counts samples, and a stopping criterion), to show what such callbacks cost;
 - daemon: a `rustaid serve` child with RUSTAID_THREADS=T and the same context length,
   GenerateStream with the same prompt, max_tokens, temperature 0 and seed.
 
@@ -27,6 +26,13 @@ Prompt evaluation (~80 ms here) dominates that TTFT and is as noisy as the machi
 each round also runs `--probe-reps` short requests (max_tokens 2) that repeat the round's
 prompt: the prompt cache then leaves one token to evaluate, and the TTFT difference
 between the arms is the daemon's per-request overhead, measured with less noise.
+
+Long generations (e.g. `--tokens 1024 --no-lp-arm`): tokens/s is also reported over the
+first and the last quarter of the text chunks (with this model and greedy decoding every
+token is one chunk). A constant cost per token keeps the two close; work that grows
+with the text generated so far (create_completion detokenizes the whole completion
+after every token) makes the last quarter slower. Attention over a longer context also
+costs a little more per token, in every arm alike.
 
 The machine is shared: other processes' CPU use is measured during every sample
 (/proc/stat minus this process and the daemon). Two llama.cpp threads on two cores slow
@@ -82,6 +88,16 @@ class Sample:
     text: str = field(repr=False, default="")
     server: dict[str, Any] = field(default_factory=dict)
     foreign_cores: float = 0.0
+    # Tokens/s over the first and the last quarter of the text chunks.
+    first_quarter_tokens_per_s: float = float("nan")
+    last_quarter_tokens_per_s: float = float("nan")
+
+
+def _quarter_rates(stamps: list[float]) -> tuple[float, float]:
+    q = len(stamps) // 4
+    if q < 2 or stamps[q - 1] <= stamps[0] or stamps[-1] <= stamps[-q]:
+        return float("nan"), float("nan")
+    return (q - 1) / (stamps[q - 1] - stamps[0]), (q - 1) / (stamps[-1] - stamps[-q])
 
 
 def _sample(
@@ -98,6 +114,7 @@ def _sample(
         raise RuntimeError(f"{arm}: the generation produced no text")
     gen_s = stamps[-1] - stamps[0]
     tps = (tokens - 1) / gen_s if gen_s > 0 and tokens > 1 else float("nan")
+    first, last = _quarter_rates(stamps)
     return Sample(
         arm,
         round_no,
@@ -108,6 +125,8 @@ def _sample(
         (t_end - t0) * 1000,
         text,
         server or {},
+        first_quarter_tokens_per_s=first,
+        last_quarter_tokens_per_s=last,
     )
 
 
@@ -271,7 +290,11 @@ def main(argv: list[str] | None = None) -> int:
         "--budget", type=float, default=150, help="seconds of rounds before giving up on clean ones"
     )
     parser.add_argument("--json", help="write the results here")
-    args = parser.parse_args(argv)
+    args = common.parse_args(
+        parser,
+        argv,
+        quick={"tokens": 32, "runs": 1, "probe_reps": 2, "budget": 0, "no_lp_arm": True},
+    )
 
     from rustaid.core.registry import model_id_for
     from rustaid.testing.synthetic import SMOLLM2_135M
@@ -363,6 +386,15 @@ def main(argv: list[str] | None = None) -> int:
             "ttft_ms": common.spread(col(arm, "ttft_ms")),
             "ttft_cached_prompt_ms": common.spread([t for r in used for t in r.probes[arm]]),
             "tokens": sorted({r.samples[arm].tokens for r in used}),
+            "first_quarter_tokens_per_s": common.spread(col(arm, "first_quarter_tokens_per_s")),
+            "last_quarter_tokens_per_s": common.spread(col(arm, "last_quarter_tokens_per_s")),
+            "last_vs_first_quarter": common.spread(
+                [
+                    r.samples[arm].last_quarter_tokens_per_s
+                    / r.samples[arm].first_quarter_tokens_per_s
+                    for r in used
+                ]
+            ),
         }
     timings = [r.samples["daemon"].server["timings"] for r in used]
     summary["daemon"]["server_tokens_per_s"] = common.spread(
@@ -432,6 +464,19 @@ def main(argv: list[str] | None = None) -> int:
     )
     headers = ["arm", "tok/s", "vs direct", "TTFT ms", "+ms", "TTFT cached ms", "+ms"]
     print(common.table(headers, rows))
+    quarters = [
+        [
+            a,
+            f"{summary[a]['first_quarter_tokens_per_s']['median']:.1f}",
+            f"{summary[a]['last_quarter_tokens_per_s']['median']:.1f}",
+            f"{summary[a]['last_vs_first_quarter']['median']:.3f}",
+            f"{summary[a]['last_vs_first_quarter']['min']:.3f}-"
+            f"{summary[a]['last_vs_first_quarter']['max']:.3f}",
+        ]
+        for a in arms
+    ]
+    quarter_headers = ["arm", "first 1/4 tok/s", "last 1/4 tok/s", "last/first", "range"]
+    print(common.table(quarter_headers, quarters))
     ok_ratio = result["ratio_tokens_per_s"] >= TARGET_RATIO
     ok_ttft = result["ttft_overhead_ms"] <= TARGET_TTFT_OVERHEAD_MS
     print(
@@ -463,10 +508,56 @@ def main(argv: list[str] | None = None) -> int:
     adjusted = sorted({a for r in rounds for a in r.samples["daemon"].server["adjustments"]})
     if adjusted:
         print(f"WARNING: the daemon's policy adjusted the requests: {adjusted}")
-    common.write_json(args.json, result)
+    common.write_json(args.json, result, figures(result))
     keys = ("ratio_tokens_per_s", "ttft_overhead_ms", "ttft_cached_prompt_overhead_ms")
     print(json.dumps({k: round(result[k], 4) for k in keys}))
     return 0
+
+
+def figures(result: dict[str, Any]) -> list[dict[str, Any]]:
+    """The figures of docs/benchmarks.md: the daemon against llama-cpp-python."""
+    s = result["summary"]
+    noisy = " NOISY: too few clean rounds" if result["rounds"]["noisy"] else ""
+    out = [
+        common.figure(
+            "tokens/s (median)",
+            s["daemon"]["tokens_per_s"]["median"],
+            "tok/s",
+            peer="llama-cpp-python direct",
+            peer_value=s["direct"]["tokens_per_s"]["median"],
+            target=f">= {TARGET_RATIO}",
+            on="ratio",
+            note=f"{result['rounds']['used']} rounds{noisy}",
+        ),
+        common.figure(
+            "time to first token",
+            s["daemon"]["ttft_ms"]["median"],
+            "ms",
+            peer="llama-cpp-python direct",
+            peer_value=s["direct"]["ttft_ms"]["median"],
+            target=f"<= {TARGET_TTFT_OVERHEAD_MS}",
+            on="difference",
+        ),
+        common.figure(
+            "time to first token, cached prompt",
+            s["daemon"]["ttft_cached_prompt_ms"]["median"],
+            "ms",
+            peer="llama-cpp-python direct",
+            peer_value=s["direct"]["ttft_cached_prompt_ms"]["median"],
+        ),
+    ]
+    if "direct+lp" in s:
+        out.append(
+            common.figure(
+                "tokens/s against the same call with per-token Python callbacks",
+                s["daemon"]["tokens_per_s"]["median"],
+                "tok/s",
+                peer="llama-cpp-python + logits processor",
+                peer_value=s["direct+lp"]["tokens_per_s"]["median"],
+            )
+        )
+    out.append(common.figure("daemon RSS with the model loaded", result["daemon_rss_mb"], "MB"))
+    return out
 
 
 def _busy_threads(pid: int) -> list[float]:

@@ -168,7 +168,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--starts", type=int, default=5, help="start-ups to time")
     parser.add_argument("--idle", type=float, default=60.0, help="idle period in seconds")
     parser.add_argument("--json", help="write the results here")
-    args = parser.parse_args(argv)
+    args = common.parse_args(parser, argv, quick={"starts": 2, "idle": 10})
     info: dict[str, Any] = {"machine_start": common.machine()}
 
     with tempfile.TemporaryDirectory(prefix="rustaid-bench-idle-") as tmp:
@@ -275,7 +275,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"slowest imports (ms, cumulative): {slow}")
     print(f"RSS max {rss:.1f} MB; load average {info['machine_start']['loadavg'][0]:.2f} -> "
           f"{result['info']['machine_end']['loadavg'][0]:.2f}")  # fmt: skip
-    common.write_json(args.json, result)
+    common.write_json(args.json, result, figures(result))
     summary = {
         "startup_s_median": round(result["startup_s"]["median"], 4),
         "rss_mb_ready": round(mem_ready["rss_mb"], 1),
@@ -284,6 +284,27 @@ def main(argv: list[str] | None = None) -> int:
     }
     print(json.dumps(summary))
     return 0
+
+
+def figures(result: dict[str, Any]) -> list[dict[str, Any]]:
+    """The figures of docs/benchmarks.md (the idle daemon has no peer: targets only)."""
+    f = common.figure
+    imports = result["imports"]
+    return [
+        f("start-up to READY=1 (median)", result["startup_s"]["median"], "s",
+          target=f"<= {TARGET_START_S:g}"),
+        f("RSS at READY=1", result["memory_at_ready"]["rss_mb"], "MB",
+          target=f"<= {TARGET_RSS_MB:g}"),
+        f(f"RSS after {result['idle_s']:.0f} s idle", result["memory_after_idle"]["rss_mb"], "MB",
+          target=f"<= {TARGET_RSS_MB:g}"),
+        f("CPU time while idle", result["idle_cpu_s_per_min"], "s/min",
+          target=f"<= {TARGET_IDLE_CPU_S_PER_MIN:g}"),
+        f("context switches while idle", result["idle_context_switches_per_min"], "/min"),
+        f("heavy libraries mapped", len(result["heavy_libraries_mapped"]), "", target="<= 0",
+          note=", ".join(result["heavy_libraries_mapped"]) or "none"),
+        f("Python import time to READY=1", imports.get("total_import_ms"), "ms",
+          note=f"{imports.get('modules_imported')} modules"),
+    ]  # fmt: skip
 
 
 if __name__ == "__main__":

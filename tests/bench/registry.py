@@ -15,6 +15,7 @@ import tempfile
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import grpc
 
@@ -23,7 +24,16 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 from rustaid.api.v1 import common_pb2, generate_pb2, generate_pb2_grpc, models_pb2, models_pb2_grpc
 from rustaid.testing.daemon import run_daemon
 from rustaid.testing.synthetic import SMOLLM2_135M, TINY
-from tests.bench.common import child_env, machine, median, synthetic_model, table, write_json
+from tests.bench.common import (
+    child_env,
+    figure,
+    machine,
+    median,
+    parse_args,
+    synthetic_model,
+    table,
+    write_json,
+)
 
 USER = generate_pb2.ROLE_USER
 
@@ -99,7 +109,7 @@ def main() -> int:
     ap.add_argument("--runs", type=int, default=5)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--json")
-    args = ap.parse_args()
+    args = parse_args(ap, quick={"history": 200, "runs": 2})
     tiny = synthetic_model(TINY, "tiny", file_type="F32")
     smol = synthetic_model(SMOLLM2_135M, "smollm2-135m")
     results: dict[str, object] = {"machine": machine()}
@@ -151,8 +161,21 @@ def main() -> int:
         landing_s=landing, cold_s=cold, cached_s=warm, followup_cache_ms=with_cache,
         followup_nocache_ms=without_cache, cache_speedup=speedup,
     )  # fmt: skip
-    write_json(args.json, results)
+    write_json(args.json, results, figures(results, args.history))
     return 0
+
+
+def figures(r: dict[str, Any], history: int) -> list[dict[str, Any]]:
+    """The figures of docs/benchmarks.md: each path against the slower one it avoids."""
+    return [
+        figure("file landed -> listed (median)", median(r["landing_s"]), "s", target="<= 1.0"),
+        figure("1-token request, model cached", median(r["cached_s"]) * 1000, "ms",
+               peer="cold load", peer_value=median(r["cold_s"]) * 1000),
+        figure(f"follow-up turn prompt eval, {history} tokens of history, session cache",
+               median(r["followup_cache_ms"]), "ms", peer="no session cache",
+               peer_value=median(r["followup_nocache_ms"]), target="<= 0.2", on="ratio",
+               note=f"speed-up {r['cache_speedup']:.1f}x, target >= 5x"),
+    ]  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -1,6 +1,6 @@
 """The openai remote engine against a plain streaming client, on the same peer.
 
-    .venv/bin/python tests/bench/remote.py [--tokens 64] [--runs 10]
+    .venv/bin/python tests/bench/remote.py [--tokens 64] [--runs 10] [--json out.json]
 
 Starts `python -m llama_cpp.server` on 127.0.0.1 with a synthetic model (SmolLM2-135M
 shapes, Q8_0: real llama.cpp speed), then, in interleaved rounds:
@@ -33,7 +33,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 from rustaid.builtin.openai_compat import OpenAICompatProvider
 from rustaid.providers import CancelToken, GenerationParams, LoadOptions, ModelSpec
 from rustaid.testing.synthetic import SMOLLM2_135M
-from tests.bench.common import synthetic_model
+from tests.bench.common import figure, machine, parse_args, synthetic_model, write_json
 from tests.remote.loopback import LoopbackServer, free_port, silent
 
 
@@ -94,7 +94,7 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--tokens", type=int, default=64)
     ap.add_argument("--runs", type=int, default=10)
-    args = ap.parse_args()
+    args = parse_args(ap, quick={"tokens": 16, "runs": 2})
     path = synthetic_model(SMOLLM2_135M, "smollm2-135m")
     port = free_port()
     proc = subprocess.Popen(
@@ -139,6 +139,24 @@ def main() -> None:
         f"cancel while the server is silent -> return: median {statistics.median(lat) * 1000:.0f}"
         f" ms, max {max(lat) * 1000:.0f} ms (20 runs, timeout_s 60)"
     )
+    write_json(
+        args.json,
+        {
+            "machine": machine(),
+            "tokens": args.tokens,
+            "runs": args.runs,
+            "seconds": {arm: [list(r) for r in v] for arm, v in results.items()},
+            "cancel_s": lat,
+        },
+        [
+            figure("first text through the provider (median)", med["provider"][0] * 1000, "ms",
+                   peer="plain http.client SSE reader", peer_value=med["plain"][0] * 1000),
+            figure(f"whole {args.tokens}-token request (median)", med["provider"][1] * 1000, "ms",
+                   peer="plain http.client SSE reader", peer_value=med["plain"][1] * 1000),
+            figure("cancel while the server is silent -> return (median)",
+                   statistics.median(lat) * 1000, "ms", note=f"max {max(lat) * 1000:.0f} ms"),
+        ],
+    )  # fmt: skip
 
 
 if __name__ == "__main__":

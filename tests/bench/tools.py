@@ -35,7 +35,15 @@ from rustaid.tools.calculator import Calculator
 from rustaid.tools.config import WasmLimits
 from rustaid.tools.registry import ToolRegistry
 from rustaid.tools.wasm import load_file
-from tests.bench.common import ForeignLoad, child_env, machine, table, write_json
+from tests.bench.common import (
+    ForeignLoad,
+    child_env,
+    figure,
+    machine,
+    parse_args,
+    table,
+    write_json,
+)
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "rustaid" / "tools" / "examples" / "word_count.wat"
 TEXT = "the quick brown fox jumps over the lazy dog " * 4
@@ -156,7 +164,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--calls", type=int, default=500)
     parser.add_argument("--json", metavar="FILE")
-    args = parser.parse_args()
+    args = parse_args(parser, quick={"calls": 50})
     import wasmtime
 
     with tempfile.TemporaryDirectory(prefix="rustaid-bench-tools-") as tmp:
@@ -196,8 +204,26 @@ def main() -> int:
     write_json(
         args.json,
         {"machine": machine(), "calls": args.calls, "results": results, "foreign_cores": foreign},
+        figures(results),
     )
     return 0
+
+
+def figures(results: dict[str, dict[str, float]]) -> list[dict[str, Any]]:
+    """The figures of docs/benchmarks.md: gRPC against in-process, WASM against Python."""
+    p50 = {name: r["p50_ms"] for name, r in results.items()}
+    return [
+        figure("calculator through gRPC, p50", p50["calculator"], "ms",
+               peer="the in-process executor", peer_value=p50["calculator: in-process executor"],
+               target="<= 2"),
+        figure("word count as WASM through gRPC, p50", p50["word_count (wasm)"], "ms",
+               peer="the same tool in Python through gRPC",
+               peer_value=p50["py_word_count (python)"]),
+        figure("WASM word count in-process (fresh instance), p50",
+               p50["wasm word count: instantiate + call"], "ms",
+               peer="the Python function alone",
+               peer_value=p50["python word count: the function alone"]),
+    ]  # fmt: skip
 
 
 if __name__ == "__main__":

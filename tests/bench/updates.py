@@ -174,7 +174,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--switch-rounds", type=int, default=5)
     parser.add_argument("--json", help="write the results here")
-    args = parser.parse_args(argv)
+    args = common.parse_args(
+        parser, argv, quick={"size_mb": 64, "resume_mb": 8, "rounds": 1, "switch_rounds": 2}
+    )
     results: dict[str, Any] = {"machine": common.machine()}
     with tempfile.TemporaryDirectory(prefix="rustaid-bench-updates-") as tmp:
         root = Path(tmp)
@@ -216,8 +218,62 @@ def main(argv: list[str] | None = None) -> int:
             f"MiB: {row['saved_fraction'] * 100:.0f} % less",
         ])  # fmt: skip
     print(common.table(["measure", "value", "reference", ""], rows))
-    common.write_json(args.json, results)
+    common.write_json(args.json, results, figures(results))
     return 0
+
+
+def figures(results: dict[str, Any]) -> list[dict[str, Any]]:
+    """The figures of docs/benchmarks.md: the updater against coreutils and a download
+    that starts over."""
+    f = common.figure
+    v, s, r = results["verify"], results["switch"], results["resume"]
+    out = [
+        f(
+            "SHA-256 verification",
+            v["ours_mib_s"],
+            "MiB/s",
+            peer="sha256sum",
+            peer_value=v["sha256sum_mib_s"],
+            target=f">= {TARGET_RATIO}",
+            on="ratio",
+        ),
+    ]
+    if "openssl_mib_s" in v:
+        out.append(
+            f(
+                "SHA-256 verification",
+                v["ours_mib_s"],
+                "MiB/s",
+                peer="openssl dgst",
+                peer_value=v["openssl_mib_s"],
+            )
+        )
+    out += [
+        f(
+            "switch: rename -> serving (median)",
+            s["switch_ms"]["median"],
+            "ms",
+            target=f"<= {TARGET_SWITCH_MS:g}",
+        ),
+        f(
+            "rollback: health failure -> old serving (median)",
+            s["rollback_ms"]["median"],
+            "ms",
+            target=f"<= {TARGET_SWITCH_MS:g}",
+        ),
+    ]
+    for cut in ("cut_50", "cut_90"):
+        row = r[cut]
+        out.append(
+            f(
+                f"bytes sent, download cut at {cut[4:]} % of {r['file_mib']} MiB, resumed",
+                row["resume"]["bytes"] / (1 << 20),
+                "MiB",
+                peer="restart from zero",
+                peer_value=row["restart"]["bytes"] / (1 << 20),
+            )
+        )
+    return out  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -1,5 +1,7 @@
 """A real dbus-daemon (private session bus) and a real rustaid daemon on it, serving
-synthetic llama.cpp models; clients are dbus-next, gdbus and busctl."""
+synthetic llama.cpp models and reading a fake sysfs tree (a device without battery or
+thermal zones: the same answers on every machine); clients are dbus-next, gdbus and
+busctl."""
 
 from __future__ import annotations
 
@@ -22,6 +24,7 @@ from rustaid.dbus.interface import BUS_NAME, INTERFACE, OBJECT_PATH
 from rustaid.testing.daemon import DaemonProcess, run_daemon
 from rustaid.testing.dbus import PrivateBus, private_bus
 from tests.conftest import add_model
+from tests.power.fakesys import FakeDevice
 
 
 def need(tool: str) -> str:
@@ -54,8 +57,23 @@ def served(
     truncated.write_bytes(tiny[: len(tiny) // 2])
     old = time.time() - 3600  # an aborted download lying there, not a file being copied
     os.utime(truncated, (old, old))
+    write_config(data_dir, power_section(FakeDevice(data_dir / "device")))
     with run_daemon(data_dir, env=session_bus.env()) as daemon:
         yield daemon
+
+
+def power_section(dev: FakeDevice, poll_s: float = 30.0) -> str:
+    """[power] reading `dev` only (no system bus, udev or PSI trigger), polled every
+    `poll_s` seconds."""
+    return (
+        f"[power]\n{dev.toml()}dbus = false\nudev = false\npsi_trigger = false\n"
+        f"poll_idle_s = {poll_s}\npoll_active_s = {poll_s}\n"
+    )
+
+
+def write_config(data_dir: Path, text: str) -> None:
+    (data_dir / "config").mkdir(parents=True, exist_ok=True)
+    (data_dir / "config" / "rustaid.toml").write_text(text)
 
 
 class Client:

@@ -156,8 +156,16 @@ GENERATE = call("Generate", "sa{sv}", "Hello", "1", "max_tokens", "u", "4")
 def test_root_may_call_everything(system_daemon: object, system_bus: PrivateBus) -> None:
     r = busctl_as(None, system_bus, *GENERATE)
     assert r.returncode == 0 and r.stdout.startswith("s "), r.stderr
-    r = busctl_as(None, system_bus, *call("SetPowerProfile", "s", "balanced"))
-    assert "needs the power management subsystem" in r.stderr  # past the policy: NotSupported
+    r = busctl_as(None, system_bus, *call("SetPowerProfile", "s", "power-saver"))
+    assert r.returncode == 0, r.stderr
+    r = busctl_as(
+        None, system_bus, "get-property", BUS_NAME, OBJECT_PATH, INTERFACE, "PowerProfile"
+    )
+    assert r.stdout.strip() == 's "power-saver"', r.stderr
+    r = busctl_as(None, system_bus, *call("SetPowerProfile", "s", "auto"))
+    assert r.returncode == 0, r.stderr
+    r = busctl_as(None, system_bus, *call("CheckUpdates"))
+    assert r.returncode != 0 and "updates are not configured" in r.stderr, r.stderr  # past it
 
 
 def test_a_member_of_rustai_may_use_the_daemon(
@@ -173,14 +181,27 @@ def test_a_member_of_rustai_may_use_the_daemon(
     assert r.returncode == 0 and r.stdout.startswith("s "), r.stderr
     r = busctl_as(users.member, system_bus, "introspect", BUS_NAME, OBJECT_PATH)
     assert r.returncode == 0 and ".StartGeneration" in r.stdout, r.stderr
+    # Retrieval reads: past the policy, the daemon answers (no such collection here).
+    for args in (
+        call("Search", "ssu", "docs", "question", "3"),
+        call("Ask", "ssa{sv}", "docs", "question", "0"),
+    ):
+        r = busctl_as(users.member, system_bus, *args)
+        assert r.returncode != 0 and "no collection named 'docs'" in r.stderr, r.stderr
+    r = busctl_as(
+        users.member, system_bus, "get-property", BUS_NAME, OBJECT_PATH, INTERFACE, "PowerProfile"
+    )
+    assert r.returncode == 0 and r.stdout.startswith("s "), r.stderr
 
 
 @pytest.mark.parametrize(
     "args",
     [
         call("SetPowerProfile", "s", "performance"),
+        call("SetPowerProfile", "s", "auto"),
         call("CheckUpdates"),
         ["set-property", BUS_NAME, OBJECT_PATH, INTERFACE, "State", "s", "busy"],
+        ["set-property", BUS_NAME, OBJECT_PATH, INTERFACE, "PowerProfile", "s", "performance"],
     ],
 )
 def test_changing_methods_are_denied_to_members_by_the_bus(
@@ -196,6 +217,8 @@ def test_changing_methods_are_denied_to_members_by_the_bus(
     [
         GENERATE,
         call("ListModels"),
+        call("Search", "ssu", "docs", "question", "3"),
+        call("Ask", "ssa{sv}", "docs", "question", "0"),
         ["get-property", BUS_NAME, OBJECT_PATH, INTERFACE, "State"],
         ["introspect", BUS_NAME, OBJECT_PATH],
     ],
@@ -206,6 +229,46 @@ def test_anyone_else_is_denied(
     r = busctl_as(users.outsider, system_bus, *args)
     assert r.returncode != 0
     assert "Access denied" in r.stderr or "AccessDenied" in r.stderr, r.stderr
+
+
+def test_a_changing_method_without_interface_is_denied_too(
+    system_daemon: object, system_bus: PrivateBus, users: Users
+) -> None:
+    """The interface field of a method call is optional, and the daemon serves calls
+    without one: the policy must not let SetPowerProfile through that way. (dbus-daemon
+    applies allow rules naming an interface only to calls that name it, so a member's
+    call without interface is refused whatever the method; root's works.)"""
+    python = "/usr/bin/python3"
+    if subprocess.run([python, "-c", "import dbus"], capture_output=True).returncode != 0:
+        pytest.skip("Debian's python3-dbus is needed to send a call without interface")
+    code = (
+        "import dbus, dbus.lowlevel\n"
+        f"bus = dbus.bus.BusConnection({system_bus.address!r})\n"
+        "def send(member, *args):\n"
+        f"    msg = dbus.lowlevel.MethodCallMessage({BUS_NAME!r}, {OBJECT_PATH!r}, None, member)\n"
+        "    for a in args:\n"
+        "        msg.append(a, signature='s')\n"
+        "    try:\n"
+        "        bus.send_message_with_reply_and_block(msg, 30000)\n"
+        "        print(member, 'ok')\n"
+        "    except dbus.DBusException as e:\n"
+        "        print(member, e.get_dbus_name())\n"
+        "send('SetPowerProfile', 'performance')\n"
+        "send('CheckUpdates')\n"
+        "send('ListModels')\n"
+    )
+    r = as_user(users.member, python, "-c", code)
+    assert r.stdout.splitlines() == [
+        "SetPowerProfile org.freedesktop.DBus.Error.AccessDenied",
+        "CheckUpdates org.freedesktop.DBus.Error.AccessDenied",
+        "ListModels org.freedesktop.DBus.Error.AccessDenied",
+    ], r.stdout + r.stderr
+    r = subprocess.run([python, "-c", code], capture_output=True, text=True, timeout=60)
+    assert r.stdout.splitlines() == [
+        "SetPowerProfile ok",
+        "CheckUpdates org.rustai.Error.PreconditionFailed",  # no repository configured
+        "ListModels ok",
+    ], r.stdout + r.stderr
 
 
 def test_only_the_service_user_and_root_may_own_the_name(
@@ -231,7 +294,7 @@ def test_a_lax_policy_still_leaves_changing_methods_to_root(
     model_files: dict[str, Path], users: Users, tmp_path_factory: pytest.TempPathFactory
 ) -> None:
     """If an administrator opens the whole interface to the group, the daemon itself
-    still refuses SetPowerProfile to a non-root caller."""
+    still refuses the changing methods to a non-root caller, and the rest works."""
     lax = tmp_path_factory.mktemp("policy") / "lax.conf"
     lax.write_text(
         '<!DOCTYPE busconfig PUBLIC "-//freedesktop//DTD D-Bus Bus Configuration 1.0//EN"\n'
@@ -247,9 +310,14 @@ def test_a_lax_policy_still_leaves_changing_methods_to_root(
         private_bus(system=True, includes=[POLICY, lax], world_accessible=True) as bus,
         run_daemon(data_dir, env=bus.env("system")),
     ):
-        r = busctl_as(users.member, bus, *call("SetPowerProfile", "s", "performance"))
-        assert r.returncode != 0
-        assert f"reserved to root (caller uid {users.member.pw_uid})" in r.stderr, r.stderr
+        for method in (("SetPowerProfile", "s", "performance"), ("CheckUpdates",)):
+            r = busctl_as(users.member, bus, *call(*method))
+            assert r.returncode != 0
+            assert f"{method[0]} is reserved to root (caller uid {users.member.pw_uid})" in (
+                r.stderr
+            ), r.stderr
+        r = busctl_as(users.member, bus, *call("ListModels"))
+        assert r.returncode == 0, r.stderr
 
 
 def _connect_as(user: pwd.struct_passwd, socket: Path) -> subprocess.CompletedProcess[str]:

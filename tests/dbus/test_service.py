@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import enum
+import os
 import signal
 import subprocess
 import sys
@@ -19,12 +20,16 @@ from dbus_next.signature import Variant
 
 from rustaid import errors
 from rustaid.config import Settings
+from rustaid.core import caller as core_caller
 from rustaid.core.scheduler import Priority
 from rustaid.dbus import convert
 from rustaid.dbus.errors import ALL_NAMES, NAMES, error_name
-from rustaid.dbus.interface import BUS_NAME, INTERFACE, OBJECT_PATH
+from rustaid.dbus.interface import BUS_NAME, OBJECT_PATH
 from rustaid.dbus.options import OPTIONS, generation_request
-from rustaid.dbus.service import DBusConfig, ResourceState, bus_address, dbus_config
+from rustaid.dbus.service import DBusConfig, bus_address, dbus_config
+from rustaid.power.manager import ResourceManager
+from rustaid.power.profiles import ProfileParameters, parse_profile_name
+from rustaid.power.snapshot import PowerProfile
 from rustaid.testing.daemon import isolated_settings, run_daemon, running_daemon
 from rustaid.testing.dbus import PrivateBus
 from tests.conftest import add_model
@@ -171,58 +176,114 @@ async def test_stop_fails_running_generations_with_unavailable(
     assert "stopping" in states
 
 
-# -- in the daemon's own event loop: signals of other subsystems -------------------------
+# -- in the daemon's own event loop: who the core sees calling --------------------------
 
 
-@dataclasses.dataclass(frozen=True)
-class SampleUpdate:
-    artifact_id: str
-    version: str
-    size_bytes: int
-
-
-async def test_update_and_resource_signals(
-    tmp_path: Path, session_bus: PrivateBus, connect: Any
+async def test_calls_run_as_their_dbus_caller(
+    tmp_path: Path, session_bus: PrivateBus, connect: Any, model_files: dict[str, Path]
 ) -> None:
+    """rustaid.core.caller is set for every method call, and for the generation that
+    StartGeneration leaves running after its reply: the core keys per-client limits on
+    it. (The engine's generate is wrapped to note the caller, then runs as usual.)"""
+    add_model(tmp_path, model_files["tiny"])
     async with running_daemon(settings_on(session_bus, tmp_path)) as daemon:
-        client: Client = await connect()
-        await client.match(f"type='signal',sender='{BUS_NAME}'")
-        service = daemon.dbus  # type: ignore[attr-defined]
-        service.emit_update_available(SampleUpdate("model:tiny", "2", 1 << 20))
-        msg = await client.next_signal("UpdateAvailable")
-        assert msg.interface == INTERFACE and msg.destination is None  # broadcast
-        assert {k: v.value for k, v in msg.body[0].items()} == {
-            "artifact_id": "model:tiny",
-            "version": "2",
-            "size_bytes": 1 << 20,
-        }
-        service.emit_update_applied(SampleUpdate("model:tiny", "2", 1 << 20))
-        assert (await client.next_signal("UpdateApplied")).body[0]["version"].value == "2"
-        service.emit_resource_state_changed(ResourceState("power-saver", "serious", True))
-        msg = await client.next_signal("ResourceStateChanged")
-        assert msg.body[0]["thermal_state"].value == "serious"
-        msg = await client.next_signal("PropertiesChanged")
-        assert {k: v.value for k, v in msg.body[1].items()} == {
-            "PowerProfile": "power-saver",
-            "ThermalState": "serious",
-            "OnBattery": True,
-        }
+        engine = daemon.engine  # type: ignore[attr-defined]
+        seen: list[core_caller.Caller] = []
+        generate = engine.generate
+
+        def noting_generate(request: Any) -> Any:
+            seen.append(core_caller.current())
+            return generate(request)
+
+        engine.generate = noting_generate
+        first, second = await connect(), await connect()
+        options = {"model": Variant("s", "tiny"), "max_tokens": Variant("u", 2)}
+        await first.call("Generate", "sa{sv}", "Hi", options)
+        (gen_id,) = await second.call("StartGeneration", "sa{sv}", "Hi", options)
+        _, end = await second.until_finished(gen_id)
+        assert end.member == "Finished"
+        uid = os.getuid()
+        assert seen == [
+            core_caller.Caller(f"dbus:{first.name}", "dbus", uid, admin=True),
+            core_caller.Caller(f"dbus:{second.name}", "dbus", uid, admin=True),
+        ]
+        # Outside of a call, the daemon's own work stays internal.
+        assert core_caller.current() is core_caller.INTERNAL
+
+
+async def test_each_connection_has_its_own_request_limit(
+    tmp_path: Path, model_files: dict[str, Path], session_bus: PrivateBus, connect: Any
+) -> None:
+    """max_requests_per_client counts a D-Bus connection's calls and the generations it
+    started, like a gRPC client's requests; other connections are not affected."""
+    add_model(tmp_path, model_files["slow"])
+    env = {**session_bus.env(), "RUSTAID_MAX_REQUESTS_PER_CLIENT": "1"}
+    with run_daemon(tmp_path, env=env):
+        busy, other = await connect(), await connect()
+        long = {"model": Variant("s", "slow"), "max_tokens": Variant("u", 4000)}
+        (gen_id,) = await busy.call("StartGeneration", "sa{sv}", "Once upon a time", long)
+        await busy.next_signal("Token")
+        short = {"model": Variant("s", "slow"), "max_tokens": Variant("u", 2)}
+        with pytest.raises(DBusError) as e:
+            await busy.call("Generate", "sa{sv}", "Hi", short)
+        assert e.value.type == "org.rustai.Error.ResourceExhausted"
+        assert f"caller 'dbus:{busy.name}' already has 1 requests in flight" in e.value.text
+        with pytest.raises(DBusError) as e:  # Search counts too (refused before the RAG core)
+            await busy.call("Search", "ssu", "docs", "x", 1)
+        assert e.value.type == "org.rustai.Error.ResourceExhausted"
+        with pytest.raises(DBusError) as e:  # another connection: past admission
+            await other.call("Search", "ssu", "docs", "x", 1)
+        assert e.value.type == "org.rustai.Error.NotFound"
+        await busy.call("Cancel", "s", gen_id)
+        _, end = await busy.until_finished(gen_id)
+        assert end.member == "Failed"
+        with pytest.raises(DBusError) as e:  # its place is free again
+            await busy.call("Search", "ssu", "docs", "x", 1)
+        assert e.value.type == "org.rustai.Error.NotFound"
 
 
 async def test_reserved_methods_check_the_caller_on_the_system_bus(
     tmp_path: Path, session_bus: PrivateBus, connect: Any
 ) -> None:
-    """With bus = "system" the daemon asks the bus for the caller's uid: root passes the
-    check (and gets NotSupported), so does the daemon's own user."""
+    """With bus = "system" the daemon asks the bus for the caller's uid: root (these
+    tests' user) and the daemon's own user are admins and pass the check."""
     write_config(tmp_path, f'[dbus]\nbus = "system"\naddress = "{session_bus.address}"\n')
-    async with running_daemon(isolated_settings(tmp_path)):
+    async with running_daemon(isolated_settings(tmp_path)) as daemon:
         client: Client = await connect()
+        await client.call("SetPowerProfile", "s", "performance")
+        assert await client.prop("PowerProfile") == "performance"
         with pytest.raises(DBusError) as e:
-            await client.call("SetPowerProfile", "s", "balanced")
-        assert e.value.type == "org.rustai.Error.NotSupported"
+            await client.call("CheckUpdates")  # past the check: no repository configured
+        assert e.value.type == "org.rustai.Error.PreconditionFailed"
+        who = await daemon.dbus._caller(client.name)  # type: ignore[attr-defined]
+        assert (who.key, who.transport, who.uid) == (f"dbus:{client.name}", "dbus", os.getuid())
+        assert who.admin  # the daemon's own user (and root)
+        await client.call("SetPowerProfile", "s", "auto")
+        assert daemon.resources.monitor.active_profile.source.value != "override"  # type: ignore[attr-defined]
 
 
 # -- the pieces ---------------------------------------------------------------------------
+
+
+def test_profile_names_and_clearing_are_checked_by_the_core(tmp_path: Path) -> None:
+    """What SetPowerProfile (D-Bus) and ResourcesService.SetPowerProfile (gRPC) share."""
+    assert parse_profile_name("power-saver") is PowerProfile.POWER_SAVER
+    assert parse_profile_name("ultra_saver") is PowerProfile.ULTRA_SAVER
+    assert parse_profile_name("auto") is None and parse_profile_name("") is None
+    for bad in ("turbo", "Balanced", " balanced", "power saver"):
+        with pytest.raises(errors.InvalidArgument, match="is not a power profile") as e:
+            parse_profile_name(bad)
+        assert e.value.field == "profile"
+    resources = ResourceManager(isolated_settings(tmp_path))
+    active = resources.set_power_profile(PowerProfile.ULTRA_SAVER)
+    assert (active.profile, active.source.value) == (PowerProfile.ULTRA_SAVER, "override")
+    custom = ProfileParameters(1, False, False, 32, 8, 512, True, False)
+    with pytest.raises(errors.InvalidArgument, match="takes no custom parameters") as e:
+        resources.set_power_profile(None, custom)
+    assert e.value.field == "custom"
+    assert resources.monitor.active_profile.profile is PowerProfile.ULTRA_SAVER  # unchanged
+    assert resources.set_power_profile(None).source.value != "override"
+    assert resources.set_power_profile(PowerProfile.CUSTOM, custom).parameters == custom
 
 
 def test_every_domain_error_has_a_dbus_name() -> None:
@@ -332,13 +393,18 @@ def test_introspection_names_every_argument() -> None:
             assert arg.name, f"{member.name} has an unnamed argument"
 
 
+SUBSYSTEMS = "rustaid.rag.manager, rustaid.power.manager, rustaid.updates.manager"
+
+
 def test_startup_import_cost_is_small() -> None:
     code = (
         "import time; t = time.perf_counter(); import rustaid.dbus.service; "
         "print(time.perf_counter() - t)"
     )
     r = subprocess.run(
-        [sys.executable, "-c", "import rustaid.core.engine; " + code],
+        # What the daemon has imported before it builds its D-Bus service: the cost
+        # measured is the D-Bus layer's own (dbus-next and rustaid.dbus).
+        [sys.executable, "-c", f"import rustaid.core.engine, {SUBSYSTEMS}; " + code],
         capture_output=True,
         text=True,
         timeout=60,

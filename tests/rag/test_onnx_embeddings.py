@@ -69,6 +69,27 @@ def test_cls_pooling_and_a_graph_that_pools_itself(tmp_path: Path) -> None:
     assert np.allclose(pooled.embed([a, b]), mean.embed([a, b]), atol=1e-5)  # type: ignore[attr-defined]
 
 
+def test_max_and_mean_sqrt_len_pooling_ignore_padding(tmp_path: Path) -> None:
+    # In one batch the short texts are padded to the longest; the padded positions hold
+    # zero vectors, which a max over unmasked positions would pick up.
+    texts = ["cat", "the red car and the engine of the blue car", "dog paris"]
+    for pooling in ("max", "mean_sqrt_len"):
+        folder = write_model(tmp_path / pooling, dim=16, seed=5, pooling=pooling)
+        table = write_onnx(
+            folder / "model.onnx",
+            len(json.loads((folder / "tokenizer.json").read_text())["model"]["vocab"]),
+            16,
+            seed=5,
+        )
+        e = load(folder)
+        vectors = np.array(e.embed(texts))  # type: ignore[attr-defined]
+        for text, vector in zip(texts, vectors, strict=True):
+            rows = table[token_ids(folder, text)]
+            # mean_sqrt_len differs from mean by a factor per text: the same direction.
+            pooled = rows.max(axis=0) if pooling == "max" else rows.sum(axis=0)
+            assert np.allclose(vector, normalise(pooled), atol=1e-5), pooling
+
+
 def test_long_texts_are_truncated_to_the_model_limit(tmp_path: Path) -> None:
     e = load(write_model(tmp_path / "m", max_length=8))
     assert e.max_tokens == 8  # type: ignore[attr-defined]
@@ -140,3 +161,30 @@ def test_real_minilm_fp32_and_int8(tmp_path: Path) -> None:
     agreement = np.sum(a * b, axis=1)
     assert (agreement > 0.9).all(), agreement  # the README measures about 0.955
     assert np.allclose(normalise(a[0]), a[0])
+
+
+@needs_minilm
+def test_threads_stop_spinning_when_a_call_returns() -> None:
+    """Spinning worker threads make a run faster, but once a call has returned they
+    must not burn a core: the daemon's reply and the next request need it, and an idle
+    daemon must not draw power. (ONNX Runtime's workers otherwise spin on for about
+    20 ms of CPU after every run.) Measured in a process of its own."""
+    code = f"""
+import time
+from pathlib import Path
+from rustaid.builtin.onnx_embeddings import OnnxEmbeddingProvider
+from rustaid.providers import EmbeddingOptions
+e = OnnxEmbeddingProvider().load(Path({str(MINILM)!r}), EmbeddingOptions(threads=2))
+texts = ["a sentence about the battery of my laptop, and then some more words"] * 32
+e.embed(texts)
+after = []
+for _ in range(5):
+    e.embed(texts)
+    t0 = time.process_time()
+    time.sleep(0.2)
+    after.append((time.process_time() - t0) * 1000)
+print(min(after))
+"""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    # CPU milliseconds used in the 200 ms after a call (the process has nothing to do).
+    assert float(out.stdout) < 3.0, out.stdout

@@ -4,7 +4,6 @@ daemons, and WebAssembly modules compiled from the text format at test time."""
 from __future__ import annotations
 
 import shutil
-import sys
 import textwrap
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -25,18 +24,6 @@ ROOT = Path(__file__).resolve().parents[2]
 EXAMPLE_WAT = ROOT / "rustaid" / "tools" / "examples" / "word_count.wat"
 # TINY's shapes with a context long enough for tool descriptions.
 TOOL_MODEL = ModelShape(context_length=4096)
-
-
-@pytest.fixture(scope="session", autouse=True)
-def _close_llama_cpp_devnull() -> Iterator[None]:
-    """llama_cpp._utils opens /dev/null twice at import and never closes it: without
-    this, the interpreter reports two unclosed files at exit."""
-    yield
-    utils = sys.modules.get("llama_cpp._utils")
-    for name in ("outnull_file", "errnull_file"):
-        handle = getattr(utils, name, None)
-        if handle is not None:
-            handle.close()
 
 
 @pytest.fixture(scope="session")

@@ -39,6 +39,7 @@ from rustaid_client.client import (
     ResponseStream,
     RustaidError,
     parse_filter,
+    read_token_file,
 )
 
 PROG = "rustaictl"
@@ -1510,6 +1511,32 @@ def _global_options(parser: argparse.ArgumentParser, *, suppress: bool) -> None:
         metavar="SECONDS",
         help="deadline of each call",
     )
+    # Credentials for TCP listeners. The token is read from a file or $RUSTAID_TOKEN,
+    # never taken on the command line (where `ps` and shell history would show it).
+    parser.add_argument(
+        "--token-file",
+        default=default(None),
+        metavar="FILE",
+        help="bearer token for a TCP listener, read from FILE (default: $RUSTAID_TOKEN)",
+    )
+    parser.add_argument(
+        "--tls",
+        action="store_true",
+        default=default(False),
+        help="TLS to a TCP address (implied by --tls-ca and --tls-cert)",
+    )
+    parser.add_argument(
+        "--tls-ca",
+        default=default(None),
+        metavar="FILE",
+        help="PEM CA that signed the daemon's certificate (default: the system's CAs)",
+    )
+    parser.add_argument(
+        "--tls-cert", default=default(None), metavar="FILE", help="PEM client certificate"
+    )
+    parser.add_argument(
+        "--tls-key", default=default(None), metavar="FILE", help="PEM client private key"
+    )
 
 
 def _generation_options(parser: argparse.ArgumentParser) -> None:
@@ -1829,6 +1856,22 @@ def build_parser() -> argparse.ArgumentParser:
 # ------------------------------------------------------------------------------ main
 
 
+def _connect(args: argparse.Namespace) -> Client:
+    try:
+        token = read_token_file(args.token_file) if args.token_file else None
+        return Client(
+            args.address,
+            args.timeout,
+            token=token,
+            tls=True if args.tls else None,
+            tls_ca=args.tls_ca,
+            tls_cert=args.tls_cert,
+            tls_key=args.tls_key,
+        )
+    except ValueError as e:
+        raise UsageError(str(e)) from e
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run `rustaictl` with `argv` (default: sys.argv[1:]); returns the exit status."""
     parser = build_parser()
@@ -1841,7 +1884,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help(_stderr())
         return EXIT_USAGE
     try:
-        with Client(args.address, args.timeout) as client:
+        with _connect(args) as client:
             return func(client, args)
     except UsageError as e:
         _note(f"{PROG}: error: {e}")

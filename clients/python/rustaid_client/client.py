@@ -42,6 +42,7 @@ from rustaid.api.v1 import (
 __all__ = [
     "ADDRESS_ENV",
     "SYSTEM_ADDRESS",
+    "TOKEN_ENV",
     "ChatInput",
     "Client",
     "DaemonUnavailableError",
@@ -51,14 +52,18 @@ __all__ = [
     "RustaidError",
     "chat_message",
     "default_address",
+    "make_channel",
     "normalize_address",
     "parse_condition",
     "parse_filter",
     "rag_document",
+    "read_token_file",
 ]
 
 ADDRESS_ENV = "RUSTAID_ADDRESS"
 """Environment variable that overrides the daemon's address."""
+TOKEN_ENV = "RUSTAID_TOKEN"
+"""Environment variable holding a bearer token for TCP listeners."""
 SYSTEM_ADDRESS = "unix:///run/rustaid/rustaid.sock"
 """Where the system service listens."""
 
@@ -202,7 +207,22 @@ class DaemonUnavailableError(RustaidError):
     def __init__(self, address: str, details: str = "") -> None:
         self.address = address
         lowered = details.lower()
-        if "permission denied" in lowered:
+        if "certificate_expired" in lowered:
+            message = (
+                f"the rustaid daemon at {address} refused the client certificate: it has "
+                "expired (ask for a new one)"
+            )
+        elif "certificate_required" in lowered or ("handshake" in lowered and "alert" in lowered):
+            message = (
+                f"the rustaid daemon at {address} refused the TLS connection: it needs a "
+                "client certificate its CA signed (--tls-cert and --tls-key)"
+            )
+        elif "certificate_verify_failed" in lowered:
+            message = (
+                f"cannot verify the certificate of the rustaid daemon at {address}: pass "
+                "the CA that signed it (--tls-ca)"
+            )
+        elif "permission denied" in lowered:
             message = (
                 f"cannot reach the rustaid daemon at {address}: permission denied "
                 "(is your user in the `rustaid` group?)"
@@ -497,6 +517,130 @@ def _serialize(message: Message) -> bytes:
     return message.SerializeToString()
 
 
+# ------------------------------------------------------------------ credentials
+
+
+class _CallDetails(grpc.ClientCallDetails):
+    def __init__(
+        self, details: grpc.ClientCallDetails, metadata: tuple[tuple[str, str | bytes], ...]
+    ) -> None:
+        self.method = details.method
+        self.timeout = details.timeout
+        self.metadata = metadata
+        self.credentials = details.credentials
+        self.wait_for_ready = getattr(details, "wait_for_ready", None)
+        self.compression = getattr(details, "compression", None)
+
+
+class _BearerToken(
+    grpc.UnaryUnaryClientInterceptor,  # type: ignore[type-arg]
+    grpc.UnaryStreamClientInterceptor,  # type: ignore[type-arg]
+    grpc.StreamUnaryClientInterceptor,  # type: ignore[type-arg]
+    grpc.StreamStreamClientInterceptor,  # type: ignore[type-arg]
+):
+    """Adds `authorization: Bearer TOKEN` to every call."""
+
+    def __init__(self, token: str) -> None:
+        self._entry: tuple[str, str | bytes] = ("authorization", f"Bearer {token}")
+
+    def __repr__(self) -> str:  # never show the token
+        return "_BearerToken(<hidden>)"
+
+    def _details(self, details: grpc.ClientCallDetails) -> grpc.ClientCallDetails:
+        kept = tuple((k, v) for k, v in (details.metadata or ()) if k != "authorization")
+        return _CallDetails(details, (*kept, self._entry))
+
+    def intercept_unary_unary(self, continuation: Any, details: Any, request: Any) -> Any:
+        return continuation(self._details(details), request)
+
+    def intercept_unary_stream(self, continuation: Any, details: Any, request: Any) -> Any:
+        return continuation(self._details(details), request)
+
+    def intercept_stream_unary(self, continuation: Any, details: Any, requests: Any) -> Any:
+        return continuation(self._details(details), requests)
+
+    def intercept_stream_stream(self, continuation: Any, details: Any, requests: Any) -> Any:
+        return continuation(self._details(details), requests)
+
+
+def _read_file(path: str | Path, what: str) -> bytes:
+    try:
+        return Path(path).expanduser().read_bytes()
+    except OSError as e:
+        raise ValueError(f"cannot read the {what} {path}: {e.strerror or e}") from e
+
+
+def read_token_file(path: str | Path) -> str:
+    """The token in `path` (its first line; surrounding space removed)."""
+    token = _read_file(path, "token file").decode("utf-8", "replace").strip()
+    token = token.splitlines()[0].strip() if token else ""
+    if not token:
+        raise ValueError(f"the token file {path} is empty")
+    return token
+
+
+def _check_not_expired(cert_path: str | Path) -> None:
+    """A daemon refuses an expired client certificate during the TLS handshake, and with
+    TLS 1.3 the client only sees the connection close: say it here instead."""
+    from datetime import UTC, datetime
+
+    from cryptography import x509
+
+    try:
+        cert = x509.load_pem_x509_certificate(_read_file(cert_path, "client certificate"))
+    except ValueError as e:
+        raise ValueError(f"the client certificate {cert_path} is not a PEM certificate") from e
+    expires = cert.not_valid_after_utc
+    if expires <= datetime.now(UTC):
+        raise ValueError(
+            f"the client certificate {cert_path} expired on {expires:%Y-%m-%d %H:%M} UTC: "
+            "ask for a new one"
+        )
+
+
+def _is_loopback_target(address: str) -> bool:
+    if address.startswith(("unix:", "unix-abstract:")):
+        return True
+    host = address.removeprefix("dns:///").removeprefix("ipv4:").removeprefix("ipv6:")
+    host = host.rsplit(":", 1)[0].strip("[]") if ":" in host else host
+    return host == "localhost" or host.startswith("127.") or host == "::1"
+
+
+def make_channel(
+    address: str,
+    *,
+    token: str | None = None,
+    tls: bool | None = None,
+    tls_ca: str | Path | None = None,
+    tls_cert: str | Path | None = None,
+    tls_key: str | Path | None = None,
+) -> grpc.Channel:
+    """A channel to the daemon: TLS when asked for (or when any TLS file is given),
+    with a client certificate when `tls_cert`/`tls_key` are given, and the bearer token
+    on every call. A token is never sent in the clear to a host other than this one."""
+    if (tls_cert is None) != (tls_key is None):
+        raise ValueError("a client certificate needs both tls_cert and tls_key")
+    use_tls = tls if tls is not None else any(x is not None for x in (tls_ca, tls_cert))
+    if use_tls and address.startswith("unix"):
+        raise ValueError("TLS is for TCP addresses; a Unix socket needs none")
+    if token and not use_tls and not _is_loopback_target(address):
+        raise ValueError(f"refusing to send a token without TLS to {address}: use TLS (tls_ca=...)")
+    if use_tls and tls_cert is not None:
+        _check_not_expired(tls_cert)
+    if use_tls:
+        credentials = grpc.ssl_channel_credentials(
+            root_certificates=_read_file(tls_ca, "CA certificate") if tls_ca else None,
+            private_key=_read_file(tls_key, "client key") if tls_key else None,
+            certificate_chain=_read_file(tls_cert, "client certificate") if tls_cert else None,
+        )
+        channel = grpc.secure_channel(address, credentials)
+    else:
+        channel = grpc.insecure_channel(address)
+    if token:
+        channel = grpc.intercept_channel(channel, _BearerToken(token))
+    return channel
+
+
 class Client:
     """A connection to the rustaid daemon.
 
@@ -506,14 +650,35 @@ class Client:
             `default_address()`.
         timeout: deadline in seconds for each call (for a stream: the whole stream);
             None waits as long as it takes.
+        token: bearer token for a TCP listener (default: `$RUSTAID_TOKEN`); see
+            `read_token_file`. Never sent in the clear to another host.
+        tls: use TLS (default: when any of the TLS files is given).
+        tls_ca: PEM file of the CA that signed the daemon's certificate (default: the
+            system's CAs).
+        tls_cert, tls_key: PEM client certificate and key, for daemons that require
+            client certificates.
 
     Use it as a context manager, or call `close()`.
     """
 
-    def __init__(self, address: str | None = None, timeout: float | None = None) -> None:
+    def __init__(
+        self,
+        address: str | None = None,
+        timeout: float | None = None,
+        *,
+        token: str | None = None,
+        tls: bool | None = None,
+        tls_ca: str | Path | None = None,
+        tls_cert: str | Path | None = None,
+        tls_key: str | Path | None = None,
+    ) -> None:
         self.address = normalize_address(address) if address else default_address()
         self.timeout = timeout
-        self._channel = grpc.insecure_channel(self.address)
+        if token is None:
+            token = os.environ.get(TOKEN_ENV, "").strip() or None
+        self._channel = make_channel(
+            self.address, token=token, tls=tls, tls_ca=tls_ca, tls_cert=tls_cert, tls_key=tls_key
+        )
 
     # ------------------------------------------------------------------ plumbing
 

@@ -93,7 +93,15 @@ def keep_alive_from_pb(k: common_pb2.KeepAlive) -> float:
     """Seconds; -1 for forever."""
     if k.forever:
         return -1.0
-    seconds = k.duration.ToTimedelta().total_seconds()
+    d = k.duration
+    # The range google.protobuf.Duration defines (ToTimedelta overflows past it).
+    if abs(d.seconds) > 315_576_000_000 or abs(d.nanos) > 999_999_999:
+        raise InvalidArgument(
+            "keep_alive.duration is out of range: seconds must be within 10,000 years and "
+            "nanos below one second (use keep_alive.forever to never unload)",
+            field="keep_alive.duration",
+        )
+    seconds = d.seconds + d.nanos / 1e9
     if seconds < 0:
         raise InvalidArgument(
             "keep_alive.duration must be >= 0 (use keep_alive.forever to never unload)",

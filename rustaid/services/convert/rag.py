@@ -42,8 +42,15 @@ def distance_to_pb(distance: Distance) -> rag_pb2.Distance:
     return _DISTANCE[distance]
 
 
-def struct_from_pb(s: struct_pb2.Struct) -> dict[str, Any]:
-    data: dict[str, Any] = json_format.MessageToDict(s)
+def struct_from_pb(s: struct_pb2.Struct, field_name: str = "metadata") -> dict[str, Any]:
+    try:
+        data: dict[str, Any] = json_format.MessageToDict(s)
+    except ValueError as e:  # NaN or an infinity: JSON has no such numbers
+        raise InvalidArgument(
+            f"{field_name} holds a number that is NaN or infinite ({e}); metadata must be "
+            "JSON: give finite numbers, or the value as a string",
+            field=field_name,
+        ) from None
     return data
 
 
@@ -121,7 +128,9 @@ def document_from_pb(d: rag_pb2.Document, index: int) -> DocumentInput:
         text=d.text,
         source=d.source,
         title=d.title,
-        metadata=normalise_metadata(struct_from_pb(d.metadata), f"{where}.metadata"),
+        metadata=normalise_metadata(
+            struct_from_pb(d.metadata, f"{where}.metadata"), f"{where}.metadata"
+        ),
     )
 
 
