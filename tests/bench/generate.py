@@ -27,7 +27,8 @@ each round also runs `--probe-reps` short requests (max_tokens 2) that repeat th
 prompt: the prompt cache then leaves one token to evaluate, and the TTFT difference
 between the arms is the daemon's per-request overhead, measured with less noise.
 
-Long generations (e.g. `--tokens 1024 --no-lp-arm`): tokens/s is also reported over the
+Long generations (e.g. `--tokens 2000 --no-lp-arm --power-profile performance`; the
+daemon's default profile caps max_tokens at 1024): tokens/s is also reported over the
 first and the last quarter of the text chunks (with this model and greedy decoding every
 token is one chunk). A constant cost per token keeps the two close; work that grows
 with the text generated so far (create_completion detokenizes the whole completion
@@ -196,7 +197,7 @@ class Direct:
 
 
 @contextlib.contextmanager
-def daemon_client(model: Path, n_ctx: int, threads: int) -> Iterator[Any]:
+def daemon_client(model: Path, n_ctx: int, threads: int, profile: str = "") -> Iterator[Any]:
     import grpc
 
     from rustaid.api.v1 import generate_pb2_grpc
@@ -206,6 +207,11 @@ def daemon_client(model: Path, n_ctx: int, threads: int) -> Iterator[Any]:
         data_dir = Path(tmp)
         (data_dir / "models").mkdir()
         (data_dir / "models" / model.name).symlink_to(model)
+        if profile:  # e.g. "performance": Balanced caps max_tokens at 1024
+            (data_dir / "config").mkdir()
+            (data_dir / "config" / "rustaid.toml").write_text(
+                f'[power]\ndefault_profile = "{profile}"\n'
+            )
         env = common.child_env(
             RUSTAID_THREADS=str(threads),
             RUSTAID_MAX_CONTEXT_LENGTH=str(n_ctx),
@@ -289,6 +295,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--budget", type=float, default=150, help="seconds of rounds before giving up on clean ones"
     )
+    parser.add_argument(
+        "--power-profile",
+        default="",
+        help="the daemon's default power profile (its own default, balanced, caps max_tokens "
+        "at 1024: use performance for longer generations)",
+    )
     parser.add_argument("--json", help="write the results here")
     args = common.parse_args(
         parser,
@@ -320,7 +332,7 @@ def main(argv: list[str] | None = None) -> int:
 
     arms = ["direct", "daemon"] if args.no_lp_arm else ["direct", "direct+lp", "daemon"]
     rounds: list[Round] = []
-    with daemon_client(model, n_ctx, args.threads) as (d, channel, stub):
+    with daemon_client(model, n_ctx, args.threads, args.power_profile) as (d, channel, stub):
         load = common.ForeignLoad(os.getpid(), d.proc.pid)
 
         def run(arm: str, round_no: int, max_tokens: int = args.tokens) -> Sample:
@@ -420,6 +432,7 @@ def main(argv: list[str] | None = None) -> int:
             "seed": SEED,
             "probe_reps": args.probe_reps,
             "max_foreign_cores": args.max_foreign,
+            "power_profile": args.power_profile or "default",
         },
         "rounds": {"total": len(rounds), "clean": len(clean), "used": len(used), "noisy": noisy},
         "summary": summary,

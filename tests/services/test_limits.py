@@ -138,6 +138,13 @@ class Stream:
         assert self.error is None, self.error
         return self
 
+    def running(self, timeout: float = 30) -> Stream:
+        """Wait for the first token: the request holds the model, and nothing that an
+        earlier test cancelled is still queued ahead of what comes next."""
+        self.started(timeout)
+        self.wait_for(lambda: any(e.WhichOneof("event") == "chunk" for e in self.events), timeout)
+        return self
+
     def positions(self) -> list[int]:
         return [e.queued.position for e in self.events if e.WhichOneof("event") == "queued"]
 
@@ -244,7 +251,7 @@ def test_full_queue_answers_with_a_retry_delay_from_recent_turns(limited: Limite
     t0 = time.monotonic()
     warm.Generate(forty)
     turn = time.monotonic() - t0
-    streams = [long_stream(limited.client()).started()]  # running
+    streams = [long_stream(limited.client()).running()]
     # Three waiting (max_queue_per_model), each from a client of its own.
     streams += [long_stream(limited.client(), max_tokens=40).started() for _ in range(3)]
     with cancelling(*streams):
@@ -264,7 +271,7 @@ def test_full_queue_answers_with_a_retry_delay_from_recent_turns(limited: Limite
 
 
 def test_a_waiting_stream_hears_every_position_change(limited: Limited) -> None:
-    running = long_stream(limited.client()).started()
+    running = long_stream(limited.client()).running()
     bg_request = generate_pb2.GenerateStreamRequest(
         model_id="slow", prompt="hello", params=P(max_tokens=2),
         priority=common_pb2.PRIORITY_BACKGROUND,
