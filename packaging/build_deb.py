@@ -16,7 +16,7 @@ What goes where (the staged tree mirrors the installed system):
     /usr/share/dbus-1/services/org.rustai.Daemon1.service        (session activation)
     /etc/rustaid/rustaid.toml         default settings (a conffile)
     /usr/share/man/man1/rustaid.1.gz, rustaictl.1.gz   from --help
-    /usr/share/doc/rustaid/           README, D-Bus and gRPC docs, copyright, changelog
+    /usr/share/doc/rustaid/           README, docs/*.md, copyright, changelog
 
 llama.cpp is compiled once into a portable wheel (build/wheels/llama-portable/): every
 CPU variant of the ggml CPU backend is built (GGML_BACKEND_DL + GGML_CPU_ALL_VARIANTS)
@@ -70,10 +70,14 @@ FILES: list[tuple[str, Path, int]] = [
      SYSTEMD / "dbus" / "services" / "org.rustai.Daemon1.service", 0o644),
     ("etc/rustaid/rustaid.toml", PACKAGING / "rustaid.toml", 0o644),
     ("usr/share/doc/rustaid/README.md", REPO / "README.md", 0o644),
-    ("usr/share/doc/rustaid/dbus.md", REPO / "docs" / "dbus.md", 0o644),
-    ("usr/share/doc/rustaid/grpc-api.md", REPO / "docs" / "grpc-api.md", 0o644),
     ("usr/share/lintian/overrides/rustaid", PACKAGING / "debian" / "lintian-overrides", 0o644),
 ]  # fmt: skip
+# The user-facing documents (rustaid.toml points at them); benchmarks.md needs its plots.
+FILES += [
+    (f"usr/share/doc/rustaid/{doc.name}", doc, 0o644)
+    for doc in sorted((REPO / "docs").glob("*.md"))
+    if doc.name != "benchmarks.md"
+]
 
 SCRIPTS = ("postinst", "prerm", "postrm")
 

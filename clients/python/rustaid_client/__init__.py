@@ -11,7 +11,9 @@ from rustaid_client.client import (
     RustaidError,
     chat_message,
     default_address,
+    make_channel,
     normalize_address,
+    read_token_file,
 )
 
 __all__ = [
@@ -25,7 +27,9 @@ __all__ = [
     "RustaidError",
     "chat_message",
     "default_address",
+    "make_channel",
     "normalize_address",
+    "read_token_file",
 ]
 
 __version__ = "0.1.0"
