@@ -6,6 +6,7 @@ BadRequest (the field to fix), RetryInfo (when to retry).
 
 from __future__ import annotations
 
+import inspect
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
@@ -179,7 +180,11 @@ class ErrorInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
 
             async def unary_stream(request: Any, context: Any) -> AsyncIterator[Any]:
                 try:
-                    async for response in inner_us(decoded(request), context):
+                    result = inner_us(decoded(request), context)
+                    if inspect.isawaitable(result):  # writes with context.write() (Health.Watch)
+                        await result
+                        return
+                    async for response in result:
                         yield response
                 except errors.RustaidError as e:
                     await abort(context, e)

@@ -23,6 +23,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from rustaid.api.v1 import common_pb2, generate_pb2, generate_pb2_grpc, models_pb2, models_pb2_grpc
 from rustaid.core import caller as caller_mod
 from rustaid.core import request_id
+from rustaid.errors import NotFound
 from rustaid.log import (
     JournalFormatter,
     JsonFormatter,
@@ -227,6 +228,37 @@ async def test_an_internal_error_names_the_request_id(tmp_path: Path) -> None:
     assert bug["Attributes"]["exception.type"] == "RuntimeError"
     assert "a bug" in bug["Attributes"]["exception.stacktrace"]
     assert SECRETS[0] not in out.getvalue()
+
+
+class WatchingHealth(health_pb2_grpc.HealthServicer):
+    """Stream handlers written as coroutines that call context.write(), as grpcio's own
+    health service is: one that works, one that fails with a domain error."""
+
+    async def Watch(self, request: Any, context: Any) -> None:
+        if request.service == "missing":
+            raise NotFound(f"no service {request.service!r}")
+        await context.write(
+            health_pb2.HealthCheckResponse(status=health_pb2.HealthCheckResponse.SERVING)
+        )
+
+
+async def test_error_mapping_serves_stream_handlers_that_write(tmp_path: Path) -> None:
+    server = grpc.aio.server(interceptors=[ErrorInterceptor()])
+    health_pb2_grpc.add_HealthServicer_to_server(WatchingHealth(), server)
+    address = f"unix://{tmp_path}/s.sock"
+    server.add_insecure_port(address)
+    await server.start()
+    try:
+        async with grpc.aio.insecure_channel(address) as channel:
+            stub = health_pb2_grpc.HealthStub(channel)
+            answers = [r async for r in stub.Watch(health_pb2.HealthCheckRequest())]
+            assert [a.status for a in answers] == [health_pb2.HealthCheckResponse.SERVING]
+            with pytest.raises(grpc.aio.AioRpcError) as info:
+                _ = [r async for r in stub.Watch(health_pb2.HealthCheckRequest(service="missing"))]
+    finally:
+        await server.stop(None)
+    assert info.value.code() == CODE.NOT_FOUND
+    assert info.value.details() == "no service 'missing'"
 
 
 # -- formats and helpers -----------------------------------------------------------------
