@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 import psutil
 
 from rustaid.config import Settings
+from rustaid.core.admission import RETRY_MIN_S, retry_delay
 from rustaid.core.registry import ModelEntry
 from rustaid.core.scheduler import ModelQueue
 from rustaid.errors import ResourceExhausted
@@ -105,9 +106,26 @@ class MemoryBudget:
                     f"{mb(total)} budget is free and the other models are in use or pinned "
                     f"({', '.join(busy)}); retry shortly",
                     reason="MEMORY_BUDGET",
-                    retry_after_s=2.0,
+                    retry_after_s=_until_freed(need - (total - loaded), slots, victims),
                 )
             victim = candidates.pop(0)
             victims.append(victim)
             loaded -= victim.estimate_bytes
         return victims
+
+
+def _until_freed(short: int, slots: list[LoadedSlot], victims: list[LoadedSlot]) -> float:
+    """Seconds until models in use have drained enough to free `short` more bytes (the
+    queues' own estimates, soonest first); idle models already counted are not waited
+    for. Pinned models are never freed, so they do not count."""
+    busy = sorted(
+        (s for s in slots if s not in victims and not s.entry.pinned and s.estimate_bytes),
+        key=lambda s: s.queue.drain_estimate(),
+    )
+    wait = RETRY_MIN_S
+    for slot in busy:
+        wait = slot.queue.drain_estimate()
+        short -= slot.estimate_bytes
+        if short <= 0:
+            break
+    return retry_delay(wait)

@@ -14,9 +14,11 @@ import pytest
 from google.protobuf.duration_pb2 import Duration
 
 from rustaid.api.v1 import common_pb2, generate_pb2, models_pb2
+from rustaid.core.admission import RETRY_MIN_S
 from rustaid.testing.daemon import run_daemon
 from tests.conftest import Stubs, add_model
 from tests.registry.test_hot_reload import wait_until
+from tests.services.test_limits import retry_delay_s
 
 # tiny: 0.6 MB weights + KV cache + 32 MiB engine overhead = about 33 MiB each.
 BUDGET_FOR_TWO_TINY = "80"
@@ -79,12 +81,17 @@ def test_model_in_use_is_not_evicted_and_the_loader_is_told_why(
     with start(tmp_path, model_files, RUSTAID_MEMORY_BUDGET_MB="90") as s:
         params = common_pb2.GenerationParams(max_tokens=150)
         request = generate_pb2.GenerateStreamRequest(model_id="slow", prompt="hi", params=params)
+        t0 = time.monotonic()
+        list(s.generate.GenerateStream(request))  # one turn: how long slow's requests take
+        turn = time.monotonic() - t0
         stream = iter(s.generate.GenerateStream(request))
         next(stream)  # slow (about 74 MiB) is now generating
         with pytest.raises(grpc.RpcError) as info:
             gen(s, "a")
         assert info.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
         assert "in use" in info.value.details() and "slow" in info.value.details()
+        # Retry when slow's request should be over: what is left of its turn.
+        assert RETRY_MIN_S <= retry_delay_s(info.value) <= max(RETRY_MIN_S, turn), turn
         rest = list(stream)
         assert rest[-1].done.usage.completion_tokens == 150  # never cut short
         gen(s, "a")  # now slow is idle and gives way
