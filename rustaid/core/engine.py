@@ -14,11 +14,11 @@ import contextvars
 import logging
 import math
 import time
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Protocol, TypeVar
+from typing import Any, Generic, Protocol, TypeVar
 
 from rustaid.config import Settings
 from rustaid.core.admission import Admission, RecentDuration, check_prompt_size
@@ -81,6 +81,13 @@ class Timings:
 class Queued:
     position: int
     model_id: str
+
+
+@dataclass(frozen=True)
+class Called(Generic[T]):
+    """The result of a call on a model (Engine.call_on_model)."""
+
+    value: T
 
 
 @dataclass(frozen=True)
@@ -703,15 +710,28 @@ class Engine:
 
     async def run_on_model(self, model_id: str, fn: Callable[[LoadedLLM], T]) -> T:
         """Run a quick call (tokenize, count) on a loaded model, in its turn."""
+        async with contextlib.aclosing(self.call_on_model(model_id, fn)) as events:
+            async for event in events:
+                if isinstance(event, Called):
+                    return event.value
+        raise AssertionError("model call ended without a result")
+
+    async def call_on_model(
+        self, model_id: str, fn: Callable[[LoadedLLM], T]
+    ) -> AsyncGenerator[Queued | Called[T], None]:
+        """run_on_model for streams: Queued while the call waits for its model's turn
+        (as a generation reports it), then one Called with the result."""
         with self.admission.admit("model_call"):
             slot, _ = await self._ensure_loaded(model_id)
             ticket = slot.queue.join(Priority.INTERACTIVE)
             try:
-                await ticket.granted
-                return await self._submit(slot.executor, lambda: fn(slot.model))
+                async for position in self._wait_turn(slot.queue, ticket):
+                    yield Queued(position, model_id)
+                value = await self._submit(slot.executor, lambda: fn(slot.model))
             finally:
                 slot.queue.leave(ticket)
                 self._release_idle(slot)
+        yield Called(value)  # the turn and the caller's place are given back already
 
     async def stop(self) -> None:
         """Cancel what still runs, wait for the threads, free every model."""

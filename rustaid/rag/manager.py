@@ -25,7 +25,13 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from rustaid.config import Settings
-from rustaid.core.engine import Engine, GenerationEvent, GenerationRequest, validate_params
+from rustaid.core.engine import (
+    Called,
+    Engine,
+    GenerationEvent,
+    GenerationRequest,
+    validate_params,
+)
 from rustaid.core.registry import ModelRegistry
 from rustaid.core.router import SelectionCriteria
 from rustaid.errors import (
@@ -224,10 +230,6 @@ def normalise_metadata(metadata: Mapping[str, Any], field_name: str) -> dict[str
             f"{field_name} is larger than {MAX_METADATA_BYTES >> 10} KiB", field=field_name
         )
     return data
-
-
-def _chat_tokens(messages: Sequence[ChatMessage]) -> Callable[[LoadedLLM], int]:
-    return lambda model: model.count_chat_tokens(messages)
 
 
 def _hit(point: ScoredPoint) -> Hit:
@@ -772,36 +774,44 @@ class Rag:
         fixed = [prompts.SYSTEM_PROMPT, prompts.user_message(request.question, [])]
         blocks = [prompts.source_block(i + 1, h) for i, h in enumerate(hits)]
 
-        def count(model: Any) -> tuple[int, list[int]]:
-            return model.context_length, [len(model.tokenize(t, False)) for t in fixed + blocks]
-
-        context, counts = await self.engine.run_on_model(model_id, count)
-        overhead = counts[0] + counts[1] + prompts.TEMPLATE_MARGIN
-        answer = request.params.max_tokens
-        if answer is None:
-            answer = min(self.config.ask_answer_tokens, max(16, (context - overhead) // 2))
-        budget = context - overhead - answer
-        if budget < 0:
-            if request.params.max_tokens is not None and context - overhead > 0:
+        def fit(model: LoadedLLM) -> tuple[list[Hit], tuple[ChatMessage, ...], int]:
+            """Count and fit the passages in one turn of the model."""
+            context = model.context_length
+            counts = [len(model.tokenize(t, False)) for t in fixed + blocks]
+            overhead = counts[0] + counts[1] + prompts.TEMPLATE_MARGIN
+            answer = request.params.max_tokens
+            if answer is None:
+                answer = min(self.config.ask_answer_tokens, max(16, (context - overhead) // 2))
+            budget = context - overhead - answer
+            if budget < 0:
+                if request.params.max_tokens is not None and context - overhead > 0:
+                    raise InvalidArgument(
+                        f"params.max_tokens {answer} leaves no room for the question and "
+                        f"sources in model {model_id!r}'s context of {context} tokens",
+                        field="params.max_tokens",
+                    )
                 raise InvalidArgument(
-                    f"params.max_tokens {answer} leaves no room for the question and sources "
-                    f"in model {model_id!r}'s context of {context} tokens",
-                    field="params.max_tokens",
+                    f"the question takes {counts[1]} tokens, too many for model {model_id!r}'s "
+                    f"context of {context} tokens",
+                    field="question",
                 )
-            raise InvalidArgument(
-                f"the question takes {counts[1]} tokens, too many for model {model_id!r}'s "
-                f"context of {context} tokens",
-                field="question",
-            )
-        chosen = prompts.fit(hits, counts[2:], budget)
-        messages = prompts.messages(request.question, chosen)
-        # Check with the chat template itself; drop the weakest passages if it overflows.
-        while True:
-            used = await self.engine.run_on_model(model_id, _chat_tokens(messages))
-            if used + answer <= context or not chosen:
-                break
-            chosen.pop()
+            chosen = prompts.fit(hits, counts[2:], budget)
             messages = prompts.messages(request.question, chosen)
+            # Check with the chat template itself; drop the weakest passages if it overflows.
+            while model.count_chat_tokens(messages) + answer > context and chosen:
+                chosen.pop()
+                messages = prompts.messages(request.question, chosen)
+            return chosen, messages, answer
+
+        # Counting waits for the model like the answer does: the client hears its place.
+        fitted: tuple[list[Hit], tuple[ChatMessage, ...], int] | None = None
+        async for step in self.engine.call_on_model(model_id, fit):
+            if isinstance(step, Called):
+                fitted = step.value
+            else:
+                yield step
+        assert fitted is not None
+        chosen, messages, answer = fitted
         yield CitedHits(chosen, len(hits) - len(chosen))
         params = replace(request.params, max_tokens=answer)
         async for event in self.engine.generate(

@@ -80,9 +80,7 @@ class GenerateServicer(generate_pb2_grpc.GenerateServiceServicer):
             elif isinstance(event, Text):
                 yield response_type(chunk=common_pb2.TokenChunk(text=event.text, index=event.index))
             elif isinstance(event, Queued):
-                yield response_type(
-                    queued=common_pb2.QueueStatus(position=event.position, model_id=event.model_id)
-                )
+                yield response_type(queued=convert.queue_status_to_pb(event))
             else:
                 yield response_type(done=convert.generation_done_to_pb(event))
 

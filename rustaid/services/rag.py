@@ -193,8 +193,6 @@ class RagServicer(rag_pb2_grpc.RagServiceServicer):
             elif isinstance(event, CitedHits):
                 yield rag_pb2.AskResponse(citations=rag_convert.citations_to_pb(event))
             elif isinstance(event, Queued):
-                yield rag_pb2.AskResponse(
-                    queued=common_pb2.QueueStatus(position=event.position, model_id=event.model_id)
-                )
+                yield rag_pb2.AskResponse(queued=convert.queue_status_to_pb(event))
             elif isinstance(event, Done):
                 yield rag_pb2.AskResponse(done=convert.generation_done_to_pb(event))

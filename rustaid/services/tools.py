@@ -11,7 +11,14 @@ from rustaid.errors import InvalidArgument
 from rustaid.services import convert
 from rustaid.services.convert import nlu as convert_nlu
 from rustaid.services.convert import tools as convert_tools
-from rustaid.tools.agent import AgentCall, AgentDone, AgentResult, AgentText, run_agent
+from rustaid.tools.agent import (
+    AgentCall,
+    AgentDone,
+    AgentQueued,
+    AgentResult,
+    AgentText,
+    run_agent,
+)
 
 if TYPE_CHECKING:
     from rustaid.daemon import Daemon
@@ -61,6 +68,10 @@ class ToolsServicer(tools_pb2_grpc.ToolsServiceServicer):
                 yield tools_pb2.RunAgentResponse(
                     tool_result=convert_tools.tool_result_to_pb(event.call, event.outcome),
                     turn=event.turn,
+                )
+            elif isinstance(event, AgentQueued):
+                yield tools_pb2.RunAgentResponse(
+                    queued=convert.queue_status_to_pb(event.queued), turn=event.turn
                 )
             elif isinstance(event, AgentDone):
                 yield tools_pb2.RunAgentResponse(

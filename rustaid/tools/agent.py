@@ -11,7 +11,8 @@ one of them with arguments their schemas accept, or answer. The daemon then
 
 and stops at the final answer, when max_steps turns are used up, or when a turn is cut
 off by max_tokens. Every step is streamed: the call, its result, the answer's text as
-it is written, and a final AgentDone.
+it is written, and a final AgentDone; a turn that waits for its model reports its
+queue position (AgentQueued) on every change.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from dataclasses import dataclass, field, replace
 from enum import StrEnum
 from typing import Any
 
-from rustaid.core.engine import Done, GenerationRequest, Timings
+from rustaid.core.engine import Done, GenerationRequest, Queued, Timings
 from rustaid.core.router import SelectionCriteria
 from rustaid.errors import (
     InvalidArgument,
@@ -87,6 +88,14 @@ class AgentText:
 
 
 @dataclass(frozen=True)
+class AgentQueued:
+    """A model turn waits behind other requests for its model."""
+
+    turn: int
+    queued: Queued
+
+
+@dataclass(frozen=True)
 class AgentDone:
     turn: int
     answer: str
@@ -96,7 +105,7 @@ class AgentDone:
     generation: Done
 
 
-AgentEvent = AgentCall | AgentResult | AgentText | AgentDone
+AgentEvent = AgentCall | AgentResult | AgentText | AgentQueued | AgentDone
 
 
 def _check(request: AgentRequest) -> int:
@@ -231,6 +240,8 @@ async def run_agent(daemon: Any, request: AgentRequest) -> AsyncIterator[AgentEv
             if isinstance(event, AnswerText):
                 yield AgentText(turn, event.text, index)
                 index += 1
+            elif isinstance(event, Queued):
+                yield AgentQueued(turn, event)
             elif isinstance(event, TurnDone):
                 finished = event
         assert finished is not None

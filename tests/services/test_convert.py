@@ -40,7 +40,7 @@ SERVED: list[ModuleType] = [
 WRAPPER = re.compile(r".*(Request|Response)$")
 CONVERTED_WRAPPERS = {"WatchModelsResponse", "SelectModelResponse"}
 # Read by servicers field by field (no domain type of their own).
-HANDLED_INLINE = {"TokenChunk", "QueueStatus"}
+HANDLED_INLINE = {"TokenChunk"}
 
 
 def snake(name: str) -> str:

@@ -358,15 +358,20 @@ def _consume(
                     out.flush()
             elif kind == "done":
                 done = event.done
-            elif kind == "queued" and not args.json and _stderr().isatty():
-                position = event.queued.position
-                _note(f"{PROG}: waiting for {event.queued.model_id} (position {position})")
+            elif kind == "queued" and not args.json:
+                _note_queued(event.queued)
     if not args.json:
         out.write("\n")
         out.flush()
     if args.stats and done is not None:
         _print_stats(done)
     return "".join(parts), done
+
+
+def _note_queued(queued: common_pb2.QueueStatus) -> None:
+    """On a terminal: a stream's request waits behind others for its model."""
+    if _stderr().isatty():
+        _note(f"{PROG}: waiting for {queued.model_id} (position {queued.position})")
 
 
 def _prompt(value: str) -> str:
@@ -1119,6 +1124,8 @@ def cmd_rag_ask(client: Client, args: argparse.Namespace) -> int:
             elif kind == "chunk":
                 out.write(event.chunk.text)
                 out.flush()
+            elif kind == "queued":
+                _note_queued(event.queued)
             if kind == "citations":
                 citations = event.citations
             elif kind == "done":
@@ -1436,6 +1443,8 @@ def cmd_agent(client: Client, args: argparse.Namespace) -> int:
             elif kind == "chunk":
                 out.write(event.chunk.text)
                 out.flush()
+            elif kind == "queued":
+                _note_queued(event.queued)
     if done is None or args.json:
         return 0
     out.write("\n")

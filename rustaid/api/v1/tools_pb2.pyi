@@ -210,15 +210,17 @@ class AgentDone(_message.Message):
     def __init__(self, answer: _Optional[str] = ..., steps: _Optional[int] = ..., generation: _Optional[_Union[_common_pb2.GenerationDone, _Mapping]] = ..., stop_reason: _Optional[_Union[AgentStopReason, str]] = ...) -> None: ...
 
 class RunAgentResponse(_message.Message):
-    __slots__ = ("tool_call", "tool_result", "chunk", "done", "turn")
+    __slots__ = ("tool_call", "tool_result", "chunk", "done", "queued", "turn")
     TOOL_CALL_FIELD_NUMBER: _ClassVar[int]
     TOOL_RESULT_FIELD_NUMBER: _ClassVar[int]
     CHUNK_FIELD_NUMBER: _ClassVar[int]
     DONE_FIELD_NUMBER: _ClassVar[int]
+    QUEUED_FIELD_NUMBER: _ClassVar[int]
     TURN_FIELD_NUMBER: _ClassVar[int]
     tool_call: ToolCall
     tool_result: ToolResult
     chunk: _common_pb2.TokenChunk
     done: AgentDone
+    queued: _common_pb2.QueueStatus
     turn: int
-    def __init__(self, tool_call: _Optional[_Union[ToolCall, _Mapping]] = ..., tool_result: _Optional[_Union[ToolResult, _Mapping]] = ..., chunk: _Optional[_Union[_common_pb2.TokenChunk, _Mapping]] = ..., done: _Optional[_Union[AgentDone, _Mapping]] = ..., turn: _Optional[int] = ...) -> None: ...
+    def __init__(self, tool_call: _Optional[_Union[ToolCall, _Mapping]] = ..., tool_result: _Optional[_Union[ToolResult, _Mapping]] = ..., chunk: _Optional[_Union[_common_pb2.TokenChunk, _Mapping]] = ..., done: _Optional[_Union[AgentDone, _Mapping]] = ..., queued: _Optional[_Union[_common_pb2.QueueStatus, _Mapping]] = ..., turn: _Optional[int] = ...) -> None: ...

@@ -14,7 +14,7 @@ from collections.abc import Iterable
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from rustaid.api.v1 import common_pb2, generate_pb2, models_pb2, plugins_pb2
-from rustaid.core.engine import Done, Timings
+from rustaid.core.engine import Done, Queued, Timings
 from rustaid.core.registry import ModelEntry, ModelEvent, ModelEventType, ModelKind, ModelMetadata
 from rustaid.core.registry import ModelState as DomainModelState
 from rustaid.core.router import Candidate, Selection, SelectionCriteria
@@ -271,6 +271,11 @@ def generation_done_to_pb(d: Done) -> common_pb2.GenerationDone:
         timings=timings_to_pb(d.timings),
         adjustments=d.adjustments,
     )
+
+
+def queue_status_to_pb(q: Queued) -> common_pb2.QueueStatus:
+    """The `queued` event of every stream that can wait for a model."""
+    return common_pb2.QueueStatus(position=q.position, model_id=q.model_id)
 
 
 # -- plugins ------------------------------------------------------------------------------
