@@ -14,6 +14,10 @@ background by a child process working on a copy of the shard (EdgeShard.optimize
 the interpreter lock for its whole run, which would freeze the daemon). Searches keep
 using the live shard meanwhile; writes made during the build are recorded and replayed on
 the new generation, which then replaces the old one with an atomic rename of `current`.
+The record keeps the ids of the points written or deleted, not the points themselves (a
+build under steady re-indexing can last long, and holding every vector and payload
+written meanwhile grew the daemon's heap with each write): the swap copies those points
+from the live shard, or deletes them where the live shard no longer has them.
 A daemon killed at any point of a build restarts on the last complete generation.
 
 Replacing points (re-indexing a document: upsert the new version, delete the old one)
@@ -43,6 +47,7 @@ import subprocess
 import sys
 import threading
 import time
+import uuid
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -226,6 +231,19 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+def _fsync_tree(root: Path) -> None:
+    """Every file and folder under `root` on disk: `current` must never name a generation
+    whose files a power loss could still take back (a clean file's fsync is cheap)."""
+    for folder, _dirs, files in os.walk(root):
+        for name in files:
+            fd = os.open(Path(folder) / name, os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        _fsync_dir(Path(folder))
+
+
 def _edge_error(name: str, e: Exception) -> Exception:
     message = str(e)
     if "dimension" in message.lower():
@@ -237,6 +255,49 @@ def _edge_error(name: str, e: Exception) -> Exception:
 
 # Operations recorded while an index is built, replayed on the new generation.
 _Op = Callable[["qdrant_edge.EdgeShard"], None]
+# Points copied from the live shard to the new generation per call when it is swapped in.
+SYNC_BATCH = 256
+
+
+def _point_key(point_id: Any) -> int | uuid.UUID:
+    """A point id as the shard returns it (integer or UUID), whatever spelling it came in."""
+    if isinstance(point_id, int | uuid.UUID):
+        return point_id
+    return uuid.UUID(str(point_id))
+
+
+def _copy_sparse(src: str, dst: str) -> str:
+    """shutil.copy2 that leaves holes as holes. Qdrant preallocates its write-ahead log and
+    appendable storage as sparse files of 32 MB; a plain copy writes their holes out as
+    zeros, so each generation would take the full size on disk whatever it holds."""
+    with Path(src).open("rb") as fin, Path(dst).open("wb") as fout:
+        size = os.fstat(fin.fileno()).st_size
+        offset = 0
+        while offset < size:
+            try:
+                start = os.lseek(fin.fileno(), offset, os.SEEK_DATA)
+            except OSError:  # no data past `offset` (ENXIO): the rest is a hole
+                break
+            end = os.lseek(fin.fileno(), start, os.SEEK_HOLE)
+            os.lseek(fin.fileno(), start, os.SEEK_SET)
+            fout.seek(start)
+            remaining = end - start
+            while remaining > 0:
+                chunk = fin.read(min(remaining, 1 << 20))
+                if not chunk:
+                    break
+                fout.write(chunk)
+                remaining -= len(chunk)
+            offset = end
+        fout.truncate(size)
+    shutil.copystat(src, dst)
+    return dst
+
+
+def _release_freed_heap() -> None:
+    """Hand the heap freed by a finished build back to the system (glibc keeps it)."""
+    with contextlib.suppress(Exception):
+        ctypes.CDLL(None).malloc_trim(0)
 
 
 class _Collection:
@@ -267,7 +328,10 @@ class _Collection:
         self.lock = threading.Lock()
         # Held by writers, and by a build while it copies the shard and swaps generations.
         self.write_lock = threading.Lock()
+        # While an index is built: the operations that are not point writes (deletes by
+        # filter, payload indexes), and the ids of the points written or deleted.
         self.journal: list[_Op] | None = None
+        self.touched: set[int | uuid.UUID] = set()
         self.last_write = 0.0
         # Points written or deleted since the live generation was built (its optimizer
         # has not seen them: unindexed vectors, deleted points not yet vacuumed).
@@ -297,8 +361,15 @@ class _Collection:
         # optimize() indexes segments holding more than this many KB of vectors: match
         # it to the number of points that triggers a build.
         threshold_kb = max(1, options["index_after_points"] * dimension * 4 // 1024)
+        # Vectors stay in their memory-mapped files and are paged in as searches touch
+        # them (Cold), rather than read in whole whenever a shard is loaded (the default):
+        # every index build loads a new generation, and loading pulled its vector files,
+        # 32 MB preallocated chunks included, into the daemon's resident memory.
+        vectors = qe.EdgeVectorParams(
+            size=dimension, distance=_distance(distance), memory=qe.Memory.Cold
+        )
         config = qe.EdgeConfig(
-            vectors=qe.EdgeVectorParams(size=dimension, distance=_distance(distance)),
+            vectors=vectors,
             hnsw_config=hnsw,
             optimizers=qe.EdgeOptimizersConfig(indexing_threshold=threshold_kb),
             max_search_threads=options["search_threads"] or None,
@@ -318,8 +389,9 @@ class _Collection:
             except Exception as e:
                 raise _edge_error(self.name, e) from e
 
-    def write(self, op: _Op, points: int = 1) -> None:
-        """Apply `op`, which writes or deletes about `points` points."""
+    def write(self, op: _Op, points: int = 1, ids: Sequence[Any] | None = None) -> None:
+        """Apply `op`, which writes or deletes about `points` points (those of `ids` when
+        given: the swap after a build then copies them rather than replaying `op`)."""
         with self.write_lock, self.lock:
             self._check_open()
             try:
@@ -327,7 +399,10 @@ class _Collection:
             except Exception as e:
                 raise _edge_error(self.name, e) from e
             if self.journal is not None:
-                self.journal.append(op)
+                if ids is None:
+                    self.journal.append(op)
+                else:
+                    self.touched.update(_point_key(i) for i in ids)
             self.last_write = time.monotonic()
             self.churn += max(points, 0)
             self.unflushed += 1
@@ -402,8 +477,9 @@ class _Collection:
                     self._check_open()
                     self.shard.flush()
                 shutil.rmtree(staging, ignore_errors=True)
-                shutil.copytree(self.folder / self.generation, staging)
+                shutil.copytree(self.folder / self.generation, staging, copy_function=_copy_sparse)
                 self.journal = []
+                self.touched = set()
                 churn_copied = self.churn
             self.child = subprocess.Popen(
                 [sys.executable, "-m", "rustaid.builtin.qdrant_edge", "build", str(staging)],
@@ -417,15 +493,22 @@ class _Collection:
                     f"index build exited with {self.child.returncode}: "
                     f"{err.decode(errors='replace').strip()[-500:]}"
                 )
+            replayed = (len(self.journal or ()), len(self.touched))
+            _fsync_tree(staging)  # the bulk, before writes are held off for the swap
             self._swap(staging, new, churn_copied)
             log.info(
-                "collection %s: vector index built in %.1f s", self.name, time.monotonic() - t0
+                "collection %s: vector index built in %.1f s (then %d operations and %d points "
+                "written meanwhile were carried over)",
+                self.name,
+                time.monotonic() - t0,
+                *replayed,
             )
         except Exception as e:
             if not self.closed:
                 log.warning("collection %s: index build failed: %s", self.name, e)
                 self.retry_at = time.monotonic() + BUILD_RETRY_S
             self.journal = None
+            self.touched = set()
             shutil.rmtree(staging, ignore_errors=True)
         finally:
             self.child = None
@@ -441,7 +524,9 @@ class _Collection:
             try:
                 for op in self.journal or []:
                     op(shard)
+                self._copy_touched(shard)
                 shard.flush()
+                _fsync_tree(target)  # what the replay wrote
             except BaseException:
                 shard.close()
                 raise
@@ -450,11 +535,34 @@ class _Collection:
                 old, old_generation = self.shard, self.generation
                 self.shard, self.generation = shard, new
                 self.journal = None
+                self.touched = set()
                 # What the build optimised is done; writes replayed from the journal are not.
                 self.churn = max(0, self.churn - churn_copied)
                 self.indexed_fields = set(shard.info().payload_schema)
         old.close()
         shutil.rmtree(self.folder / old_generation, ignore_errors=True)
+        _release_freed_heap()
+
+    def _copy_touched(self, shard: qdrant_edge.EdgeShard) -> None:
+        """Make the points written or deleted during the build the same in `shard` as in
+        the live shard (writes are held off by the caller, so it does not change).
+
+        Run after the deletes by filter were replayed: a point such a delete wrongly
+        removes from `shard` (its version there is older) was written, so it comes back."""
+        import qdrant_edge as qe
+
+        touched: list[int | uuid.UUID | str] = list(self.touched)
+        for start in range(0, len(touched), SYNC_BATCH):
+            batch = touched[start : start + SYNC_BATCH]
+            with self.lock:  # searches go on between batches
+                records = self.shard.retrieve(batch, with_payload=True, with_vector=True)
+            points = [qe.Point(r.id, r.vector, r.payload) for r in records if r.vector is not None]
+            kept = {_point_key(p.id) for p in points}
+            gone = [i for i in batch if _point_key(i) not in kept]
+            if points:
+                shard.update(qe.UpdateOperation.upsert_points(points))
+            if gone:
+                shard.update(qe.UpdateOperation.delete_points(gone))
 
     def close(self) -> None:
         self.closed = True
@@ -556,7 +664,7 @@ class EdgeStoreClient(VectorStoreClient):
                 )
         edge_points = [qe.Point(p.id, list(p.vector), stored_payload(p.payload)) for p in points]
         operation = qe.UpdateOperation.upsert_points(edge_points)
-        collection.write(lambda s: s.update(operation), len(edge_points))
+        collection.write(lambda s: s.update(operation), len(edge_points), [p.id for p in points])
 
     def delete(self, name: str, ids: Sequence[str] = (), filter: Filter | None = None) -> None:
         import qdrant_edge as qe
@@ -564,7 +672,7 @@ class EdgeStoreClient(VectorStoreClient):
         collection = self._get(name)
         if ids:
             by_id = qe.UpdateOperation.delete_points(list(ids))
-            collection.write(lambda s: s.update(by_id), len(ids))
+            collection.write(lambda s: s.update(by_id), len(ids), ids)
         if filter is not None and not filter.empty:
             edge = edge_filter(filter)
             # How many points it deletes (they stay in the segments until vacuumed).
