@@ -89,7 +89,7 @@ test-all: test
 
 ## bench: every benchmark in tests/bench (scripts, not timed tests: each measures the daemon
 ## and what it wraps in one run) with its JSON in $(BENCH_DIR), then docs/benchmarks.md and
-## its plots in docs/benchmarks/ (about an hour on 2 cores: use an otherwise idle machine).
+## its plots in docs/benchmarks/ (about 25 minutes on 2 cores: use an otherwise idle machine).
 ## BENCH_ARGS=--quick (or make bench-quick): short settings that check the pipeline; the
 ## document then says it is a quick run
 BENCH_DIR ?= build/bench

@@ -42,7 +42,9 @@ MAINTENANCE_S = 2.0
 # The folder may end at most this much bigger than the filled collection (the write-ahead
 # log and the appendable segment between two optimisations).
 TARGET_FOLDER_GROWTH_PCT = 60.0
-TARGET_RSS_GROWTH_MB = 30.0
+# Anonymous memory (the heap: what would be a leak); file-backed pages are the store's
+# mapped files, reported without a target.
+TARGET_ANON_GROWTH_MB = 10.0
 
 
 def rss_mb() -> dict[str, float]:
@@ -199,11 +201,19 @@ def main(argv: list[str] | None = None) -> int:
             f"{args.replacements} points replaced among {args.points}",
         ),
         common.figure(
+            "anonymous memory growth after churn",
+            last["RssAnon"] - first["RssAnon"],
+            "MB",
+            target=f"<= {TARGET_ANON_GROWTH_MB}",
+            note="heap and other memory the kernel cannot take back",
+        ),
+        common.figure(
             "RSS growth after churn",
             last["VmRSS"] - first["VmRSS"],
             "MB",
-            target=f"<= {TARGET_RSS_GROWTH_MB}",
-            note=f"anonymous {last['RssAnon'] - first['RssAnon']:+.1f} MB",
+            note=f"file-backed {last['RssFile'] - first['RssFile']:+.1f} MB: the store's mapped "
+            "files (vectors pre-warmed on each index build, write-ahead log), which the "
+            "kernel reclaims under memory pressure",
         ),
         common.figure("write-ahead log at the end", last["wal_mb"], "MB"),
         common.figure(
