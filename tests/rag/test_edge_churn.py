@@ -33,6 +33,19 @@ def segments_bytes(root: Path) -> int:
     return total
 
 
+def replace_document(client: Any, doc: int, version: int, points: list[VectorPoint]) -> None:
+    """As the RAG pipeline re-indexes a changed document: the new version's chunks in,
+    then the other versions' out."""
+    client.upsert("c", points)
+    client.delete(
+        "c",
+        filter=Filter(
+            must=(FieldMatch("document_id", f"d{doc}"),),
+            must_not=(FieldMatch("version", version),),
+        ),
+    )
+
+
 def test_replacement_churn_is_vacuumed(tmp_path: Path) -> None:
     client = QdrantEdgeStore().open(
         tmp_path, {"index_after_points": DOCS * CHUNKS // 2, "index_settle_s": 0.0}
@@ -52,14 +65,7 @@ def test_replacement_churn_is_vacuumed(tmp_path: Path) -> None:
                 )
                 for _ in range(CHUNKS)
             ]
-            client.upsert("c", points)
-            client.delete(
-                "c",
-                filter=Filter(
-                    must=(FieldMatch("document_id", f"d{doc}"),),
-                    must_not=(FieldMatch("version", version),),
-                ),
-            )
+            replace_document(client, doc, version, points)
 
     def settle() -> None:
         deadline = time.monotonic() + 60
@@ -116,14 +122,7 @@ def test_writes_made_during_a_build_are_carried_over_by_id(tmp_path: Path) -> No
 
     def replace(doc: int, version: int) -> list[str]:
         points = [point(doc, version, i) for i in range(CHUNKS)]
-        client.upsert("c", points)
-        client.delete(
-            "c",
-            filter=Filter(
-                must=(FieldMatch("document_id", f"d{doc}"),),
-                must_not=(FieldMatch("version", version),),
-            ),
-        )
+        replace_document(client, doc, version, points)
         return [p.id for p in points]
 
     for doc in range(DOCS):

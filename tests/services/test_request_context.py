@@ -5,6 +5,7 @@ errors; credentials never reach the log."""
 
 from __future__ import annotations
 
+import contextlib
 import contextvars
 import functools
 import io
@@ -12,7 +13,7 @@ import json
 import logging
 import re
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -186,6 +187,23 @@ def test_json_lines_follow_the_opentelemetry_log_data_model(json_daemon: DaemonP
 # -- in-process: the interceptors with a servicer that has a bug -------------------------
 
 
+@contextlib.asynccontextmanager
+async def health_server(
+    tmp_path: Path, servicer: health_pb2_grpc.HealthServicer, *interceptors: Any
+) -> AsyncIterator[health_pb2_grpc.HealthStub]:
+    """An in-process server with `interceptors` and only `servicer`, and a stub for it."""
+    server = grpc.aio.server(interceptors=list(interceptors))
+    health_pb2_grpc.add_HealthServicer_to_server(servicer, server)
+    address = f"unix://{tmp_path}/s.sock"
+    server.add_insecure_port(address)
+    await server.start()
+    try:
+        async with grpc.aio.insecure_channel(address) as channel:
+            yield health_pb2_grpc.HealthStub(channel)
+    finally:
+        await server.stop(None)
+
+
 class BuggyHealth(health_pb2_grpc.HealthServicer):
     async def Check(self, request: Any, context: Any) -> Any:
         logging.getLogger("rustaid.test").error(
@@ -201,21 +219,16 @@ async def test_an_internal_error_names_the_request_id(tmp_path: Path) -> None:
     handler.setFormatter(JsonFormatter())
     root = logging.getLogger()
     root.addHandler(handler)
-    server = grpc.aio.server(interceptors=[RequestContextInterceptor(), ErrorInterceptor()])
-    health_pb2_grpc.add_HealthServicer_to_server(BuggyHealth(), server)
-    address = f"unix://{tmp_path}/s.sock"
-    server.add_insecure_port(address)
-    await server.start()
     try:
-        async with grpc.aio.insecure_channel(address) as channel:
-            stub = health_pb2_grpc.HealthStub(channel)
+        async with health_server(
+            tmp_path, BuggyHealth(), RequestContextInterceptor(), ErrorInterceptor()
+        ) as stub:
             call = stub.Check(
                 health_pb2.HealthCheckRequest(), metadata=(("x-request-id", "bug-1"),)
             )
             with pytest.raises(grpc.aio.AioRpcError) as info:
                 await call
     finally:
-        await server.stop(None)
         root.removeHandler(handler)
     err = info.value
     assert err.code() == CODE.INTERNAL
@@ -243,20 +256,11 @@ class WatchingHealth(health_pb2_grpc.HealthServicer):
 
 
 async def test_error_mapping_serves_stream_handlers_that_write(tmp_path: Path) -> None:
-    server = grpc.aio.server(interceptors=[ErrorInterceptor()])
-    health_pb2_grpc.add_HealthServicer_to_server(WatchingHealth(), server)
-    address = f"unix://{tmp_path}/s.sock"
-    server.add_insecure_port(address)
-    await server.start()
-    try:
-        async with grpc.aio.insecure_channel(address) as channel:
-            stub = health_pb2_grpc.HealthStub(channel)
-            answers = [r async for r in stub.Watch(health_pb2.HealthCheckRequest())]
-            assert [a.status for a in answers] == [health_pb2.HealthCheckResponse.SERVING]
-            with pytest.raises(grpc.aio.AioRpcError) as info:
-                _ = [r async for r in stub.Watch(health_pb2.HealthCheckRequest(service="missing"))]
-    finally:
-        await server.stop(None)
+    async with health_server(tmp_path, WatchingHealth(), ErrorInterceptor()) as stub:
+        answers = [r async for r in stub.Watch(health_pb2.HealthCheckRequest())]
+        assert [a.status for a in answers] == [health_pb2.HealthCheckResponse.SERVING]
+        with pytest.raises(grpc.aio.AioRpcError) as info:
+            _ = [r async for r in stub.Watch(health_pb2.HealthCheckRequest(service="missing"))]
     assert info.value.code() == CODE.NOT_FOUND
     assert info.value.details() == "no service 'missing'"
 
