@@ -77,6 +77,12 @@ class _Half(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         self.other: _Half | None = None
         self.eof = False
+        # What arrived before the other half was connected, written to it on joining.
+        self.early: list[bytes] = []
+
+    @property
+    def joined(self) -> bool:
+        return self.other is not None and self.other.transport is not None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         assert isinstance(transport, asyncio.Transport)
@@ -85,6 +91,14 @@ class _Half(asyncio.Protocol):
             transport.pause_reading()
 
     def data_received(self, data: bytes) -> None:
+        if not self.joined:
+            # Pausing in connection_made does not hold on every Python: 3.11.2 (Debian 12)
+            # starts reading right after it anyway. Keep the bytes and pause now, which
+            # holds once reading has started.
+            self.early.append(data)
+            if self.transport is not None:
+                self.transport.pause_reading()
+            return
         assert self.other is not None and self.other.transport is not None
         self.other.transport.write(data)
 
@@ -92,10 +106,19 @@ class _Half(asyncio.Protocol):
         self.eof = True
         other = self.other
         if other is not None and other.transport is not None and other.transport.can_write_eof():
-            other.transport.write_eof()
+            other.transport.write_eof()  # before joining, pass_early() passes it on
         if other is not None and other.eof:
             self.link.close()
         return True  # keep the transport open for what the other side still sends
+
+    def pass_early(self) -> None:
+        """On joining: what this half read (and its end) before the other was there."""
+        assert self.other is not None and self.other.transport is not None
+        if self.early:
+            self.other.transport.write(b"".join(self.early))
+            self.early.clear()
+        if self.eof and self.other.transport.can_write_eof():
+            self.other.transport.write_eof()
 
     def pause_writing(self) -> None:
         if self.other is not None and self.other.transport is not None:
@@ -121,6 +144,8 @@ class _Link:
 
     def join(self) -> None:
         self.client.other, self.server.other = self.server, self.client
+        for half in (self.client, self.server):
+            half.pass_early()
         for half in (self.client, self.server):
             if half.transport is not None:
                 half.transport.resume_reading()

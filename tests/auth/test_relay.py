@@ -5,6 +5,7 @@ which expects only files in its socket folder."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
 import signal
@@ -13,12 +14,14 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from rustaid.api.v1 import common_pb2, generate_pb2, generate_pb2_grpc
+from rustaid.auth.relay import Credentials, UnixRelay
 from tests.conftest import add_model
 
 
@@ -130,3 +133,45 @@ def test_a_private_folder_of_someone_else_is_refused(tmp_path: Path, socket: Pat
     )  # fmt: skip
     assert r.returncode == 1
     assert f"{private} exists and is not a folder of this user: remove it" in r.stderr
+
+
+# -- bytes that arrive before the relay reaches gRPC -------------------------------------
+
+
+def _reads_even_when_paused(self: Any, fd: int, callback: Any, *args: Any) -> None:
+    """The transport of Python 3.11.2 (Debian 12's): the reader it adds after
+    connection_made ignores a pause made there."""
+    if self._closing:
+        return
+    self._loop._add_reader(fd, callback, *args)
+
+
+async def test_bytes_sent_before_the_relay_connects_are_passed_on(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from asyncio import selector_events
+
+    monkeypatch.setattr(
+        selector_events._SelectorSocketTransport, "_add_reader", _reads_even_when_paused
+    )
+
+    async def echo(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writer.write(await reader.read(100))
+        await writer.drain()
+        writer.close()
+
+    private = tmp_path / "grpc.sock"
+    server = await asyncio.start_unix_server(echo, path=str(private))
+    relay = UnixRelay(tmp_path / "public.sock", private, Credentials())
+    relay.bind()
+    await relay.start()
+    try:
+        # A gRPC client speaks first (its connection preface), at once.
+        reader, writer = await asyncio.open_unix_connection(str(tmp_path / "public.sock"))
+        writer.write(b"PRI * HTTP/2.0")
+        await writer.drain()
+        assert await asyncio.wait_for(reader.read(100), 10) == b"PRI * HTTP/2.0"
+        writer.close()
+    finally:
+        await relay.stop()
+        server.close()

@@ -261,7 +261,10 @@ def check_serving(
     notify.wait_for("WATCHDOG=1", proc, log, count=3)  # every 100 ms
     with grpc.insecure_channel(f"unix://{socket_path}") as channel:
         health = health_pb2_grpc.HealthStub(channel)
-        status = health.Check(health_pb2.HealthCheckRequest(), timeout=10).status
+        try:
+            status = health.Check(health_pb2.HealthCheckRequest(), timeout=10).status
+        except grpc.RpcError as e:
+            raise AssertionError(f"{e}\n-- daemon log --\n{log.read_text()[-4000:]}") from e
         assert status == health_pb2.HealthCheckResponse.SERVING
     r = subprocess.run(
         [
