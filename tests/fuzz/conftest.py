@@ -25,6 +25,9 @@ from hypothesis import HealthCheck, settings
 from hypothesis.configuration import set_hypothesis_home_dir
 
 from rustaid.api.v1 import (
+    common_pb2,
+    generate_pb2,
+    generate_pb2_grpc,
     models_pb2,
     models_pb2_grpc,
     plugins_pb2,
@@ -94,6 +97,14 @@ EMBEDDINGS = "embeddings/minilm"
 COLLECTION = "docs"
 DOCUMENT_IDS = ("animals", "cities")
 WASM_TOOL_FILE = "word_count.wasm"
+# A generation after a fuzzed call must be served within this (the model is free again).
+PROBE_DEADLINE_S = 20.0
+
+
+def short(value: Any, limit: int = 600) -> str:
+    """A fuzzed value for a message: its repr, cut when long."""
+    text = repr(value)
+    return text if len(text) <= limit else f"{text[:limit]}... ({len(text)} chars)"
 
 
 class Target:
@@ -139,6 +150,22 @@ class Target:
         """The end of the daemon's log, long lines cut (fuzzed names can be huge)."""
         tail = self.daemon.stderr().splitlines()[-lines:]
         return "\n".join(line if len(line) <= width else line[:width] + " [...]" for line in tail)
+
+    def assert_model_free(self, after: str) -> None:
+        """A one-token generation is served within PROBE_DEADLINE_S: the daemon stopped
+        working for a caller that gave up or left (`after` says what happened)."""
+        stub = generate_pb2_grpc.GenerateServiceStub(self.channel)
+        request = generate_pb2.GenerateRequest(
+            model_id=LLM, prompt="hi", params=common_pb2.GenerationParams(max_tokens=1)
+        )
+        try:
+            stub.Generate(request, timeout=PROBE_DEADLINE_S)
+        except grpc.RpcError as e:
+            raise AssertionError(
+                f"after {after}, a one-token generation got {e.code().name} within "  # type: ignore[attr-defined]
+                f"{PROBE_DEADLINE_S} s: the daemon keeps working for a caller that left\n"
+                f"{self.log_tail()}"
+            ) from None
 
     def fds(self) -> list[str]:
         """What the daemon's file descriptors point at (sockets, pipes, files...)."""

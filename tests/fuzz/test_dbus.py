@@ -16,7 +16,6 @@ import contextlib
 from collections.abc import Iterator
 from typing import Any
 
-import grpc
 import pytest
 from dbus_next import introspection as intr
 from dbus_next.aio.message_bus import MessageBus
@@ -26,11 +25,10 @@ from dbus_next.signature import SignatureTree, Variant
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from rustaid.api.v1 import common_pb2, generate_pb2, generate_pb2_grpc
 from rustaid.dbus import options as dbus_options
 from rustaid.dbus.interface import BUS_NAME, INTERFACE, OBJECT_PATH
 from rustaid.testing.proto_strategies import INTERESTING_STRINGS
-from tests.fuzz.conftest import COLLECTION, LLM, Target, examples
+from tests.fuzz.conftest import COLLECTION, LLM, Target, examples, short
 
 # Named errors a client may get besides org.rustai.Error.* (from the daemon's dispatcher
 # or from dbus-next for the standard interfaces).
@@ -43,7 +41,6 @@ BUG = "org.rustai.Error.Internal"
 CALL_TIMEOUT_S = 5.0
 # After a call the client gave up on (and left the bus), a one-token generation must get
 # through within this time: it would queue behind work the daemon failed to stop.
-PROBE_DEADLINE_S = 20.0
 
 # -- values of a D-Bus type ----------------------------------------------------------------
 
@@ -277,7 +274,9 @@ def check(target: Target, client: Client, member: str, reply: Message | None, wh
     if reply is None:
         target.record(name, "NO_REPLY", "", CALL_TIMEOUT_S, what)
         client.reconnect()
-        assert_stopped(target, name, what)
+        target.assert_model_free(
+            f"{name} gave no answer in {CALL_TIMEOUT_S} s for {what} and its caller left"
+        )
         return
     if reply.message_type is MessageType.ERROR:
         error = str(reply.error_name)
@@ -292,26 +291,6 @@ def check(target: Target, client: Client, member: str, reply: Message | None, wh
         assert text.strip(), f"{name}: {error} without a message"
     else:
         target.record(name, "OK", "", 0.0, what)
-
-
-def assert_stopped(target: Target, name: str, what: str) -> None:
-    stub = generate_pb2_grpc.GenerateServiceStub(target.channel)
-    request = generate_pb2.GenerateRequest(
-        model_id=LLM, prompt="hi", params=common_pb2.GenerationParams(max_tokens=1)
-    )
-    try:
-        stub.Generate(request, timeout=PROBE_DEADLINE_S)
-    except grpc.RpcError as e:
-        raise AssertionError(
-            f"{name} did not answer within {CALL_TIMEOUT_S} s for {what}; after the caller "
-            f"left the bus, a one-token generation got {e.code().name}: the daemon keeps "  # type: ignore[attr-defined]
-            f"working for a caller that left\n{target.log_tail()}"
-        ) from None
-
-
-def short(value: Any, limit: int = 400) -> str:
-    text = repr(value)
-    return text if len(text) <= limit else f"{text[:limit]}... ({len(text)} chars)"
 
 
 # -- the fuzz targets ----------------------------------------------------------------------
@@ -378,4 +357,4 @@ def test_zz_still_serving_on_dbus(target: Target, client: Client) -> None:
     assert reply.body[0]["State"].value in ("ready", "busy")
     reply = client.call("ListModels", "", [])
     assert reply is not None and reply.message_type is MessageType.METHOD_RETURN
-    assert_stopped(target, "the fuzzing", "all of it")
+    target.assert_model_free("all of the D-Bus fuzzing")

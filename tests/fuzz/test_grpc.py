@@ -51,7 +51,7 @@ from rustaid.testing.proto_strategies import (
     raw_requests,
     wire_mutations,
 )
-from tests.fuzz.conftest import COLLECTION, DOCUMENT_IDS, LLM, Target, examples
+from tests.fuzz.conftest import COLLECTION, DOCUMENT_IDS, LLM, Target, examples, short
 
 CODE = grpc.StatusCode
 BUGS = (CODE.INTERNAL, CODE.UNKNOWN)
@@ -60,7 +60,6 @@ BUGS = (CODE.INTERNAL, CODE.UNKNOWN)
 CALL_DEADLINE_S = 5.0
 # After a call ran into its deadline, a one-token generation must get through within
 # this time: it would queue behind abandoned work the daemon failed to stop.
-PROBE_DEADLINE_S = 20.0
 # A watch stream is read for its first message, then cancelled.
 WATCH_DEADLINE_S = 0.3
 MAX_STREAM_MESSAGES = 20_000
@@ -132,32 +131,13 @@ def check(target: Target, method: MethodDescriptor, outcome: Outcome, what: str)
     )
     if outcome.code is CODE.DEADLINE_EXCEEDED:
         if not is_watch(method):
-            assert_stopped(target, name, what)
+            target.assert_model_free(
+                f"{name} ran into its {CALL_DEADLINE_S} s deadline with {what}"
+            )
     elif outcome.code not in (CODE.OK, CODE.CANCELLED):
         assert outcome.details.strip(), f"{name}: {outcome.code.name} without a message"
         # The error must reach the client, not be replaced by gRPC's own complaint.
         assert "metadata size exceeds" not in outcome.details, (name, outcome.details[:300])
-
-
-def assert_stopped(target: Target, name: str, what: str) -> None:
-    """The client gave up on a call: the daemon must stop its work, not generate on."""
-    stub = generate_pb2_grpc.GenerateServiceStub(target.channel)
-    request = generate_pb2.GenerateRequest(
-        model_id=LLM, prompt="hi", params=common_pb2.GenerationParams(max_tokens=1)
-    )
-    try:
-        stub.Generate(request, timeout=PROBE_DEADLINE_S)
-    except grpc.RpcError as e:
-        raise AssertionError(
-            f"after {name} ran into its {CALL_DEADLINE_S} s deadline with {what}, a "
-            f"one-token generation got {e.code().name} within {PROBE_DEADLINE_S} s: "  # type: ignore[attr-defined]
-            f"the daemon keeps working for a client that left\n{target.log_tail()}"
-        ) from None
-
-
-def short(msg: Any, limit: int = 600) -> str:
-    text = repr(msg)
-    return text if len(text) <= limit else f"{text[:limit]}... ({len(text)} chars)"
 
 
 # -- seeds: real names, part of the time -------------------------------------------------
