@@ -7,7 +7,6 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import llama_cpp
 import pytest
@@ -23,6 +22,7 @@ from rustaid.providers import (
     Role,
 )
 from rustaid.testing.synthetic import ModelShape, write_llama_gguf
+from tests.builtin.test_llama_cpp import recording
 
 # A vocabulary large enough that a full copy of the logits dwarfs the context state.
 SHAPE = ModelShape(vocab_extra_words=4000)
@@ -58,24 +58,9 @@ def cache_of(model: LlamaModel) -> PromptCache:
 
 def chat(model: LlamaModel, messages: list[ChatMessage]) -> tuple[str, list[int]]:
     """The reply's text and the tokens `llm.generate` yielded for it."""
-    tokens: list[int] = []
-    original = model.llm.generate
-
-    def generate(*args: Any, **kwargs: Any) -> Iterator[int]:
-        inner = original(*args, **kwargs)
-        try:
-            for token in inner:
-                tokens.append(token)
-                yield token
-        finally:
-            inner.close()
-
-    model.llm.generate = generate  # type: ignore[method-assign]
     chunks: list[str] = []
-    try:
+    with recording(model.llm) as tokens:
         model.chat(messages, PARAMS, chunks.append, CancelToken())
-    finally:
-        del model.llm.generate
     return "".join(chunks), tokens
 
 
