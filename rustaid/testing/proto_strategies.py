@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import functools
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -344,16 +344,9 @@ class _Builder:
                 parts[f.name] = value
         picks = st.tuples(*(st.one_of(m) for m in oneofs.values()))
 
-        def build(values: dict[str, Any], picked: tuple[dict[str, Any], ...]) -> Message:
-            msg = cls()
-            for part in (values, *picked):
-                for name, v in part.items():
-                    _assign(msg, descriptor.fields_by_name[name], v)
-            return msg
-
         # Every seeded field, or some of them (seeded fields may exclude each other).
         values = st.one_of(st.fixed_dictionaries(parts), st.fixed_dictionaries({}, optional=parts))
-        return st.builds(build, values, picks)
+        return st.builds(_builder(cls, descriptor), values, picks)
 
     def one_field_off(self, descriptor: Descriptor) -> st.SearchStrategy[Message]:
         """A seed-only message with one field replaced by a random value."""
@@ -394,14 +387,23 @@ class _Builder:
                     members.append(s.map(functools.partial(_single, f.name)))
             choices.append(st.one_of(members))
 
-        def build(values: dict[str, Any], picked: tuple[dict[str, Any], ...]) -> Message:
-            msg = cls()
-            for part in (values, *picked):
-                for name, v in part.items():
-                    _assign(msg, descriptor.fields_by_name[name], v)
-            return msg
+        plain_values = st.fixed_dictionaries({}, optional=plain)
+        return st.builds(_builder(cls, descriptor), plain_values, st.tuples(*choices))
 
-        return st.builds(build, st.fixed_dictionaries({}, optional=plain), st.tuples(*choices))
+
+def _builder(
+    cls: type[Message], descriptor: Descriptor
+) -> Callable[[dict[str, Any], tuple[dict[str, Any], ...]], Message]:
+    """A message of `cls` from field values: plain ones, then one picked per oneof."""
+
+    def build(values: dict[str, Any], picked: tuple[dict[str, Any], ...]) -> Message:
+        msg = cls()
+        for part in (values, *picked):
+            for name, v in part.items():
+                _assign(msg, descriptor.fields_by_name[name], v)
+        return msg
+
+    return build
 
 
 def _single(name: str, value: Any) -> dict[str, Any]:
