@@ -26,6 +26,7 @@ import pytest
 
 from rustaid.api.v1 import generate_pb2, generate_pb2_grpc
 from rustaid.testing.daemon import DaemonProcess, run_daemon
+from tests.accounts import temporary_accounts
 from tests.auth.conftest import rustaid_cmd
 from tests.auth.probe import probe
 from tests.conftest import add_model
@@ -47,55 +48,23 @@ class Users:
     socket_gid: int
 
 
-def _exists(kind: str, name: str) -> bool:
-    try:
-        (grp.getgrnam if kind == "group" else pwd.getpwnam)(name)
-    except KeyError:
-        return False
-    return True
-
-
-def _run(argv: list[str]) -> None:
-    # /etc/passwd is locked while another test process adds users: try again.
-    for _ in range(20):
-        r = subprocess.run(argv, capture_output=True, text=True)
-        if r.returncode == 0:
-            return
-        time.sleep(0.25)
-    raise RuntimeError(f"{' '.join(argv)}: {r.stderr}")
-
-
 @pytest.fixture(scope="module")
 def users() -> Iterator[Users]:
     for tool in ("setpriv", "useradd", "groupadd"):
         if shutil.which(tool) is None:
             pytest.skip(f"{tool} is not installed (make system-deps installs it)")
-    created: list[tuple[str, str]] = []
-    try:
-        for group in (SOCKET_GROUP, ADMIN_GROUP):
-            if not _exists("group", group):
-                _run(["groupadd", "--system", group])
-                created.append(("group", group))
-        for name, groups in (
-            (MEMBER, SOCKET_GROUP),
-            (ADMIN, f"{SOCKET_GROUP},{ADMIN_GROUP}"),
-            (BY_UID, SOCKET_GROUP),
-        ):
-            if not _exists("user", name):
-                _run(["useradd", "--system", "--no-create-home", "--shell",
-                      "/usr/sbin/nologin", "-G", groups, name])  # fmt: skip
-                created.append(("user", name))
+    with temporary_accounts() as accounts:
+        accounts.group(SOCKET_GROUP)
+        accounts.group(ADMIN_GROUP)
+        accounts.user(MEMBER, [SOCKET_GROUP])
+        accounts.user(ADMIN, [SOCKET_GROUP, ADMIN_GROUP])
+        accounts.user(BY_UID, [SOCKET_GROUP])
         yield Users(
             pwd.getpwnam(MEMBER),
             pwd.getpwnam(ADMIN),
             pwd.getpwnam(BY_UID),
             grp.getgrnam(SOCKET_GROUP).gr_gid,
         )
-    finally:
-        for kind, name in reversed(created):
-            subprocess.run(["userdel" if kind == "user" else "groupdel", name], capture_output=True)
-            if kind == "user" and _exists("group", name):  # the user's own group
-                subprocess.run(["groupdel", name], capture_output=True)
 
 
 def as_user(

@@ -23,6 +23,7 @@ import pytest
 from rustaid.dbus.interface import BUS_NAME, INTERFACE, OBJECT_PATH
 from rustaid.testing.daemon import DaemonProcess, run_daemon
 from rustaid.testing.dbus import PrivateBus, private_bus
+from tests.accounts import exists, temporary_accounts
 from tests.conftest import add_model
 from tests.dbus.conftest import need
 
@@ -43,48 +44,22 @@ class Users:
     rustai_gid: int
 
 
-def _exists(kind: str, name: str) -> bool:
-    try:
-        (grp.getgrnam if kind == "group" else pwd.getpwnam)(name)
-    except KeyError:
-        return False
-    return True
-
-
 @pytest.fixture(scope="module")
 def users() -> Iterator[Users]:
     need("setpriv")
     need("useradd")
-    created: list[tuple[str, str]] = []
-    for kind, name in (("group", "rustai"), ("user", "rustaid")):
-        if not _exists(kind, name):
-            created.append((kind, name))
-    if created:
-        need("systemd-sysusers")
-        subprocess.run(["systemd-sysusers", str(SYSUSERS)], check=True, capture_output=True)
-    for name, extra in ((MEMBER, ["-G", "rustai"]), (OUTSIDER, [])):
-        if not _exists("user", name):
-            subprocess.run(
-                [
-                    "useradd",
-                    "--system",
-                    "--no-create-home",
-                    "--shell",
-                    "/usr/sbin/nologin",
-                    *extra,
-                    name,
-                ],
-                check=True,
-            )
-            created.append(("user", name))
-    try:
+    with temporary_accounts() as accounts:
+        missing = [
+            (k, n) for k, n in (("group", "rustai"), ("user", "rustaid")) if not exists(k, n)
+        ]
+        if missing:  # the package's own accounts, as its sysusers.d file makes them
+            need("systemd-sysusers")
+            subprocess.run(["systemd-sysusers", str(SYSUSERS)], check=True, capture_output=True)
+            for kind, name in missing:
+                accounts.created_by(kind, name)
+        accounts.user(MEMBER, ["rustai"])
+        accounts.user(OUTSIDER)
         yield Users(pwd.getpwnam(MEMBER), pwd.getpwnam(OUTSIDER), grp.getgrnam("rustai").gr_gid)
-    finally:
-        for kind, name in reversed(created):
-            cmd = ["userdel", name] if kind == "user" else ["groupdel", name]
-            subprocess.run(cmd, capture_output=True)
-            if kind == "user" and _exists("group", name):  # its own user group
-                subprocess.run(["groupdel", name], capture_output=True)
 
 
 def as_user(user: pwd.struct_passwd, *argv: str) -> subprocess.CompletedProcess[str]:
