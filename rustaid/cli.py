@@ -5,13 +5,19 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import os
 import sys
+from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from rustaid import __version__
-from rustaid.config import LOG_LEVELS, load_settings
+from rustaid.config import LOG_LEVELS, Settings, load_settings
 from rustaid.errors import RustaidError
 from rustaid.log import setup_logging
+
+if TYPE_CHECKING:
+    from rustaid.daemon import Daemon
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -38,7 +44,24 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
-def main(argv: list[str] | None = None) -> int:
+def _say_which_instance(settings: Settings, *, chosen: bool) -> None:
+    """Log which instance this is: root without --system/--user is told what it got."""
+    kind = "the system service" if settings.system else "a per-user instance"
+    where = f"data {settings.data_dir}, listening on {', '.join(settings.listen)}"
+    log = logging.getLogger("rustaid")
+    if os.getuid() == 0 and not chosen:
+        log.warning(
+            "running as root without --system: %s (%s); the system service is "
+            "`rustaid serve --system` (`systemctl start rustaid`)",
+            kind,
+            where,
+        )
+    else:
+        log.info("%s (%s)", kind, where)
+
+
+def main(argv: list[str] | None = None, *, prepare: Callable[[Daemon], None] | None = None) -> int:
+    """`prepare` sees the daemon before it runs (rustaid.testing's entry points)."""
     args = _parser().parse_args(argv)
     if args.command == "token":
         from rustaid.auth.cli import run_token_command
@@ -57,10 +80,14 @@ def main(argv: list[str] | None = None) -> int:
         print(f"rustaid: {e}", file=sys.stderr)
         return 2
     setup_logging(settings.log_level, settings.log_format)
+    _say_which_instance(settings, chosen=args.system is not None)
     from rustaid.daemon import Daemon
 
     try:
-        asyncio.run(Daemon(settings).run())
+        daemon = Daemon(settings)
+        if prepare is not None:
+            prepare(daemon)
+        asyncio.run(daemon.run())
     except RustaidError as e:
         logging.getLogger("rustaid").error("%s", e)
         return 1

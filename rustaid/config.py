@@ -5,15 +5,15 @@ One typed object; everything else receives it rather than reading files or env i
 
 from __future__ import annotations
 
-import ipaddress
 import os
 import tomllib
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
+from rustaid.addresses import is_loopback_host, parse_http_listen, parse_metrics_listen
 from rustaid.errors import InvalidArgument
-from rustaid.observability.listen import parse_metrics_listen
 
 LOG_LEVELS = ("debug", "info", "warning", "error")
 LOG_FORMATS = ("text", "json")
@@ -39,6 +39,10 @@ def default_socket(system: bool) -> Path:
     return _user_runtime_dir() / "rustaid" / "rustaid.sock"
 
 
+# Most requests one model serves at once (each holds a KV cache of its own).
+MAX_PARALLEL = 64
+
+
 @dataclass(frozen=True)
 class Settings:
     data_dir: Path
@@ -60,12 +64,25 @@ class Settings:
     max_context_length: int = 4096
     # 0: one thread per physical core.
     threads: int = 0
+    # Requests a loaded llama.cpp model serves at once (continuous batching); 0: from the
+    # cores and the memory budget (1 on a single core).
+    parallel: int = 0
     # Requests allowed to wait per loaded model before RESOURCE_EXHAUSTED.
     max_queue_per_model: int = 64
     # Requests one client may have in flight (waiting ones included); 0: no limit.
     max_requests_per_client: int = 8
+    # Unix socket connections (through the peer-credentials relay) one client may hold
+    # at once (0: no limit; root has none), and all clients together (0: as many as
+    # the open-file limit carries, at most 1024; a sixteenth kept for administrators).
+    max_connections_per_client: int = 32
+    max_connections: int = 0
     # Largest prompt (all messages of a chat turn together) in UTF-8 bytes; 0: no limit.
     max_prompt_bytes: int = 1 << 20
+    # Largest grammar (params.grammar, params.json_schema, or the grammar a schema or a
+    # request's tools become) in UTF-8 bytes, and most rules in it. (What makes
+    # compiling slow, its choices, is bounded by the llama.cpp engine itself.)
+    max_grammar_bytes: int = 256 << 10
+    max_grammar_rules: int = 4096
     # Largest gRPC message the daemon receives or sends, in MiB.
     max_message_mb: int = 16
     # Memory for loaded models: a fixed size, or 0 for a share of the available memory.
@@ -99,6 +116,15 @@ class Settings:
     token_file: str = ""
     # Plain TCP, on loopback addresses only.
     allow_insecure_tcp: bool = False
+    # -- HTTP front end: OpenAI- and Ollama-compatible routes (docs/http-api.md) --
+    # "HOST:PORT" (loopback unless tls_cert is set) or "unix:///path"; none: off.
+    http_listen: tuple[str, ...] = ()
+    # Browser origins allowed to call it (CORS), e.g. "http://localhost:3000"; none: no
+    # browser page of another origin may.
+    http_cors_origins: tuple[str, ...] = ()
+    # Host header names accepted besides localhost and the listen addresses (a check
+    # against DNS rebinding), e.g. the machine's name when it listens with TLS.
+    http_allowed_hosts: tuple[str, ...] = ()
     extra: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -185,9 +211,17 @@ def _validate(s: Settings) -> Settings:
         )
     if not s.listen:
         raise InvalidArgument("at least one listen address is required", field="listen")
-    for name in ("max_requests_per_client", "max_prompt_bytes"):
+    for name in (
+        "max_requests_per_client",
+        "max_prompt_bytes",
+        "max_connections_per_client",
+        "max_connections",
+    ):
         if getattr(s, name) < 0:
             raise InvalidArgument(f"{name} must be >= 0 (0: no limit)", field=name)
+    for name in ("max_grammar_bytes", "max_grammar_rules"):
+        if getattr(s, name) < 1:
+            raise InvalidArgument(f"{name} must be >= 1", field=name)
     if not 1 <= s.max_message_mb <= MAX_MESSAGE_MB_LIMIT:
         raise InvalidArgument(
             f"max_message_mb must be between 1 and {MAX_MESSAGE_MB_LIMIT} (got {s.max_message_mb})",
@@ -200,6 +234,11 @@ def _validate(s: Settings) -> Settings:
         raise InvalidArgument(
             "memory_budget_fraction must be in (0, 1]", field="memory_budget_fraction"
         )
+    if not 0 <= s.parallel <= MAX_PARALLEL:
+        raise InvalidArgument(
+            f"parallel must be between 0 (automatic) and {MAX_PARALLEL} (got {s.parallel})",
+            field="parallel",
+        )
     if s.memory_budget_mb < 0 or s.prompt_cache_mb < 0:
         raise InvalidArgument(
             "memory_budget_mb and prompt_cache_mb must be >= 0", field="memory_budget_mb"
@@ -211,17 +250,17 @@ def _validate(s: Settings) -> Settings:
             "default_max_tokens must not exceed max_tokens_limit", field="default_max_tokens"
         )
     parse_metrics_listen(s.metrics_listen)  # loopback only: the metrics reveal usage
+    parse_http_listen(s.http_listen, tls=bool(s.tls_cert))
+    for origin in s.http_cors_origins:
+        scheme, sep, rest = origin.partition("://")
+        if scheme not in ("http", "https") or not sep or not rest or "/" in rest:
+            raise InvalidArgument(
+                f"http_cors_origins entry {origin!r} must be an origin such as "
+                "'http://localhost:3000' (scheme, host and port, no path)",
+                field="http_cors_origins",
+            )
     _validate_transport_security(s)
     return s
-
-
-def _is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False  # a host name (other than localhost) may resolve anywhere
 
 
 def _validate_transport_security(s: Settings) -> None:
@@ -239,7 +278,7 @@ def _validate_transport_security(s: Settings) -> None:
         if address.startswith("unix:") or s.tls_cert:
             continue
         host = address.rsplit(":", 1)[0].strip("[]") if ":" in address else address
-        if not _is_loopback(host):
+        if not is_loopback_host(host):
             raise InvalidArgument(
                 f"listen address {address!r} is reachable from other machines and needs "
                 "TLS: set tls_cert and tls_key (with tls_client_ca or tokens), or listen "
@@ -264,7 +303,9 @@ def load_settings(
 ) -> Settings:
     """Build the settings from every source; raises InvalidArgument naming the bad key."""
     env = dict(os.environ) if environ is None else environ
-    is_system = system if system is not None else os.getuid() == 0 and "XDG_RUNTIME_DIR" not in env
+    # The system service is asked for (`--system`, as its unit does), never guessed from
+    # the user: root at a terminal gets a per-user instance like anyone else.
+    is_system = bool(system)
     if data_dir is None and env.get("RUSTAID_DATA_DIR"):
         data_dir = Path(env["RUSTAID_DATA_DIR"])
     root = (data_dir or default_data_dir(is_system)).expanduser().absolute()
@@ -272,9 +313,10 @@ def load_settings(
         data_dir=root,
         listen=(f"unix://{default_socket(is_system)}",),
         system=is_system,
-        # The system service's group members and administrators differ; a user's own
-        # daemon has its socket in the user's private runtime folder.
-        peer_credentials=is_system,
+        # The system service tells its users (and group members from administrators)
+        # apart; a user's own daemon tells that user's processes apart, so that one app
+        # cannot take every other app's share of connections and requests.
+        peer_credentials=True,
     )
     values: dict[str, Any] = {}
     extra: dict[str, Any] = {}
@@ -297,3 +339,85 @@ def load_settings(
         if value is not None:
             values[key] = _coerce(key, value, "command line")
     return _validate(replace(settings, extra=extra, **values))
+
+
+# -- The settings in force -------------------------------------------------------------
+
+# Settings a reload cannot apply to a running daemon: sockets and listeners bound at
+# start, and plugin discovery. Every other top-level key applies at once, because the
+# subsystems read it through SettingsSource when they need it.
+RESTART_KEYS = (
+    "socket_mode", "socket_group", "max_message_mb", "log_format", "drop_in_plugins",
+    "entry_point_plugins", "metrics_listen", "peer_credentials", "tls_cert", "tls_key",
+    "tls_client_ca", "allow_insecure_tcp", "http_listen",
+)  # fmt: skip
+
+
+# What subsystems hold to read the settings in force (a SettingsSource, or in tests any
+# function returning Settings).
+CurrentSettings = Callable[[], Settings]
+
+
+@dataclass(frozen=True)
+class Section:
+    """A `[name]` table of rustaid.toml and the subsystem's check of it (raises
+    InvalidArgument naming the key). `live`: a reload applies it (the subsystem reads
+    it again from the current settings); otherwise it needs a restart."""
+
+    name: str
+    check: Callable[[Settings], object]
+    live: bool
+
+
+class SettingsSource:
+    """The one place the daemon's current settings come from.
+
+    Subsystems hold this source (it is a `Callable[[], Settings]`) and call it when they
+    need a value, or `listen()` for replacements; none keeps a copy that a reload could
+    leave behind. Every section is checked whenever settings are accepted, at start
+    and at each reload, so a mistake is reported at once and the settings in force stay
+    whole."""
+
+    def __init__(self, settings: Settings, sections: Sequence[Section] = ()) -> None:
+        self._sections = tuple(sections)
+        self._check(settings)
+        self._current = settings
+        self._listeners: list[Callable[[Settings, Settings], None]] = []
+
+    def __call__(self) -> Settings:
+        return self._current
+
+    @property
+    def sections(self) -> tuple[Section, ...]:
+        return self._sections
+
+    def listen(self, callback: Callable[[Settings, Settings], None]) -> Callable[[], None]:
+        """Call `callback(old, new)` after each replacement; returns the stopper."""
+        self._listeners.append(callback)
+        return lambda: self._listeners.remove(callback) if callback in self._listeners else None
+
+    def _check(self, settings: Settings) -> None:
+        for section in self._sections:
+            section.check(settings)  # its InvalidArgument names the section and key
+
+    def needs_restart(self, new: Settings) -> list[str]:
+        """What differs between the settings in force and `new` that only a restart
+        applies, as rustaid.toml names it."""
+        old = self._current
+        keys = [k for k in RESTART_KEYS if getattr(old, k) != getattr(new, k)]
+        sections = [
+            f"[{s.name}]"
+            for s in self._sections
+            if not s.live and old.extra.get(s.name) != new.extra.get(s.name)
+        ]
+        return keys + sections
+
+    def replace(self, new: Settings) -> list[str]:
+        """Put `new` in force (after checking every section: InvalidArgument keeps the
+        old ones); returns what it changed that needs a restart."""
+        self._check(new)
+        later = self.needs_restart(new)
+        old, self._current = self._current, new
+        for listener in list(self._listeners):
+            listener(old, new)
+        return later

@@ -1,57 +1,101 @@
-"""The daemon: owns every subsystem, runs start-up -> serve -> shutdown."""
+"""The daemon and composition root: builds every subsystem, hands each adapter and
+subsystem the typed parts it uses (docs/architecture.md, "Layers, the composition root
+and the seams"), and runs start-up -> serve -> shutdown. Nothing imports this module
+but the entry points."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import os
 import signal
+import sys
 import time
 from collections.abc import Coroutine
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import grpc
 
 from rustaid import __version__
 from rustaid.auth.manager import Auth
-from rustaid.config import Settings, load_settings
+from rustaid.config import Section, Settings, SettingsSource, load_settings
 from rustaid.core.engine import Engine
-from rustaid.core.registry import ModelEvent, ModelEventType, ModelRegistry
+from rustaid.core.registry import ModelEntry, ModelEvent, ModelEventType, ModelRegistry
 from rustaid.core.watcher import FolderWatcher
-from rustaid.dbus.service import DBusService
+from rustaid.daemon_api import PluginHost
+from rustaid.dbus.parts import DBusParts
+from rustaid.dbus.service import DBusService, dbus_config
 from rustaid.errors import RustaidError
+from rustaid.memory import tune_allocator
 from rustaid.plugins import PluginManager
+from rustaid.power.config import power_config
 from rustaid.power.manager import ResourceManager
+from rustaid.pull.puller import Puller
+from rustaid.rag.config import rag_config
 from rustaid.rag.manager import Rag
 from rustaid.sdnotify import Notifier
+from rustaid.sockets import remove_sockets
+from rustaid.tools.config import ToolsConfig
+from rustaid.tools.host import DaemonToolHost
 from rustaid.tools.nlu import Nlu
-from rustaid.tools.registry import ToolRegistry
-from rustaid.updates.gate import gate_from_state, state_from_snapshot
+from rustaid.tools.registry import ToolRegistry, tool_plugins
+from rustaid.updates.config import load_config
+from rustaid.updates.gate import gate_from_config, state_from_snapshot
 from rustaid.updates.manager import UpdateManager
 
 if TYPE_CHECKING:
+    from rustaid.http.server import HttpFrontEnd
     from rustaid.observability.prometheus import PrometheusExporter
 
 log = logging.getLogger(__name__)
+# How often a thread running Python code offers the interpreter lock to others.
+SWITCH_INTERVAL_S = 0.001
+
+
+# Every [section] of rustaid.toml the daemon's subsystems read: checked whenever settings
+# are accepted (start, reload). Live sections are read again from the current settings;
+# the others configure subsystems that start once, so a change needs a restart.
+SECTIONS = (
+    Section("rag", rag_config, live=True),
+    Section("tools", ToolsConfig.from_settings, live=True),
+    Section("power", lambda s: power_config(s.extra.get("power")), live=True),
+    Section("updates", lambda s: load_config(s.extra.get("updates"), s.config_dir), live=True),
+    Section("dbus", dbus_config, live=False),
+)
 
 
 class Daemon:
     def __init__(self, settings: Settings, notifier: Notifier | None = None) -> None:
-        self.settings = settings
+        # The one settings source: subsystems read the current settings through it (or
+        # listen to it); a reload replaces them there and nowhere else.
+        self.config = SettingsSource(settings, SECTIONS)
         self.notifier = notifier or Notifier()
-        self.plugins = PluginManager(settings, daemon=self, on_change=self._plugins_changed)
+        # What plugins see of the daemon in startup()/shutdown(): a stable, typed API.
+        self.plugin_host = PluginHost(
+            settings=self.config,
+            models=lambda: self.registry.list(),
+            model_events=lambda: self.registry.events,
+            requests=lambda: self.engine.requests,
+        )
+        self.plugins = PluginManager(
+            settings, daemon=self.plugin_host, on_change=self._plugins_changed
+        )
+        # Engines declare the model files they serve; the registry knows no format.
         self.registry = ModelRegistry(
             settings.models_dir,
-            provider_for=self._provider_for,
+            llm_engines=self.plugins.llm_providers,
+            embedding_engines=self.plugins.embedding_providers,
             models_toml=settings.config_dir / "models.toml",
-            providers=lambda: self.engine.provider_names(),
         )
         self.engine = Engine(settings, self.registry, self.plugins.llm_providers)
+        self.config.listen(self._settings_replaced)
+        # `models pull`: downloads into the models folder, renamed into place when checked.
+        self.puller = Puller(settings.models_dir)
         # Embeddings, collections and retrieval; engines and stores load on first use.
         self.rag = Rag(
-            lambda: self.settings,
+            self.config,
             self.registry,
             self.engine,
             self.plugins,
@@ -62,17 +106,32 @@ class Daemon:
             settings, models=self.registry, engine=self.engine, plugins=self.plugins
         )
         self.engine.policy = self.resources.policy
-        self.engine.metrics = self.resources.metrics
+        self.config.listen(self.resources.settings_replaced)
+        self.resources.monitor.add_listener(lambda _old, _new: self._device_changed())
+        self.engine.requests.listen(self.resources.metrics.observe)
+        self.engine.energy_meter = self.resources.request_energy
         # OTA updates of models and plugins; refused on a low battery or a hot device.
         self.updates = UpdateManager(self)
-        self.updates.power_ok = gate_from_state(
-            lambda: state_from_snapshot(self.resources.snapshot),
-            min_battery=self.updates.config.min_battery,
-            max_thermal=self.updates.config.max_thermal,
+        self.updates.refresh_device = self.resources.fresh_snapshot
+        self.updates.power_ok = gate_from_config(
+            lambda: state_from_snapshot(self.resources.snapshot), lambda: self.updates.config
         )
+        self.config.listen(self.updates.settings_replaced)
         # Tools (plugins' and plugins/*.wasm), function calling, intents and entities.
-        self.tools = ToolRegistry.for_daemon(self)
-        self.nlu = Nlu(self)
+        self.tools = ToolRegistry(
+            settings=self.config,
+            plugin_tools=self.plugins.tools,
+            plugin_names=lambda: tool_plugins(self.plugins.list()),
+            # What every tool (built-in or a plugin's) sees of the daemon: a typed ToolHost.
+            host=DaemonToolHost(
+                settings=self.config,
+                snapshot=lambda: self.resources.snapshot,
+                models=self.registry.list,
+                plugins=self.plugins.list,
+                search=self.rag.search,
+            ),
+        )
+        self.nlu = Nlu(self.engine, self.config)
         self.watcher = FolderWatcher(
             [settings.models_dir, settings.config_dir], on_change=self.rescan_async
         )
@@ -84,20 +143,35 @@ class Daemon:
         self._stop = asyncio.Event()
         self._tasks: set[asyncio.Task[None]] = set()
         # The D-Bus API (org.rustai.Daemon1): started after gRPC, stopped before it.
-        self.dbus = DBusService(self)
+        self.dbus = DBusService(
+            DBusParts(
+                settings=self.config,
+                engine=self.engine,
+                rag=self.rag,
+                resources=self.resources,
+                updates=self.updates,
+            )
+        )
         # Who may call what over gRPC: peer credentials, TLS, tokens (rustaid/auth).
-        self.auth = Auth(lambda: self.settings)
+        self.auth = Auth(self.config)
         # Prometheus metrics on loopback, when `metrics_listen` is set (before gRPC).
         self.prometheus: PrometheusExporter | None = None
+        # OpenAI- and Ollama-compatible HTTP routes, when `http_listen` is set.
+        self.http: HttpFrontEnd | None = None
 
-    def _provider_for(self, path: Path) -> str:
-        # Files under embeddings/ and nlu/ belong to embedding engines; every other model
-        # file to a language-model engine (never to an embedding engine that also reads
-        # GGUF, or an unloaded llama.cpp would leave its models "served" by it).
-        top = path.relative_to(self.settings.models_dir).parts[0]
-        if top in ("embeddings", "nlu"):
-            return self.rag.provider_for(path)
-        return self.engine.provider_for(path)
+    @property
+    def settings(self) -> Settings:
+        """The settings in force (`self.config()`)."""
+        return self.config()
+
+    def _settings_replaced(self, _old: Settings, new: Settings) -> None:
+        self.engine.settings = new  # the engine reads its limits and budget from here
+        logging.getLogger().setLevel(new.log_level.upper())
+
+    def _device_changed(self) -> None:
+        # Running generations take the new caps; a deferred update starts if it may now.
+        self.engine.device_changed()
+        self.updates.device_changed()
 
     def _plugins_changed(self) -> None:
         # Plugin changes may come from worker threads; providers decide which models work.
@@ -129,6 +203,12 @@ class Daemon:
         self._report(problems)
         self._handle(self.registry.apply(found))
 
+    async def register_pulled(self, file_name: str) -> ModelEntry | None:
+        """The registry's entry for a file a pull just placed in the models folder."""
+        await self.rescan_async()
+        path = self.settings.models_dir / file_name
+        return next((e for e in self.registry.list() if e.path == path), None)
+
     async def rescan_async(self) -> None:
         """Rescan off the event loop; files still being written are looked at again."""
         async with self._scan_lock:
@@ -157,13 +237,51 @@ class Daemon:
         if self.settings.metrics_listen:  # opt-in: prometheus_client is imported only here
             from rustaid.observability.prometheus import PrometheusExporter
 
-            self.prometheus = PrometheusExporter(self)
+            self.prometheus = PrometheusExporter(
+                self.settings, self.engine, self.resources, self.updates
+            )
             await self.prometheus.start()
-        from rustaid.services.server import build_server, set_generate_serving, set_serving
+        from rustaid.services.server import (
+            GrpcParts,
+            build_server,
+            set_generate_serving,
+            set_serving,
+        )
 
-        self.server, self._health = build_server(self)
+        self.server, self._health = build_server(
+            GrpcParts(
+                settings=self.config,
+                engine=self.engine,
+                plugins=self.plugins,
+                rag=self.rag,
+                tools=self.tools,
+                nlu=self.nlu,
+                updates=self.updates,
+                resources=self.resources,
+                puller=self.puller,
+                folder=self,
+                auth=self.auth,
+                interceptors=[self.prometheus.interceptor] if self.prometheus else [],
+            )
+        )
         await self.server.start()
         await self.auth.start()  # Unix socket relays accept once gRPC listens
+        if self.settings.http_listen:  # opt-in: Starlette and uvicorn are imported only here
+            from rustaid.http.parts import HttpParts
+            from rustaid.http.server import HttpFrontEnd
+
+            self.http = HttpFrontEnd(
+                HttpParts(
+                    settings=self.config,
+                    engine=self.engine,
+                    rag=self.rag,
+                    resources=self.resources,
+                    puller=self.puller,
+                    folder=self,
+                    auth=self.auth,
+                )
+            )
+            await self.http.start()
         await set_serving(self._health, True)
         # While critically hot, health says NOT_SERVING for GenerateService.
         self.resources.on_generate_serving(
@@ -175,9 +293,8 @@ class Daemon:
         if interval:
             self._spawn(self._watchdog(interval))
         n_models = len(self.registry.list())
-        status = (
-            f"serving {n_models} model{'s' * (n_models != 1)} on {', '.join(self.settings.listen)}"
-        )
+        addresses = [*self.settings.listen, *(self.http.bound if self.http else ())]
+        status = f"serving {n_models} model{'s' * (n_models != 1)} on {', '.join(addresses)}"
         self.notifier.notify("READY=1", f"STATUS={status}", f"MAINPID={os.getpid()}")
         log.info(
             "rustaid %s ready in %.0f ms: %s",
@@ -187,6 +304,10 @@ class Daemon:
         )
         # D-Bus (UPower, power-profiles-daemon), udev, PSI: connected after READY=1.
         await self.resources.start_event_sources()
+        # What start-up created lives as long as the daemon: keep it out of the garbage
+        # collector's full passes, which hold the interpreter lock (the loop) meanwhile.
+        gc.collect()
+        gc.freeze()
 
     def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
         task = asyncio.ensure_future(coro)
@@ -208,13 +329,17 @@ class Daemon:
                 system=self.settings.system,
                 overrides={"listen": list(self.settings.listen)},
             )
+            later = self.config.replace(fresh)
         except RustaidError as e:
             log.error("configuration not reloaded, keeping the previous one: %s", e)
         else:
-            self.settings = fresh
-            self.engine.settings = fresh
-            logging.getLogger().setLevel(fresh.log_level.upper())
-            log.info("configuration reloaded")
+            if later:
+                log.warning(
+                    "configuration reloaded; these changes apply after a restart "
+                    "(systemctl restart rustaid): %s", ", ".join(later),
+                )  # fmt: skip
+            else:
+                log.info("configuration reloaded")
 
         async def rescan_then_ready() -> None:
             await self.rescan_async()
@@ -232,9 +357,14 @@ class Daemon:
         log.info("stopping: in-flight requests get %.0f s to finish", grace)
         # D-Bus stops taking calls first; its running calls get the same grace, in parallel.
         dbus_stopped = asyncio.ensure_future(self.dbus.stop(grace))
+        # HTTP too: no new connections; running requests get the grace period (the
+        # engine then stops what still runs, and the streams tell their clients).
+        http_drained = asyncio.ensure_future(
+            self.http.drain(grace) if self.http else asyncio.sleep(0)
+        )
         await self.resources.stop()
         if self.server is not None:
-            from rustaid.services.server import remove_sockets, set_serving
+            from rustaid.services.server import set_serving
 
             await set_serving(self._health, False)
             await self.server.stop(grace)
@@ -243,6 +373,7 @@ class Daemon:
         if self.prometheus is not None:
             await self.prometheus.stop()
         await dbus_stopped
+        await http_drained  # before the subsystems its requests use stop
         await self.watcher.stop()
         if self._recheck is not None:
             self._recheck.cancel()
@@ -252,12 +383,19 @@ class Daemon:
         await self.rag.stop()
         self.tools.stop()
         await self.engine.stop()
+        if self.http is not None:
+            await self.http.stop()
         self._loop = None  # plugin shutdown must not trigger rescans any more
         self.plugins.stop()
         log.info("stopped")
 
     async def run(self) -> None:
         """Serve until SIGTERM/SIGINT; SIGHUP reloads."""
+        # Worker threads doing Python work (schemas, parsing) hand the interpreter lock
+        # back to the event loop within this long (Python's default is 5 ms, which lets a
+        # busy thread stretch a health check past 100 ms).
+        sys.setswitchinterval(SWITCH_INTERVAL_S)
+        tune_allocator()  # before the worker threads make their malloc arenas
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self.request_stop)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 
 class RustaidError(Exception):
     """Base class: a failure a client can understand and act on."""
@@ -17,6 +19,26 @@ class RustaidError(Exception):
 
 class InvalidArgument(RustaidError):
     """The request is malformed; the message says which field and how to fix it."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        reason: str = "",
+        field: str = "",
+        violations: Sequence[tuple[str, str]] = (),
+    ) -> None:
+        super().__init__(message, reason=reason, field=field)
+        # (field, message) of every field at fault (google.rpc.BadRequest lists them all).
+        self.violations = list(violations) or [(field, message)]
+
+    @classmethod
+    def all_of(cls, found: Sequence[InvalidArgument]) -> InvalidArgument:
+        """One error for every field at fault, so a client fixes them in one go."""
+        if len(found) == 1:
+            return found[0]
+        pairs = [pair for e in found for pair in e.violations]
+        return cls("; ".join(e.message for e in found), field=pairs[0][0], violations=pairs)
 
 
 class NotFound(RustaidError):
@@ -51,13 +73,13 @@ class PermissionDenied(RustaidError):
     pass
 
 
+class DataLoss(RustaidError):
+    """Data arrived damaged (a checksum mismatch); what was received is discarded."""
+
+
 class Unauthenticated(RustaidError):
     """Credentials are missing or were refused (e.g. a remote endpoint's 401)."""
 
 
 class Cancelled(RustaidError):
     """The client went away or its deadline passed."""
-
-
-class NotImplementedYet(RustaidError):
-    """An RPC the contract defines but this version does not serve."""

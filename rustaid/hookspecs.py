@@ -8,7 +8,7 @@ things; work happens in the registered providers' methods.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING
 
 import pluggy
 
@@ -20,6 +20,9 @@ from rustaid.providers import (
     Tool,
     VectorStore,
 )
+
+if TYPE_CHECKING:
+    from rustaid.daemon_api import DaemonAPI
 
 PROJECT_NAME = "rustaid"
 
@@ -58,10 +61,12 @@ def register_resource_monitors(register: Callable[[ResourceMonitor], None]) -> N
 
 
 @hookspec
-def startup(daemon: Any) -> None:
-    """Called once the plugin is loaded and the daemon is running."""
+def startup(daemon: DaemonAPI) -> None:
+    """Called once the plugin is loaded and the daemon is running; `daemon` is the
+    daemon's stable, versioned API (`rustaid.daemon_api.DaemonAPI`)."""
 
 
 @hookspec
-def shutdown(daemon: Any) -> None:
-    """Called before the plugin is unloaded or the daemon stops."""
+def shutdown(daemon: DaemonAPI) -> None:
+    """Called before the plugin is unloaded or the daemon stops (stop the callbacks
+    registered through `daemon` here)."""

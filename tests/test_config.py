@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import os
+import signal
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -58,3 +62,32 @@ def test_bad_settings_name_the_key(
     (tmp_path / "config" / "rustaid.toml").write_text(toml)
     with pytest.raises(InvalidArgument, match=needle):
         load_settings(data_dir=tmp_path, environ=env)
+
+
+def test_root_without_xdg_gets_a_per_user_instance(tmp_path: Path) -> None:
+    """The system service is asked for with --system (its unit does), never guessed."""
+    assert load_settings(environ={}).system is False
+    assert load_settings(system=True, environ={}).system is True
+
+
+def test_serve_as_root_without_a_choice_says_which_instance(tmp_path: Path) -> None:
+    if os.getuid() != 0:
+        pytest.skip("the warning is for root")
+    env = {k: v for k, v in os.environ.items() if k != "XDG_RUNTIME_DIR"}
+    sock = f"unix://{tmp_path}/r.sock"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "rustaid", "serve", "--data-dir", str(tmp_path / "d"),
+         "--listen", sock],
+        env={**env, "RUSTAID_ENTRY_POINT_PLUGINS": "0"},
+        stderr=subprocess.PIPE,
+        text=True,
+    )  # fmt: skip
+    try:
+        assert proc.stderr is not None
+        first = proc.stderr.readline()
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.communicate(timeout=60)
+    assert "running as root without --system: a per-user instance" in first
+    assert f"data {tmp_path / 'd'}, listening on {sock}" in first
+    assert "`rustaid serve --system`" in first

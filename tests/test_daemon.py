@@ -7,11 +7,11 @@ import socket
 import stat
 import threading
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 import grpc
 import pytest
+from google.protobuf import descriptor_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
@@ -179,7 +179,7 @@ def test_sigterm_during_a_stream_ends_it_and_exits_cleanly(
         assert "stopped" in d.stderr()
 
 
-def test_health_reflection_and_unimplemented_services(tmp_path: Path) -> None:
+def test_health_and_reflection(tmp_path: Path) -> None:
     with run_daemon(tmp_path) as d:
         channel = grpc.insecure_channel(d.address)
         health = health_pb2_grpc.HealthStub(channel)
@@ -203,13 +203,47 @@ def test_health_reflection_and_unimplemented_services(tmp_path: Path) -> None:
         } <= names
         assert "grpc.health.v1.Health" in names
 
-        # Not yet served RPCs answer UNIMPLEMENTED naming the RPC, not a bare default.
-        calls: list[Callable[[], object]] = []
-        for call in calls:
-            with pytest.raises(grpc.RpcError) as info:
-                call()
-            assert info.value.code() == grpc.StatusCode.UNIMPLEMENTED
-            assert "Service." in info.value.details() and "not served" in info.value.details()
+        channel.close()
+
+
+def test_reflection_v1_and_the_error_detail_types(tmp_path: Path) -> None:
+    """grpc.reflection.v1 is served beside v1alpha (same messages, another package), and
+    the files it sends carry google.rpc's status and error detail types."""
+    with run_daemon(tmp_path) as d:
+        channel = grpc.insecure_channel(d.address)
+        for service in ("grpc.reflection.v1", "grpc.reflection.v1alpha"):
+            info = channel.stream_stream(
+                f"/{service}.ServerReflection/ServerReflectionInfo",
+                request_serializer=reflection_pb2.ServerReflectionRequest.SerializeToString,
+                response_deserializer=reflection_pb2.ServerReflectionResponse.FromString,
+            )
+            listed, service_file, detail = info(
+                iter(
+                    [
+                        reflection_pb2.ServerReflectionRequest(list_services=""),
+                        reflection_pb2.ServerReflectionRequest(
+                            file_containing_symbol="rustaid.api.v1.GenerateService"
+                        ),
+                        reflection_pb2.ServerReflectionRequest(
+                            file_containing_symbol="google.rpc.BadRequest"
+                        ),
+                    ]
+                )
+            )
+            names = {s.name for s in listed.list_services_response.service}
+            assert {"grpc.reflection.v1.ServerReflection", "rustaid.api.v1.GenerateService"} <= (
+                names
+            )
+            files = {
+                descriptor_pb2.FileDescriptorProto.FromString(b).name
+                for b in service_file.file_descriptor_response.file_descriptor_proto
+            }
+            assert {"rustaid/api/v1/generate.proto", "google/rpc/error_details.proto",
+                    "google/rpc/status.proto"} <= files  # fmt: skip
+            (first, *_) = detail.file_descriptor_response.file_descriptor_proto
+            assert descriptor_pb2.FileDescriptorProto.FromString(first).name == (
+                "google/rpc/error_details.proto"
+            )
         channel.close()
 
 
@@ -305,3 +339,43 @@ def test_unloading_the_engine_plugin_unloads_its_models(
         )
         assert r.usage.completion_tokens == 2
         channel.close()
+
+
+def test_sighup_applies_a_new_memory_budget(tmp_path: Path, model_files: dict[str, Path]) -> None:
+    add_model(tmp_path, model_files["tiny"])
+    config = tmp_path / "config" / "rustaid.toml"
+    config.parent.mkdir(parents=True, exist_ok=True)
+    config.write_text("memory_budget_mb = 1\n")
+    with run_daemon(tmp_path) as d, grpc.insecure_channel(d.address) as channel:
+        models = models_pb2_grpc.ModelsServiceStub(channel)
+        with pytest.raises(grpc.RpcError) as refused:
+            models.LoadModel(models_pb2.LoadModelRequest(id="tiny"))
+        assert refused.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert "memory budget is 1 MiB" in (refused.value.details() or "")
+        config.write_text("memory_budget_mb = 800\n")
+        d.proc.send_signal(signal.SIGHUP)
+        d.wait_for("STATUS=reloaded")
+        loaded = models.LoadModel(models_pb2.LoadModelRequest(id="tiny")).model
+        assert loaded.state == models_pb2.MODEL_STATE_LOADED
+
+
+def test_sighup_names_the_changes_that_need_a_restart(tmp_path: Path) -> None:
+    config = tmp_path / "config" / "rustaid.toml"
+    config.parent.mkdir(parents=True, exist_ok=True)
+    config.write_text("max_requests_per_client = 8\n[dbus]\nenabled = true\n")
+    with run_daemon(tmp_path) as d:
+        config.write_text("max_requests_per_client = 4\n[dbus]\nenabled = false\n")
+        d.proc.send_signal(signal.SIGHUP)
+        d.wait_for("STATUS=reloaded")
+        log = (tmp_path / "daemon.log").read_text()
+        assert "these changes apply after a restart (systemctl restart rustaid): [dbus]" in log
+        # A change a reload applies says nothing more.
+        config.write_text(
+            "max_requests_per_client = 2\n[dbus]\nenabled = false\n[power]\npoll_idle_s = 10\n"
+        )
+        d.proc.send_signal(signal.SIGHUP)
+        deadline = time.monotonic() + 10
+        while (log := (tmp_path / "daemon.log").read_text()).count("configuration reloaded") < 2:
+            assert time.monotonic() < deadline, log
+            time.sleep(0.05)
+        assert log.count("apply after a restart") == 1

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import pwd
 import shutil
 import sys
 import threading
@@ -24,6 +25,7 @@ from rustaid.plugins import (
     PluginState,
 )
 from rustaid.providers import LLMProvider, Tool
+from tests.accounts import temporary_accounts
 
 FIXTURES = Path(__file__).parent / "plugins"
 GOOD = "tests.plugins.good_plugin"
@@ -729,6 +731,34 @@ def test_drop_in_owned_by_another_user_is_refused(
     assert "chown" in record.error
 
 
+@pytest.mark.skipif(os.geteuid() != 0, reason="creating a user needs root")
+def test_linked_folder_inside_a_package_is_refused(
+    make_manager: MakeManager, plugins_dir: Path, tmp_path: Path
+) -> None:
+    """A root-owned folder elsewhere holding another user's module, linked into a
+    package: the walk of the package does not enter the link, so it must refuse it."""
+    with temporary_accounts() as accounts:
+        accounts.user("rustaid-t-other")
+        elsewhere = tmp_path / "elsewhere"
+        elsewhere.mkdir(mode=0o755)
+        theirs = elsewhere / "tools.py"
+        shutil.copyfile(FIXTURES / "pkg_plugin" / "tools.py", theirs)
+        theirs.chmod(0o644)
+        os.chown(theirs, pwd.getpwnam("rustaid-t-other").pw_uid, -1)
+        pkg = copy_fixture("pkg_plugin", plugins_dir)
+        (pkg / "tools.py").unlink()
+        (pkg / "sub").symlink_to(elsewhere, target_is_directory=True)
+        init = pkg / "__init__.py"
+        init.write_text(init.read_text().replace("from .tools import", "from .sub.tools import"))
+        manager = make_manager()
+        manager.start()
+        record = manager.get("pkg_plugin")
+        assert record.state is PluginState.FAILED
+        assert f"{pkg / 'sub'} is a symbolic link" in record.error
+        assert "replace it with the files themselves" in record.error
+        assert f"{DROP_IN_MODULE_PREFIX}pkg_plugin.sub.tools" not in sys.modules
+
+
 # --- conflicts ------------------------------------------------------------------------
 
 
@@ -952,3 +982,54 @@ def test_concurrent_readers_and_writers(make_manager: MakeManager, plugins_dir: 
             t.join()
     assert errors == []
     assert manager.get("calc").state is PluginState.ACTIVE
+
+
+ENGINE_PLUGIN = """\
+from rustaid.hookspecs import hookimpl
+from rustaid.providers import SimpleLLM
+
+
+class Engine(SimpleLLM):
+    name = "odd"
+    suffixes = {suffixes}
+    folder_markers = {markers}
+
+    def generate(self, model, prompt, params):
+        yield "x"
+
+
+@hookimpl
+def register_llm_providers(register):
+    register(Engine())
+"""
+
+
+@pytest.mark.parametrize(
+    ("suffixes", "markers", "error"),
+    [
+        ('(".chain", ".chain2")', "()", ""),
+        ('(".bin",)', '("model.bin",)', ""),
+        ('(".tar.gz",)', "()", "Engine.suffixes must be a tuple"),
+        ('".chain"', "()", "Engine.suffixes must be a tuple of lower-case suffixes"),
+        ('("chain",)', "()", "like (\".gguf\",); got ('chain',)"),
+        ('(".Chain",)', "()", "Engine.suffixes must be a tuple"),
+        ("(1,)", "()", "Engine.suffixes must be a tuple"),
+        ("()", '("a/model.onnx",)', "Engine.folder_markers must be a tuple of file names"),
+        ("()", '("",)', "Engine.folder_markers must be a tuple of file names"),
+    ],
+)
+def test_an_engine_declaring_malformed_formats_fails_saying_what_to_fix(
+    make_manager: MakeManager, plugins_dir: Path, suffixes: str, markers: str, error: str
+) -> None:
+    write(plugins_dir / "odd.py", ENGINE_PLUGIN.format(suffixes=suffixes, markers=markers))
+    manager = make_manager()
+    manager.start()
+    record = manager.get("odd")
+    if not error:
+        assert record.state is PluginState.ACTIVE, record.error
+        assert record.capabilities == ["llm:odd"]
+        return
+    assert record.state is PluginState.FAILED
+    assert record.error.startswith("ValueError: register_llm_providers: Engine.")
+    assert error in record.error
+    assert manager.llm_providers() == {}

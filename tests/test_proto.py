@@ -1,4 +1,5 @@
-"""The contract: stubs match proto/, buf lint passes, the Node.js client works."""
+"""The contract: stubs match proto/, buf lint passes, nothing released is broken, the
+Node.js client works."""
 
 from __future__ import annotations
 
@@ -16,6 +17,8 @@ from tests.conftest import add_model
 ROOT = Path(__file__).resolve().parent.parent
 NODE_DIR = ROOT / "clients" / "node"
 BUF = NODE_DIR / "node_modules" / ".bin" / "buf"
+# The contract of the last release (`make api-baseline` at a release).
+BASELINE = ROOT / "proto" / "baseline" / "rustaid-v1.binpb"
 
 
 def _need(path: Path, what: str) -> None:
@@ -50,6 +53,32 @@ def test_buf_lint_passes() -> None:
     _need(BUF, "buf (npm @bufbuild/buf)")
     r = subprocess.run([str(BUF), "lint"], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stdout + r.stderr
+
+
+def _buf_breaking(module: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [str(BUF), "breaking", "--against", str(BASELINE)], cwd=module, capture_output=True,
+        text=True, timeout=120,
+    )  # fmt: skip
+
+
+def test_contract_keeps_what_the_last_release_had() -> None:
+    _need(BUF, "buf (npm @bufbuild/buf)")
+    r = _buf_breaking(ROOT)
+    assert r.returncode == 0, (
+        "breaking change against the last released contract (proto/baseline/): add a field,"
+        " message or RPC instead of changing or removing one\n" + r.stdout + r.stderr
+    )
+
+
+def test_buf_breaking_reports_a_removed_file(tmp_path: Path) -> None:
+    _need(BUF, "buf (npm @bufbuild/buf)")
+    shutil.copytree(ROOT / "proto", tmp_path / "proto")
+    shutil.copy(ROOT / "buf.yaml", tmp_path)
+    (tmp_path / "proto" / "rustaid" / "api" / "v1" / "nlu.proto").unlink()
+    r = _buf_breaking(tmp_path)
+    assert r.returncode != 0
+    assert 'file "rustaid/api/v1/nlu.proto" was deleted' in r.stdout, r.stdout + r.stderr
 
 
 def test_node_client_streams_a_generation(tmp_path: Path, model_files: dict[str, Path]) -> None:

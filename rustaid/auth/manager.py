@@ -29,11 +29,17 @@ from typing import TYPE_CHECKING, Any
 import grpc
 
 from rustaid.auth import tls
-from rustaid.auth.peercred import PeerCredentials, gid_mapped, overflow_ids, uid_mapped
+from rustaid.auth.peercred import (
+    PeerCredentials,
+    client_key,
+    gid_mapped,
+    overflow_ids,
+    uid_mapped,
+)
 from rustaid.auth.policy import Access
-from rustaid.auth.relay import Credentials, UnixRelay, private_socket
+from rustaid.auth.relay import Credentials, UnixRelay, connection_limits, private_socket
 from rustaid.auth.tokens import TokenStore
-from rustaid.core.caller import Caller
+from rustaid.core.caller import Caller, anonymous_key
 from rustaid.errors import InvalidArgument, PermissionDenied, Unauthenticated
 
 if TYPE_CHECKING:
@@ -147,7 +153,14 @@ class Auth:
     def add_unix_relay(self, server: grpc.aio.Server, public: Path) -> None:
         """gRPC on a private socket; the public one accepted by the relay."""
         private = private_socket(public)
-        relay = UnixRelay(public, private, self.credentials)
+        s = self.settings
+        relay = UnixRelay(
+            public,
+            private,
+            self.credentials,
+            connection_limits(s.max_connections_per_client, s.max_connections),
+            lambda creds: self._is_admin(creds, self.settings),
+        )
         old = os.umask(0o177)
         try:
             server.add_insecure_port(relay.private_address)
@@ -201,14 +214,14 @@ class Auth:
         except (Unauthenticated, PermissionDenied) as e:
             if access is Access.PUBLIC:
                 # Health and reflection answer anyone who may connect.
-                return Caller(key=f"peer:{peer}", transport=_transport(peer), admin=False)
+                return Caller(key=anonymous_key(peer), transport=_transport(peer), admin=False)
             self._log_denial(method, peer, e)
             raise
 
     def _unix(self, method: str, access: Access, peer: str) -> Caller:
         s = self.settings
         if not self._peer_credentials:
-            return Caller(key=f"peer:{peer}", transport="unix", admin=True)
+            return Caller(key=anonymous_key(peer), transport="unix", admin=True)
         creds = self.credentials.lookup(peer)
         if creds is None:
             sockets = ", ".join(str(r.public) for r in self.relays) or "the daemon's socket"
@@ -226,7 +239,9 @@ class Auth:
                 creds.uid,
             )
         admin = self._is_admin(creds, s)
-        caller = Caller(key=f"uid:{creds.uid}", transport="unix", uid=creds.uid, admin=admin)
+        caller = Caller(
+            key=client_key(creds, os.geteuid()), transport="unix", uid=creds.uid, admin=admin
+        )
         if admin or access is Access.PUBLIC:
             return caller
         if access is Access.ADMIN:
@@ -279,7 +294,7 @@ class Auth:
                     reason="TOKEN_REQUIRED",
                 )
         if caller is None:  # plain loopback TCP (allow_insecure_tcp), or a health check
-            caller = Caller(key=f"peer:{peer}", transport="tcp", admin=False)
+            caller = Caller(key=anonymous_key(peer), transport="tcp", admin=False)
         if access is Access.ADMIN and not caller.admin:
             fix = (
                 "use an admin token (rustaid token add NAME --admin)"
@@ -318,6 +333,11 @@ class Auth:
                 reason="TOKEN_EXPIRED",
             )
         return Caller(key=f"token:{entry.name}", transport="tcp", admin=entry.admin)
+
+    def caller_for_token(self, token: str) -> Caller:
+        """The caller a bearer token names (the HTTP front end's TCP clients), or
+        Unauthenticated saying what to fix."""
+        return self._token_caller(token)
 
     def _log_denial(self, method: str, peer: str, error: Exception) -> None:
         who = peer

@@ -29,6 +29,8 @@ class PeerCredentials:
     uid: int
     gid: int
     groups: tuple[int, ...] = ()
+    # The process's start time (process_start), which tells a reused pid apart.
+    start_time: int = 0
 
     def in_group(self, gid: int) -> bool:
         return gid == self.gid or gid in self.groups
@@ -38,7 +40,26 @@ def peer_credentials(sock: socket.socket) -> PeerCredentials:
     """The credentials of `sock`'s peer, as they were when it connected."""
     raw = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _UCRED.size)
     pid, uid, gid = _UCRED.unpack(raw)
-    return PeerCredentials(pid, uid, gid, _peer_groups(sock))
+    return PeerCredentials(pid, uid, gid, _peer_groups(sock), process_start(pid))
+
+
+def process_start(pid: int, proc: Path = Path("/proc")) -> int:
+    """When process `pid` started (clock ticks after boot; 0 if it is gone): with the
+    pid, it names one process even after the pid is reused."""
+    try:
+        stat_line = (proc / str(pid) / "stat").read_text()
+        # The command name (field 2) may hold spaces and parentheses: split after it.
+        return int(stat_line.rsplit(")", 1)[1].split()[19])
+    except (OSError, ValueError, IndexError):
+        return 0
+
+
+def client_key(creds: PeerCredentials, own_uid: int) -> str:
+    """Who a local client is for per-client limits: its uid, or, for processes of the
+    daemon's own user (every app, for a user's own daemon), the process."""
+    if creds.uid != own_uid:
+        return f"uid:{creds.uid}"
+    return f"uid:{creds.uid}/pid:{creds.pid}:{creds.start_time}"
 
 
 def _peer_groups(sock: socket.socket) -> tuple[int, ...]:

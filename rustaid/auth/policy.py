@@ -53,6 +53,9 @@ RPC_ACCESS: Mapping[str, Mapping[str, Access]] = {
         "UnloadModel": ADMIN,
         "WatchModels": USER,
         "SelectModel": USER,
+        # Writes to and removes from the models folder every caller shares.
+        "PullModel": ADMIN,
+        "DeleteModel": ADMIN,
     },
     "GenerateService": {
         "Generate": USER,
@@ -70,6 +73,7 @@ RPC_ACCESS: Mapping[str, Mapping[str, Access]] = {
         "IndexDocuments": ADMIN,
         # Reads files with the daemon's rights (inside the allowed folders).
         "IndexFile": ADMIN,
+        "IndexFileStream": ADMIN,
         "Search": USER,
         "DeleteDocuments": ADMIN,
         "Ask": USER,
@@ -109,6 +113,7 @@ RPC_ACCESS: Mapping[str, Mapping[str, Access]] = {
         "Rollback": ADMIN,
         "ListHistory": USER,
         "WatchUpdates": USER,
+        "CancelUpdate": ADMIN,
     },
 }
 

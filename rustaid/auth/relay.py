@@ -19,6 +19,12 @@ or reused.
 The bytes are copied by asyncio protocols in the daemon's event loop, with flow
 control both ways (a slow reader pauses the other side). The HTTP/2 stream is not
 parsed: the relay adds one copy per direction and nothing else.
+
+Connections are shared out (ConnectionLimits): each client (its uid; a process, for the
+daemon's own user, see peercred.client_key) may hold `per_client` of them, all together
+`total`, of which `reserved` only administrators may take, so no user can lock root
+out. The total follows the open-file limit: each relayed connection costs three file
+descriptors.
 """
 
 from __future__ import annotations
@@ -28,23 +34,51 @@ import contextlib
 import errno
 import logging
 import os
+import resource
 import secrets
 import socket
 import stat
 import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
-from rustaid.auth.peercred import PeerCredentials, peer_credentials
+from rustaid.auth.peercred import PeerCredentials, client_key, peer_credentials
 from rustaid.errors import InvalidArgument
 
 log = logging.getLogger(__name__)
 
 PEER_PREFIX = "unix-abstract:"
 NAME_PREFIX = "rustaid-relay-"
-# Connections relayed at once; more are closed at once (and logged).
+# Connections relayed at once at most; more are closed at once (and logged).
 MAX_CONNECTIONS = 1024
+# File descriptors one relayed connection holds: the client's, the relay's own
+# connection to gRPC, and gRPC's end of it.
+FDS_PER_CONNECTION = 3
+# Kept for everything else the daemon opens (models, stores, logs, D-Bus...).
+FDS_KEPT = 128
+# A refused connection is logged at most this often (a flood must not flood the log).
+REFUSAL_LOG_INTERVAL_S = 10.0
 # Longest AF_UNIX path (sun_path is 108 bytes with the terminating NUL).
 MAX_UNIX_PATH = 107
+
+
+@dataclass(frozen=True)
+class ConnectionLimits:
+    total: int = MAX_CONNECTIONS  # connections relayed at once
+    per_client: int = 32  # of one client at once (0: no limit; root has none)
+    reserved: int = 64  # of `total`, only administrators may take these
+
+
+def connection_limits(per_client: int, total: int = 0) -> ConnectionLimits:
+    """Shares for this process: `total` (0: as many as the open-file limit carries, at
+    most MAX_CONNECTIONS), a sixteenth of it (at least 4) reserved to administrators."""
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    carried = MAX_CONNECTIONS if soft == resource.RLIM_INFINITY else soft
+    carried = max(8, (carried - FDS_KEPT) // FDS_PER_CONNECTION)
+    total = min(total or MAX_CONNECTIONS, carried)
+    return ConnectionLimits(total, per_client, min(total // 2, max(4, total // 16)))
 
 
 class Credentials:
@@ -141,6 +175,7 @@ class _Link:
         self.client = _Half(self)
         self.server = _Half(self)
         self.closed = False
+        self.key = ""  # the client's share it counts against, once admitted
 
     def join(self) -> None:
         self.client.other, self.server.other = self.server, self.client
@@ -163,10 +198,23 @@ class _Link:
 class UnixRelay:
     """Accepts on the public socket `public`, relays to gRPC on `private`."""
 
-    def __init__(self, public: Path, private: Path, credentials: Credentials) -> None:
+    def __init__(
+        self,
+        public: Path,
+        private: Path,
+        credentials: Credentials,
+        limits: ConnectionLimits | None = None,
+        is_admin: Callable[[PeerCredentials], bool] = lambda c: c.uid == 0,
+    ) -> None:
         self.public = public
         self.private = private
         self.credentials = credentials
+        self.limits = limits or ConnectionLimits()
+        self.is_admin = is_admin
+        self._per_client: dict[str, int] = {}
+        self._admitted = 0
+        self._refused = 0
+        self._refusal_logged = 0.0
         self._listener: socket.socket | None = None
         self._server: asyncio.AbstractServer | None = None
         self._links: set[_Link] = set()
@@ -220,14 +268,15 @@ class UnixRelay:
             log.warning("cannot read the credentials of a client of %s: %s", self.public, e)
             link.close()
             return
-        if len(self._links) > MAX_CONNECTIONS:
-            log.warning(
-                "refused a connection from uid %d: %d connections are open already",
-                creds.uid,
-                MAX_CONNECTIONS,
-            )
+        key = client_key(creds, os.geteuid())
+        why = self._over_share(key, creds)
+        if why:
+            self._log_refusal(creds, why)
             link.close()
             return
+        link.key = key
+        self._per_client[key] = self._per_client.get(key, 0) + 1
+        self._admitted += 1
         out: socket.socket | None = None
         try:
             out = self._bind_unique(link)
@@ -267,11 +316,45 @@ class UnixRelay:
         sock.close()
         raise OSError(errno.EADDRINUSE, "no free relay address after 8 draws")
 
+    def _over_share(self, key: str, creds: PeerCredentials) -> str:
+        """Why this client may not have another connection now ("" when it may)."""
+        limits = self.limits
+        admin = self.is_admin(creds)
+        total = limits.total if admin else limits.total - limits.reserved
+        if self._admitted >= total:
+            kept = "" if admin else f" ({limits.reserved} more are kept for administrators)"
+            return f"{self._admitted} connections are open already{kept}"
+        held = self._per_client.get(key, 0)
+        if creds.uid != 0 and limits.per_client and held >= limits.per_client:
+            return f"{key} holds {held} connections already (max_connections_per_client)"
+        return ""
+
+    def _log_refusal(self, creds: PeerCredentials, why: str) -> None:
+        self._refused += 1
+        now = time.monotonic()
+        if now - self._refusal_logged < REFUSAL_LOG_INTERVAL_S:
+            return
+        self._refusal_logged = now
+        log.warning(
+            "refused a connection from uid %d (pid %d) to %s: %s (%d refused since the "
+            "last such line)",
+            creds.uid, creds.pid, self.public, why, self._refused,
+        )  # fmt: skip
+        self._refused = 0
+
     def _track(self, link: _Link) -> None:
         self._links.add(link)
 
     def _forget(self, link: _Link) -> None:
         self._links.discard(link)
+        if link.key:
+            self._admitted -= 1
+            left = self._per_client[link.key] - 1
+            if left:
+                self._per_client[link.key] = left
+            else:
+                del self._per_client[link.key]
+            link.key = ""
         if link.name:
             self.credentials.remove(link.name)
 

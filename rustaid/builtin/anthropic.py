@@ -12,7 +12,6 @@ import logging
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 from rustaid.builtin.remote_http import RemoteClient, RemoteSettings, Retry, remote_settings
@@ -278,10 +277,7 @@ class AnthropicModel(LoadedLLM):
 
 class AnthropicProvider(LLMProvider):
     name = "anthropic"
-    remote = True
-
-    def handles(self, path: Path) -> bool:
-        return False
+    remote = True  # serves no model files (declares no suffixes)
 
     def load(self, spec: ModelSpec, options: LoadOptions) -> LoadedLLM:
         settings = remote_settings(spec, self.name)

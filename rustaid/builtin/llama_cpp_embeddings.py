@@ -121,6 +121,8 @@ class LlamaEmbedder(LoadedEmbedder):
 class LlamaCppEmbeddingProvider(EmbeddingProvider):
     name = "llama.cpp"
 
+    # Embeds with a language model's GGUF file; declares no suffixes, so it claims no
+    # file of embeddings/ or nlu/ (the registry lists GGUF files as language models).
     def handles(self, path: Path) -> bool:
         return path.suffix.lower() == ".gguf" and path.is_file()
 

@@ -18,6 +18,7 @@ import codecs
 import ctypes
 import random
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Protocol
 
@@ -102,6 +103,7 @@ def generate(
     stops: Stops,
     emit: EmitText,
     cancel: CancelToken,
+    between: Callable[[], None] = lambda: None,
 ) -> Outcome:
     """Sample up to `max_tokens` tokens after `prompt` and emit their text as it comes.
 
@@ -155,6 +157,7 @@ def generate(
                     break
             if len(completion) >= max_tokens:
                 break
+            between()  # what the device asks now: fewer threads, a rest
     finally:
         tokens.close()
     out.t_end = time.perf_counter()

@@ -7,6 +7,8 @@ max, last-token or mean-sqrt-len pooling; mean when absent) and
 (`input_ids`, and `attention_mask`, `token_type_ids`, `position_ids` when it has them);
 its output is either per-token states (pooled here) or one vector per text. Vectors are
 L2-normalised. Texts are sorted by length and run in batches, so a batch pads little.
+Dynamically quantised int8 graphs get per-token activation quantisation when loaded
+(onnx_quantization.py), so a text's vector does not depend on its batch.
 
 numpy, onnxruntime and tokenizers are imported when the first model loads.
 """
@@ -21,6 +23,11 @@ from typing import TYPE_CHECKING, Any
 
 import psutil
 
+from rustaid.builtin.onnx_quantization import (
+    FUSIONS_TO_DISABLE,
+    has_dynamic_quantization,
+    per_token_quantized,
+)
 from rustaid.errors import PreconditionFailed
 from rustaid.hookspecs import hookimpl
 from rustaid.providers import (
@@ -125,6 +132,9 @@ def _pad_id(tokenizer: Any, config: dict[str, Any]) -> tuple[int, str]:
 
 
 class OnnxEmbedder(LoadedEmbedder):
+    # Token counting has a tokenizer of its own (thread-safe, like every tokenizers one).
+    concurrent_token_offsets = True
+
     def __init__(self, folder: Path, options: EmbeddingOptions) -> None:
         import numpy as np
         import onnxruntime as ort
@@ -164,6 +174,10 @@ class OnnxEmbedder(LoadedEmbedder):
         so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
         so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         so.log_severity_level = 3
+        # No arena: ONNX Runtime's CPU arena grows to the largest batch it has seen and
+        # never shrinks; without it each run's buffers are freed when the run ends (and,
+        # being large, go straight back to the system: rustaid.memory).
+        so.enable_cpu_mem_arena = False
         # Workers that spin between the operators of a run make it faster; the
         # power-saving profiles turn that off. Either way they stop when a run ends:
         # spinning on between runs took a core from the tokenizer and the gRPC reply
@@ -172,9 +186,20 @@ class OnnxEmbedder(LoadedEmbedder):
         spin = "1" if options.spin_wait else "0"
         so.add_session_config_entry("session.intra_op.allow_spinning", spin)
         so.add_session_config_entry("session.force_spinning_stop", "1")
+        model: str | bytes = str(folder / MODEL_FILE)
+        disabled: list[str] = []
+        # Texts embedded in one run: an int8 graph that quantises per tensor must see one
+        # text at a time to give it the same vector in any batch.
+        self.run_size = self.batch_size
         try:
+            if has_dynamic_quantization(folder / MODEL_FILE):
+                rewritten = per_token_quantized(folder / MODEL_FILE)
+                if rewritten is None:
+                    self.run_size = 1
+                else:
+                    model, disabled = rewritten, FUSIONS_TO_DISABLE
             self._session = ort.InferenceSession(
-                str(folder / MODEL_FILE), so, providers=["CPUExecutionProvider"]
+                model, so, providers=["CPUExecutionProvider"], disabled_optimizers=disabled
             )
         except Exception as e:  # onnxruntime raises its own exception types
             raise PreconditionFailed(
@@ -298,8 +323,8 @@ class OnnxEmbedder(LoadedEmbedder):
         # Similar lengths in a batch: little padding, so little wasted compute.
         order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
         truncated: list[bool] = []
-        for start in range(0, len(order), self.batch_size):
-            batch = order[start : start + self.batch_size]
+        for start in range(0, len(order), self.run_size):
+            batch = order[start : start + self.run_size]
             result[batch] = self._run([texts[i] for i in batch], truncated)
         return result, sorted(order[k] for k, cut in enumerate(truncated) if cut)
 
@@ -318,6 +343,9 @@ class OnnxEmbedder(LoadedEmbedder):
 
 class OnnxEmbeddingProvider(EmbeddingProvider):
     name = "onnx"
+    # NAME.onnx files and NAME/ folders holding model.onnx (served: with tokenizer.json).
+    suffixes = (".onnx",)
+    folder_markers = (MODEL_FILE,)
 
     def handles(self, path: Path) -> bool:
         return path.is_dir() and (path / MODEL_FILE).is_file() and (path / TOKENIZER_FILE).is_file()

@@ -14,7 +14,6 @@ import re
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 from rustaid.builtin.llama_cpp import StopScanner
@@ -503,10 +502,7 @@ def _context_length(listing: Any, remote_model: str) -> int:
 
 class OpenAICompatProvider(LLMProvider):
     name = "openai"
-    remote = True
-
-    def handles(self, path: Path) -> bool:
-        return False
+    remote = True  # serves no model files (declares no suffixes)
 
     def load(self, spec: ModelSpec, options: LoadOptions) -> LoadedLLM:
         settings = remote_settings(spec, self.name)

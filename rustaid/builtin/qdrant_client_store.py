@@ -29,6 +29,7 @@ from rustaid.errors import (
     InvalidArgument,
     NotFound,
     PermissionDenied,
+    PreconditionFailed,
     RustaidError,
     Unauthenticated,
     Unavailable,
@@ -45,6 +46,7 @@ from rustaid.providers import (
     PluginInfo,
     ResourceRequirements,
     ScoredPoint,
+    SparseVector,
     VectorPoint,
     VectorStore,
     VectorStoreClient,
@@ -60,6 +62,10 @@ PLUGIN = PluginInfo(
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
+# Name of the keyword (sparse) vector beside the unnamed dense one.
+KEYWORDS = "keywords"
+# Reciprocal rank fusion: a point's fused score is the sum of 1 / (RRF_K + rank).
+RRF_K = 10
 _OPTIONS = ("url", "api_key_env", "collection_prefix", "timeout_s", "prefer_grpc", "path")
 _PREFIX = re.compile(r"^[A-Za-z0-9_-]{0,32}$")
 
@@ -74,7 +80,15 @@ def _string(options: Mapping[str, Any], key: str, default: str = "") -> str:
     return value
 
 
+def _sparse(v: SparseVector) -> Any:
+    from qdrant_client import models
+
+    return models.SparseVector(indices=list(v.indices), values=list(v.values))
+
+
 class QdrantStoreClient(VectorStoreClient):
+    supports_keywords = True
+
     def __init__(self, state_dir: Path, options: Mapping[str, Any]) -> None:
         unknown = set(options) - set(_OPTIONS)
         if unknown:
@@ -209,7 +223,9 @@ class QdrantStoreClient(VectorStoreClient):
 
     # -- VectorStoreClient --------------------------------------------------------------
 
-    def create_collection(self, name: str, dimension: int, distance: Distance) -> None:
+    def create_collection(
+        self, name: str, dimension: int, distance: Distance, keywords: bool = False
+    ) -> None:
         from qdrant_client import models
 
         qdistance = {
@@ -224,9 +240,13 @@ class QdrantStoreClient(VectorStoreClient):
                     f"collection {name!r} already exists in {self.where}",
                     reason="COLLECTION_EXISTS",
                 )
+            # Keyword weights are term frequencies; the IDF modifier weighs terms by how
+            # rare they are in the collection at search time (BM25).
+            sparse = {KEYWORDS: models.SparseVectorParams(modifier=models.Modifier.IDF)}
             self.client.create_collection(
                 self._name(name),
                 vectors_config=models.VectorParams(size=dimension, distance=qdistance),
+                sparse_vectors_config=sparse if keywords else None,
             )
 
         self._call(name, create)
@@ -267,6 +287,7 @@ class QdrantStoreClient(VectorStoreClient):
                 dimension=int(params.size),
                 distance=distance,
                 index_building=info.status == models.CollectionStatus.YELLOW,
+                keywords=KEYWORDS in (info.config.params.sparse_vectors or {}),
             )
 
         return self._call(name, stats)
@@ -292,9 +313,13 @@ class QdrantStoreClient(VectorStoreClient):
     def upsert(self, name: str, points: Sequence[VectorPoint]) -> None:
         from qdrant_client import models
 
+        def vector(p: VectorPoint) -> Any:
+            if p.keywords is None:
+                return list(p.vector)
+            return {"": list(p.vector), KEYWORDS: _sparse(p.keywords)}
+
         structs = [
-            models.PointStruct(id=p.id, vector=list(p.vector), payload=dict(p.payload))
-            for p in points
+            models.PointStruct(id=p.id, vector=vector(p), payload=dict(p.payload)) for p in points
         ]
 
         def upsert() -> None:
@@ -346,6 +371,64 @@ class QdrantStoreClient(VectorStoreClient):
             ]
 
         return self._call(name, search)
+
+    def search_keywords(
+        self,
+        name: str,
+        keywords: SparseVector,
+        limit: int,
+        filter: Filter | None = None,
+        score_threshold: float | None = None,
+        vector: Sequence[float] | None = None,
+        candidates: int = 0,
+    ) -> list[ScoredPoint]:
+        from qdrant_client import models
+
+        qfilter = self._filter(filter)
+
+        def search() -> list[ScoredPoint]:
+            if vector is None:
+                response = self.client.query_points(
+                    self._name(name),
+                    query=_sparse(keywords),
+                    using=KEYWORDS,
+                    limit=limit,
+                    query_filter=qfilter,
+                    score_threshold=score_threshold,
+                    with_payload=True,
+                )
+            else:
+                n = max(candidates, limit)
+                response = self.client.query_points(
+                    self._name(name),
+                    prefetch=[
+                        models.Prefetch(
+                            query=list(vector),
+                            limit=n,
+                            filter=qfilter,
+                            score_threshold=score_threshold,
+                        ),
+                        models.Prefetch(
+                            query=_sparse(keywords), using=KEYWORDS, limit=n, filter=qfilter
+                        ),
+                    ],
+                    query=models.RrfQuery(rrf=models.Rrf(k=RRF_K)),
+                    limit=limit,
+                    with_payload=True,
+                )
+            return [
+                ScoredPoint(str(p.id), float(p.score), p.payload or {}) for p in response.points
+            ]
+
+        try:
+            return self._call(name, search)
+        except (NotFound, InvalidArgument):
+            # A collection without the keyword vector: say so rather than "not found".
+            if not self.stats(name).keywords:
+                raise PreconditionFailed(
+                    f"collection {name!r} holds no keyword vectors", reason="NO_KEYWORDS"
+                ) from None
+            raise
 
     def scroll(
         self, name: str, filter: Filter | None = None, limit: int = 100, offset: str | None = None

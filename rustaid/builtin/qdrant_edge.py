@@ -52,8 +52,11 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from rustaid.builtin.shared_lock import SharedLock
+from rustaid.core.diskspace import MIB, free_bytes, full_disk_is_exhausted, require_free
 from rustaid.errors import AlreadyExists, InvalidArgument, NotFound, PreconditionFailed
 from rustaid.hookspecs import hookimpl
+from rustaid.memory import release_freed_memory
 from rustaid.providers import (
     CollectionStats,
     Condition,
@@ -65,6 +68,7 @@ from rustaid.providers import (
     PluginInfo,
     ResourceRequirements,
     ScoredPoint,
+    SparseVector,
     VectorPoint,
     VectorStore,
     VectorStoreClient,
@@ -84,6 +88,10 @@ log = logging.getLogger(__name__)
 
 CURRENT = "current"
 META = "collection.json"
+# Name of the keyword (sparse) vector beside the unnamed dense one.
+KEYWORDS = "keywords"
+# Reciprocal rank fusion: a point's fused score is the sum of 1 / (RRF_K + rank).
+RRF_K = 10
 _GENERATION = re.compile(r"^g(\d{6})$")
 # Defaults of the [rag.stores.qdrant-edge] options.
 DEFAULTS: dict[str, Any] = {
@@ -97,6 +105,10 @@ DEFAULTS: dict[str, Any] = {
     "hnsw_ef_construct": 100,
     # Threads of each shard's search pool (0: one per CPU).
     "search_threads": 0,
+    # Space kept free on the disk: writes, flushes and builds wait while less is free.
+    # The shard maps its files (write-ahead log segments of 32 MiB among them), and a
+    # mapped page a full disk cannot back kills the process with SIGBUS.
+    "min_free_mb": 64,
 }
 # After a failed build, wait this long before trying again.
 BUILD_RETRY_S = 300.0
@@ -294,10 +306,14 @@ def _copy_sparse(src: str, dst: str) -> str:
     return dst
 
 
-def _release_freed_heap() -> None:
-    """Hand the heap freed by a finished build back to the system (glibc keeps it)."""
-    with contextlib.suppress(Exception):
-        ctypes.CDLL(None).malloc_trim(0)
+def _tree_bytes(root: Path) -> int:
+    """Disk space the files under `root` take (blocks, not lengths: files are sparse)."""
+    total = 0
+    for path in root.rglob("*"):
+        with contextlib.suppress(OSError):
+            st = path.lstat()
+            total += st.st_blocks * 512
+    return total
 
 
 class _Collection:
@@ -312,6 +328,7 @@ class _Collection:
         meta = json.loads((folder / META).read_text(encoding="utf-8"))
         self.dimension = int(meta["dimension"])
         self.distance = Distance(meta["distance"])
+        self.keywords = bool(meta.get("keywords", False))
         generation = (folder / CURRENT).read_text(encoding="utf-8").strip()
         if not _GENERATION.match(generation) or not (folder / generation).is_dir():
             raise PreconditionFailed(
@@ -324,9 +341,12 @@ class _Collection:
                 log.info("removing unfinished index build %s", stale)
                 shutil.rmtree(stale, ignore_errors=True)
         self.shard: qdrant_edge.EdgeShard = qe.EdgeShard.load(str(folder / generation))
-        # Held for every call on the shard (short); swaps happen under it.
-        self.lock = threading.Lock()
-        # Held by writers, and by a build while it copies the shard and swaps generations.
+        # Shared by every call on the live shard, so a search does not wait behind a write
+        # or a flush (the shard orders its own reads and writes); held alone to swap
+        # generations and to close.
+        self.lock = SharedLock()
+        # Held by writers and flushes, and by a build while it copies the shard and swaps
+        # generations.
         self.write_lock = threading.Lock()
         # While an index is built: the operations that are not point writes (deletes by
         # filter, payload indexes), and the ids of the points written or deleted.
@@ -346,13 +366,14 @@ class _Collection:
         self.indexed_fields = set(self.shard.info().payload_schema)
 
     @staticmethod
-    def create(folder: Path, dimension: int, distance: Distance, options: dict[str, Any]) -> None:
+    def create(
+        folder: Path, dimension: int, distance: Distance, options: dict[str, Any], keywords: bool
+    ) -> None:
         import qdrant_edge as qe
 
         folder.mkdir(parents=True)
-        (folder / META).write_text(
-            json.dumps({"dimension": dimension, "distance": distance.value}), encoding="utf-8"
-        )
+        meta = {"dimension": dimension, "distance": distance.value, "keywords": keywords}
+        (folder / META).write_text(json.dumps(meta), encoding="utf-8")
         hnsw = qe.HnswIndexConfig(
             m=options["hnsw_m"],
             ef_construct=options["hnsw_ef_construct"],
@@ -366,8 +387,12 @@ class _Collection:
         # (same RSS after 300 queries at 100k points) and makes the first searches after
         # every index build take 20-75 ms instead of 2-5 ms.
         vectors = qe.EdgeVectorParams(size=dimension, distance=_distance(distance))
+        # Keyword weights are term frequencies; the IDF modifier weighs terms by how rare
+        # they are in the shard at search time (BM25).
+        sparse = {KEYWORDS: qe.EdgeSparseVectorParams(modifier=qe.Modifier.Idf)}
         config = qe.EdgeConfig(
             vectors=vectors,
+            sparse_vectors=sparse if keywords else None,
             hnsw_config=hnsw,
             optimizers=qe.EdgeOptimizersConfig(indexing_threshold=threshold_kb),
             max_search_threads=options["search_threads"] or None,
@@ -380,20 +405,33 @@ class _Collection:
     # -- calls --------------------------------------------------------------------------
 
     def read(self, fn: Callable[[qdrant_edge.EdgeShard], Any]) -> Any:
-        with self.lock:
+        with self.lock.shared():
             self._check_open()
             try:
                 return fn(self.shard)
             except Exception as e:
                 raise _edge_error(self.name, e) from e
 
+    @property
+    def reserve(self) -> int:
+        return int(self.options["min_free_mb"]) * MIB
+
+    def has_room(self, extra: int = 0) -> bool:
+        try:
+            return free_bytes(self.folder) >= self.reserve + extra
+        except OSError:
+            return False
+
     def write(self, op: _Op, points: int = 1, ids: Sequence[Any] | None = None) -> None:
         """Apply `op`, which writes or deletes about `points` points (those of `ids` when
-        given: the swap after a build then copies them rather than replaying `op`)."""
-        with self.write_lock, self.lock:
+        given: the swap after a build then copies them rather than replaying `op`).
+        Refused (DISK_FULL) while less than min_free_mb is free."""
+        with self.write_lock, self.lock.shared():
             self._check_open()
+            require_free(self.folder, self.reserve, "the vector store (min_free_mb)")
             try:
-                op(self.shard)
+                with full_disk_is_exhausted(self.folder, "the vector store"):
+                    op(self.shard)
             except Exception as e:
                 raise _edge_error(self.name, e) from e
             if self.journal is not None:
@@ -414,7 +452,9 @@ class _Collection:
         settled = now - self.last_write >= self.options["index_settle_s"]
         if not settled and now - self.last_flush < FLUSH_INTERVAL_S:
             return
-        with self.lock:
+        if not self.has_room():  # the write-ahead log keeps the writes meanwhile
+            return
+        with self.write_lock, self.lock.shared():
             if self.closed:
                 return
             pending = self.unflushed
@@ -435,6 +475,7 @@ class _Collection:
             dimension=self.dimension,
             distance=self.distance,
             index_building=building,
+            keywords=self.keywords,
         )
 
     # -- background index builds --------------------------------------------------------
@@ -457,6 +498,9 @@ class _Collection:
         unindexed = info.points_count - info.indexed_vectors_count
         if max(unindexed, self.churn) < threshold:
             return
+        # A build works on a copy of the shard.
+        if not self.has_room(_tree_bytes(self.folder / self.generation)):
+            return
         self.build = threading.Thread(
             target=self._build, name=f"rustaid-index-{self.name}", daemon=True
         )
@@ -471,7 +515,7 @@ class _Collection:
         t0 = time.monotonic()
         try:
             with self.write_lock:
-                with self.lock:
+                with self.lock.shared():
                     self._check_open()
                     self.shard.flush()
                 shutil.rmtree(staging, ignore_errors=True)
@@ -516,6 +560,8 @@ class _Collection:
 
         with self.write_lock:
             self._check_open()
+            # Replaying writes into the new generation maps its files too.
+            require_free(self.folder, self.reserve, "the vector store (min_free_mb)")
             target = self.folder / new
             staging.rename(target)
             shard = qe.EdgeShard.load(str(target))
@@ -529,7 +575,7 @@ class _Collection:
                 shard.close()
                 raise
             _write_atomic(self.folder / CURRENT, new + "\n")
-            with self.lock:
+            with self.lock.exclusive():
                 old, old_generation = self.shard, self.generation
                 self.shard, self.generation = shard, new
                 self.journal = None
@@ -539,7 +585,7 @@ class _Collection:
                 self.indexed_fields = set(shard.info().payload_schema)
         old.close()
         shutil.rmtree(self.folder / old_generation, ignore_errors=True)
-        _release_freed_heap()
+        release_freed_memory()  # the heap freed by the old generation
 
     def _copy_touched(self, shard: qdrant_edge.EdgeShard) -> None:
         """Make the points written or deleted during the build the same in `shard` as in
@@ -552,7 +598,7 @@ class _Collection:
         touched: list[int | uuid.UUID | str] = list(self.touched)
         for start in range(0, len(touched), SYNC_BATCH):
             batch = touched[start : start + SYNC_BATCH]
-            with self.lock:  # searches go on between batches
+            with self.lock.shared():
                 records = self.shard.retrieve(batch, with_payload=True, with_vector=True)
             points = [qe.Point(r.id, r.vector, r.payload) for r in records if r.vector is not None]
             kept = {_point_key(p.id) for p in points}
@@ -569,13 +615,27 @@ class _Collection:
             child.kill()
         if self.build is not None:
             self.build.join(timeout=30)
-        with self.lock:
+        with self.lock.exclusive():
             with contextlib.suppress(Exception):
                 self.shard.flush()
             self.shard.close()
 
 
+def _edge_vector(p: VectorPoint, keywords: bool) -> Any:
+    """The point's vectors as the shard stores them: the dense one unnamed, plus the
+    keyword vector in collections that hold them."""
+    import qdrant_edge as qe
+
+    if not keywords:
+        return list(p.vector)
+    sparse = p.keywords or SparseVector((), ())
+    keyword_vector = qe.SparseVector(list(sparse.indices), list(sparse.values))
+    return {"": list(p.vector), KEYWORDS: keyword_vector}
+
+
 class EdgeStoreClient(VectorStoreClient):
+    supports_keywords = True
+
     def __init__(self, root: Path, options: dict[str, Any]) -> None:
         self.root = root
         self.options = options
@@ -606,7 +666,9 @@ class EdgeStoreClient(VectorStoreClient):
                 self._collections[name] = collection
             return collection
 
-    def create_collection(self, name: str, dimension: int, distance: Distance) -> None:
+    def create_collection(
+        self, name: str, dimension: int, distance: Distance, keywords: bool = False
+    ) -> None:
         folder = self._folder(name)
         with self._lock:
             if (folder / CURRENT).is_file():
@@ -614,7 +676,15 @@ class EdgeStoreClient(VectorStoreClient):
                     f"collection {name!r} already exists", reason="COLLECTION_EXISTS"
                 )
             shutil.rmtree(folder, ignore_errors=True)
-            _Collection.create(folder, dimension, distance, self.options)
+            # A new shard maps files of its own (see min_free_mb).
+            reserve = int(self.options["min_free_mb"]) * MIB
+            require_free(self.root, reserve, "the vector store (min_free_mb)")
+            try:
+                with full_disk_is_exhausted(self.root, "the vector store"):
+                    _Collection.create(folder, dimension, distance, self.options, keywords)
+            except BaseException:
+                shutil.rmtree(folder, ignore_errors=True)
+                raise
 
     def delete_collection(self, name: str) -> bool:
         folder = self._folder(name)
@@ -660,7 +730,10 @@ class EdgeStoreClient(VectorStoreClient):
                     f"not {len(p.vector)}",
                     reason="DIMENSION_MISMATCH",
                 )
-        edge_points = [qe.Point(p.id, list(p.vector), stored_payload(p.payload)) for p in points]
+        edge_points = [
+            qe.Point(p.id, _edge_vector(p, collection.keywords), stored_payload(p.payload))
+            for p in points
+        ]
         operation = qe.UpdateOperation.upsert_points(edge_points)
         collection.write(lambda s: s.update(operation), len(edge_points), [p.id for p in points])
 
@@ -710,6 +783,60 @@ class EdgeStoreClient(VectorStoreClient):
             score_threshold=score_threshold,
             with_payload=True,
         )
+        hits = collection.read(lambda s: s.query(request))
+        return [ScoredPoint(str(h.id), float(h.score), read_payload(h.payload)) for h in hits]
+
+    def search_keywords(
+        self,
+        name: str,
+        keywords: SparseVector,
+        limit: int,
+        filter: Filter | None = None,
+        score_threshold: float | None = None,
+        vector: Sequence[float] | None = None,
+        candidates: int = 0,
+    ) -> list[ScoredPoint]:
+        import qdrant_edge as qe
+
+        collection = self._get(name)
+        if not collection.keywords:
+            raise PreconditionFailed(
+                f"collection {name!r} holds no keyword vectors", reason="NO_KEYWORDS"
+            )
+        if vector is not None and len(vector) != collection.dimension:
+            raise InvalidArgument(
+                f"collection {name!r} holds {collection.dimension}-dimensional vectors; the "
+                f"query has {len(vector)}",
+                reason="DIMENSION_MISMATCH",
+            )
+        edge = edge_filter(filter)
+        sparse = qe.Query.Nearest(
+            qe.SparseVector(list(keywords.indices), list(keywords.values)), using=KEYWORDS
+        )
+        if vector is None:
+            request = qe.QueryRequest(
+                limit=limit,
+                query=sparse,
+                filter=edge,
+                score_threshold=score_threshold,
+                with_payload=True,
+            )
+        else:
+            n = max(candidates, limit)
+            request = qe.QueryRequest(
+                limit=limit,
+                prefetches=[
+                    qe.Prefetch(
+                        limit=n,
+                        query=qe.Query.Nearest(list(vector)),
+                        filter=edge,
+                        score_threshold=score_threshold,
+                    ),
+                    qe.Prefetch(limit=n, query=sparse, filter=edge),
+                ],
+                query=qe.Fusion.Rrf(k=RRF_K),  # type: ignore[arg-type]  # stub lists Fusion only
+                with_payload=True,
+            )
         hits = collection.read(lambda s: s.query(request))
         return [ScoredPoint(str(h.id), float(h.score), read_payload(h.payload)) for h in hits]
 

@@ -17,6 +17,7 @@
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import json
 import logging
@@ -217,14 +218,36 @@ class Retry(Exception):
         self.wait_s = wait_s
 
 
+def _spaced(piece: str) -> str:
+    """A pattern for `piece` in any case, with spaces or separators between characters."""
+    return r"[\s._:-]*".join(re.escape(c) for c in piece)
+
+
+def _base64_cores(secret: str) -> set[str]:
+    """What the key looks like inside any base64 text (e.g. `Basic base64(user:key)`):
+    for each of the three byte alignments, the characters that depend on the key only;
+    standard and URL-safe alphabets."""
+    raw = secret.encode()
+    cores = set()
+    for k in range(3):
+        encoded = base64.b64encode(b"\0" * k + raw).decode("ascii")
+        core = encoded[-(-8 * k // 6) : 8 * (k + len(raw)) // 6]
+        if len(core) >= 8:
+            cores |= {core, core.translate(str.maketrans("+/", "-_"))}
+    return cores
+
+
 def redact(text: str, secret: str) -> str:
-    """Remove the key, and anything that looks like an echo of it, from `text`."""
+    """Remove the key, and anything that looks like an echo of it, from `text`: in any
+    case, spaced out, cut to its first or last 8 characters, masked, or base64."""
     if secret:
-        text = text.replace(secret, "[redacted]")
+        text = re.sub(rf"(?i){_spaced(secret)}", "[redacted]", text)
+        for core in _base64_cores(secret):
+            text = re.sub(rf"\S*{re.escape(core)}\S*", "[redacted]", text)
     text = _MASKED.sub("[redacted]", text)  # "sk-abc*****wxyz" as some servers echo keys
     if len(secret) >= 12:
         for piece in {secret[:8], secret[-8:]}:
-            text = re.sub(rf"\S*{re.escape(piece)}\S*", "[redacted]", text)
+            text = re.sub(rf"(?i)\S*{_spaced(piece)}\S*", "[redacted]", text)
     return text
 
 

@@ -6,6 +6,8 @@
   work (the internal caller) is not limited.
 - Prompt size: a prompt larger than `max_prompt_bytes` is refused before anything
   tokenizes it (INVALID_ARGUMENT: the request itself is wrong, retrying cannot help).
+- Grammar size: a grammar over its byte or rule limit is refused before anything
+  compiles it (llama.cpp's compile time grows faster than the grammar).
 - Retry delays: every "come back later" answer carries an estimate, bounded to
   [RETRY_MIN_S, RETRY_MAX_S].
 
@@ -24,6 +26,7 @@ from dataclasses import dataclass, field
 
 from rustaid.core import caller as caller_mod
 from rustaid.errors import InvalidArgument, ResourceExhausted
+from rustaid.providers import GrammarLimits
 
 # Bounds of every retry delay the daemon suggests: shorter is a busy loop for the
 # client, longer is a guess too far ahead to be worth anything.
@@ -104,9 +107,16 @@ class Admission:
         limit = self._limit()
         holds = self._holds.setdefault(caller.key, [])
         if limit and len(holds) >= limit:
+            shared = (
+                " (clients without a token on this TCP host share one limit: give each a "
+                "token of its own, `rustaid token add NAME`)"
+                if caller.key.startswith(("peer:ipv4:", "peer:ipv6:"))
+                else ""
+            )
             raise ResourceExhausted(
                 f"caller {caller.key!r} already has {len(holds)} requests in flight "
-                f"(max_requests_per_client is {limit}); retry when one of them finishes",
+                f"(max_requests_per_client is {limit}); retry when one of them finishes"
+                f"{shared}",
                 reason="TOO_MANY_REQUESTS",
                 retry_after_s=self._retry_after(holds),
             )
@@ -164,4 +174,24 @@ def check_prompt_size(texts: Sequence[str], limit: int, field_name: str) -> None
             f"(max_prompt_bytes): shorten it",
             field=field_name,
             reason="PROMPT_TOO_LARGE",
+        )
+
+
+def check_grammar_size(text: str, limits: GrammarLimits, field_name: str) -> None:
+    """Refuse a grammar (or JSON Schema) over `limits` before anything compiles it."""
+    size = text_bytes(text)
+    if size > limits.max_bytes:
+        raise InvalidArgument(
+            f"{field_name} is {size} bytes, more than the {limits.max_bytes} bytes the "
+            "daemon compiles (max_grammar_bytes): simplify it",
+            field=field_name,
+            reason="GRAMMAR_TOO_LARGE",
+        )
+    rules = text.count("::=")  # a literal holding "::=" only over-counts
+    if rules > limits.max_rules:
+        raise InvalidArgument(
+            f"{field_name} has {rules} rules, more than the {limits.max_rules} the daemon "
+            "compiles (max_grammar_rules): simplify it",
+            field=field_name,
+            reason="GRAMMAR_TOO_LARGE",
         )

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
@@ -52,6 +53,13 @@ class LoadedSlot:
     keep_alive_s: float
     # The one thread that runs this model's engine calls.
     executor: ThreadPoolExecutor
+    # A model that batches (model.parallel > 1) decodes on a thread of its own; its
+    # generate calls wait for their sequence on these threads, one per request (paused
+    # ones included).
+    requests: ThreadPoolExecutor | None = None
+    # Such a model's quick calls (tokenize, count) take turns here, one at a time on
+    # `executor`, beside the generations rather than in their slots.
+    calls: ModelQueue | None = None
     last_used: float = field(default_factory=time.monotonic)
     closed: bool = False  # no new requests; freed once idle
     freed: bool = False
@@ -59,14 +67,22 @@ class LoadedSlot:
 
     @property
     def idle(self) -> bool:
-        return not self.queue.busy and self.queue.waiting == 0
+        calls = self.calls
+        return (
+            not self.queue.busy
+            and self.queue.waiting == 0
+            and (calls is None or (not calls.busy and calls.waiting == 0))
+        )
 
 
 class MemoryBudget:
-    def __init__(self, settings: Settings) -> None:
-        self.settings = settings
-        # Scaled down by power profiles that want a smaller footprint (1.0 = unchanged).
-        self.scale = 1.0
+    def __init__(self, settings: Callable[[], Settings]) -> None:
+        # Read at every decision, so a reloaded configuration (SIGHUP) applies at once.
+        self._settings = settings
+
+    @property
+    def settings(self) -> Settings:
+        return self._settings()
 
     def total_bytes(self, loaded_bytes: int) -> int:
         """The budget: configured, or a share of what is available plus what our models
@@ -76,7 +92,7 @@ class MemoryBudget:
         else:
             available = psutil.virtual_memory().available
             base = int((available + loaded_bytes) * self.settings.memory_budget_fraction)
-        return int(base * self.scale)
+        return base
 
     def plan_eviction(
         self, entry: ModelEntry, need: int, slots: list[LoadedSlot], reserved: int = 0

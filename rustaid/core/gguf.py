@@ -13,6 +13,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from rustaid.providers import ModelFileError, ModelMetadata
+
 MAGIC = b"GGUF"
 MAX_STRING = 16 << 20  # a single metadata string larger than this is corruption
 MAX_ARRAY = 1 << 24
@@ -53,6 +55,10 @@ class GGUFError(ValueError):
     """The file is not a valid, complete GGUF file."""
 
 
+class GGUFTruncated(GGUFError):
+    """The file ends too early: corrupt, or still being copied."""
+
+
 @dataclass(frozen=True)
 class GGUFInfo:
     version: int
@@ -79,7 +85,7 @@ class _Reader:
     def take(self, n: int) -> bytes:
         end = self.pos + n
         if n < 0 or end > len(self.buf):
-            raise GGUFError(f"truncated: needs {end} bytes, file has {len(self.buf)}")
+            raise GGUFTruncated(f"truncated: needs {end} bytes, file has {len(self.buf)}")
         data = self.buf[self.pos : end]
         self.pos = end
         return bytes(data)
@@ -130,7 +136,7 @@ def read_gguf(path: Path) -> GGUFInfo:
     with path.open("rb") as f:
         size = path.stat().st_size
         if size < 24:
-            raise GGUFError(f"file is {size} bytes: too small to be GGUF")
+            raise GGUFTruncated(f"file is {size} bytes: too small to be GGUF")
         with mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as buf:
             return _parse(_Reader(buf), size)
 
@@ -173,7 +179,7 @@ def _parse(r: _Reader, size: int) -> GGUFInfo:
         raise GGUFError(f"general.alignment {alignment} is not a power of two: corrupt")
     data_start = -(-r.pos // alignment) * alignment
     if data_start + data_end > size:
-        raise GGUFError(
+        raise GGUFTruncated(
             f"truncated: tensor data needs {data_start + data_end} bytes, file has {size}"
             " (still being copied, or an incomplete download)"
         )
@@ -207,4 +213,28 @@ def _parse(r: _Reader, size: int) -> GGUFInfo:
         vocab_size=tokens if isinstance(tokens, int) else 0,
         quantization=quant,
         chat_template=str(meta.get("tokenizer.chat_template", "")),
+    )
+
+
+def describe_gguf(path: Path) -> ModelMetadata:
+    """A GGUF file's metadata for the model registry (what GGUF engines' describe()
+    returns); ModelFileError when the file is unreadable, incomplete ones marked so."""
+    try:
+        info = read_gguf(path)
+    except GGUFTruncated as e:
+        raise ModelFileError(f"unreadable GGUF file: {e}", incomplete=True) from e
+    except (GGUFError, OSError) as e:
+        raise ModelFileError(f"unreadable GGUF file: {e}") from e
+    return ModelMetadata(
+        architecture=info.architecture,
+        name=info.name,
+        context_length=info.context_length,
+        parameter_count=info.parameter_count,
+        quantization=info.quantization,
+        chat_template=info.chat_template,
+        embedding_length=info.embedding_length,
+        block_count=info.block_count,
+        head_count=info.head_count,
+        head_count_kv=info.head_count_kv,
+        vocab_size=info.vocab_size,
     )

@@ -1,7 +1,8 @@
 """Per-model inference metrics: requests, tokens, speed, time to first token, energy.
 
-The engine calls `record()` when a generation finishes and `record_error()` when one
-fails. Speed is kept two ways: totals (tokens over generation time, for GetMetrics)
+Fed by the engine's request records (`observe()`, a listener on `Engine.requests`):
+`record()` for a finished generation, `record_error()` for a failed one. Speed is kept
+two ways: totals (tokens over generation time, for GetMetrics)
 and a recent average (for cost estimates, which should follow the device's current
 speed rather than its history).
 
@@ -39,6 +40,19 @@ class _Timings(Protocol):
     def time_to_first_token_ms(self) -> float: ...
     @property
     def tokens_per_second(self) -> float: ...
+    @property
+    def load_ms(self) -> float: ...
+
+
+class _Record(Protocol):
+    @property
+    def model_id(self) -> str: ...
+    @property
+    def stats(self) -> _Stats | None: ...
+    @property
+    def timings(self) -> _Timings | None: ...
+    @property
+    def failed(self) -> bool: ...
 
 
 @dataclass(frozen=True)
@@ -60,6 +74,8 @@ class ModelMetrics:
     # Recent averages (exponentially weighted).
     recent_tokens_per_second: float = 0.0
     recent_prompt_tokens_per_second: float = 0.0
+    # How long its last load took (0: not loaded by a generation yet).
+    last_load_ms: float = 0.0
 
     @property
     def joules_per_token(self) -> float:
@@ -80,6 +96,7 @@ class _Totals:
     measured_tokens: int = 0
     recent_tps: float = 0.0
     recent_prompt_tps: float = 0.0
+    last_load_ms: float = 0.0
 
 
 def _ewma(old: float, new: float) -> float:
@@ -97,6 +114,13 @@ class Metrics:
         self.requests = 0
         self.errors = 0
         self.since = time.time()
+
+    def observe(self, record: _Record) -> None:
+        """A request record from the engine (`Engine.requests.listen(metrics.observe)`)."""
+        if record.failed:
+            self.record_error(record.model_id)
+        elif record.stats is not None and record.timings is not None:
+            self.record(record.model_id, record.stats, record.timings)
 
     def record(self, model_id: str, stats: _Stats, timings: _Timings) -> None:
         """A finished generation (also one cancelled midway: its tokens were made)."""
@@ -122,6 +146,8 @@ class Metrics:
                 t.recent_prompt_tps = _ewma(
                     t.recent_prompt_tps, stats.prompt_tokens / (stats.prompt_eval_ms / 1000)
                 )
+            if timings.load_ms > 0:
+                t.last_load_ms = timings.load_ms
             if draw is not None and draw > 0 and seconds > 0:
                 t.energy_j += draw * seconds
                 t.measured_tokens += stats.completion_tokens
@@ -167,4 +193,5 @@ def _view(model_id: str, t: _Totals) -> ModelMetrics:
         measured_tokens=t.measured_tokens,
         recent_tokens_per_second=t.recent_tps,
         recent_prompt_tokens_per_second=t.recent_prompt_tps,
+        last_load_ms=t.last_load_ms,
     )

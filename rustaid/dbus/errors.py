@@ -1,7 +1,7 @@
 """Domain errors -> named D-Bus errors, in one table (as services/errors.py does for gRPC).
 
 Handlers raise rustaid.errors.*; the dispatcher turns each into an error reply named
-`org.rustai.Error.<Name>` whose text is the error's message.
+`org.rustai.Daemon1.Error.<Name>` whose text is the error's message.
 """
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ from dbus_next.errors import DBusError
 
 from rustaid import errors
 
-PREFIX = "org.rustai.Error."
+PREFIX = "org.rustai.Daemon1.Error."
 
 INVALID_ARGUMENT = PREFIX + "InvalidArgument"
 NOT_FOUND = PREFIX + "NotFound"
@@ -20,8 +20,8 @@ RESOURCE_EXHAUSTED = PREFIX + "ResourceExhausted"
 UNAVAILABLE = PREFIX + "Unavailable"
 PERMISSION_DENIED = PREFIX + "PermissionDenied"
 UNAUTHENTICATED = PREFIX + "Unauthenticated"
+DATA_LOSS = PREFIX + "DataLoss"
 CANCELLED = PREFIX + "Cancelled"
-NOT_SUPPORTED = PREFIX + "NotSupported"
 FAILED = PREFIX + "Failed"
 INTERNAL = PREFIX + "Internal"
 # Standard D-Bus error for arguments of the wrong type (the bus-level contract).
@@ -36,8 +36,8 @@ NAMES: dict[type[errors.RustaidError], str] = {
     errors.Unavailable: UNAVAILABLE,
     errors.PermissionDenied: PERMISSION_DENIED,
     errors.Unauthenticated: UNAUTHENTICATED,
+    errors.DataLoss: DATA_LOSS,
     errors.Cancelled: CANCELLED,
-    errors.NotImplementedYet: NOT_SUPPORTED,
 }
 
 # Every name a client may see from org.rustai.Daemon1 (documented in docs/dbus.md).

@@ -13,8 +13,8 @@ from __future__ import annotations
 import inspect
 from collections.abc import Callable
 from contextvars import ContextVar
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, TypeVar
+from dataclasses import dataclass, field, replace
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 from dbus_next import introspection as intr
 from dbus_next.constants import PropertyAccess
@@ -22,22 +22,48 @@ from dbus_next.service import ServiceInterface, dbus_property, method, signal
 from dbus_next.signature import Variant
 
 from rustaid import __version__
-from rustaid.core.engine import Text
+from rustaid.core.engine import GenerationRequest, Text
 from rustaid.dbus import convert
-from rustaid.dbus.options import ask_request, generation_request
+from rustaid.dbus.options import (
+    ask_request,
+    bounded,
+    chat_request,
+    generation_request,
+    search_options,
+    split_start_options,
+)
 from rustaid.errors import InvalidArgument
 from rustaid.power.profiles import parse_profile_name
 from rustaid.power.snapshot import PowerProfile
 from rustaid.rag.manager import CitedHits
 
 if TYPE_CHECKING:
-    from rustaid.dbus.service import DBusService
+    from rustaid.dbus.parts import DBusParts
 
 BUS_NAME = "org.rustai.Daemon1"
 OBJECT_PATH = "/org/rustai/Daemon1"
 INTERFACE = "org.rustai.Daemon1"
 
 F = TypeVar("F", bound=Callable[..., Any])
+
+# Methods that answer when the text is complete (Generate, Chat, Ask) generate at most
+# this many tokens unless the caller sets max_tokens: D-Bus clients give up on a call
+# after 25 s by default. Longer texts: StartGeneration/StartChat.
+CALL_MAX_TOKENS = 128
+
+
+class Service(Protocol):
+    """What the interface asks of the service that exports it (DBusService): the parts
+    it serves, and what needs the service's own state (callers, generations)."""
+
+    parts: DBusParts
+
+    def state(self) -> str: ...
+    def active_models(self) -> list[str]: ...
+    def resource_state(self) -> convert.ResourceState: ...
+    def start_generation(self, call: Call, request: GenerationRequest, detach: bool) -> str: ...
+    def cancel_generation(self, call: Call, gen_id: str) -> None: ...
+    def require_privileged(self, what: str) -> None: ...
 
 
 @dataclass
@@ -104,12 +130,8 @@ def dbus_readonly(signature: str) -> Callable[[Callable[[Any], Any]], Any]:
     return decorate
 
 
-class Daemon1(ServiceInterface):
-    """org.rustai.Daemon1: text generation, models and status for desktop apps."""
-
-    def __init__(self, service: DBusService) -> None:
-        super().__init__(INTERFACE)
-        self._service = service
+class NamedInterface(ServiceInterface):
+    """A ServiceInterface whose introspection names its results and signal arguments."""
 
     def introspect(self) -> intr.Interface:
         """dbus-next's introspection, with the names of results and signal arguments
@@ -128,6 +150,14 @@ class Daemon1(ServiceInterface):
                 arg.name = name
                 arg.direction = None  # type: ignore[assignment]  # signal args have no direction
         return data
+
+
+class Daemon1(NamedInterface):
+    """org.rustai.Daemon1: text generation, models and status for desktop apps."""
+
+    def __init__(self, service: Service) -> None:
+        super().__init__(INTERFACE)
+        self._service = service
 
     # -- properties (read-only; PropertiesChanged is emitted when they change) -----------
 
@@ -162,24 +192,46 @@ class Daemon1(ServiceInterface):
     @dbus_readonly("u")
     def QueueLength(self) -> int:
         """Requests waiting for a model (not counting the ones generating)."""
-        return self._service.daemon.engine.queue_length()
+        return self._service.parts.engine.queue_length()
 
     # -- methods ----------------------------------------------------------------------
 
     @dbus_method(returns="aa{sv}", out=("models",))
     async def ListModels(self) -> list[convert.VariantDict]:
-        return [convert.model_to_dbus(e) for e in self._service.daemon.registry.list()]
+        return [convert.model_to_dbus(e) for e in self._service.parts.engine.registry.list()]
 
     @dbus_method("prompt:s", "options:a{sv}", returns="s", out=("text",))
     async def Generate(self, prompt: str, options: dict[str, Variant]) -> str:
+        """Continue `prompt`; answers when the text is complete (max_tokens defaults to
+        CALL_MAX_TOKENS so that the answer comes within the bus' call timeout)."""
         request = generation_request(prompt, options)
-        text, _ = await self._service.daemon.engine.generate_text(request)
+        return await self._answer(request)
+
+    @dbus_method("messages:a(ss)", "options:a{sv}", returns="s", out=("text",))
+    async def Chat(self, messages: list[list[str]], options: dict[str, Variant]) -> str:
+        """The assistant's reply to `messages` (role, content); bounded like Generate."""
+        return await self._answer(chat_request(messages, options))
+
+    async def _answer(self, request: GenerationRequest) -> str:
+        limit = min(CALL_MAX_TOKENS, self._service.parts.settings().default_max_tokens)
+        request = replace(request, params=bounded(request.params, limit))
+        text, _ = await self._service.parts.engine.generate_text(request)
         return text
 
     @dbus_method("prompt:s", "options:a{sv}", returns="s", out=("id",))
     async def StartGeneration(self, prompt: str, options: dict[str, Variant]) -> str:
-        request = generation_request(prompt, options)
-        return self._service.start_generation(current_call(), request)
+        """Start a generation and return its id at once (see docs/dbus.md for the
+        signals, and option `detach`)."""
+        rest, detach = split_start_options(options)
+        request = generation_request(prompt, rest)
+        return self._service.start_generation(current_call(), request, detach)
+
+    @dbus_method("messages:a(ss)", "options:a{sv}", returns="s", out=("id",))
+    async def StartChat(self, messages: list[list[str]], options: dict[str, Variant]) -> str:
+        """Chat's StartGeneration: the reply arrives as signals."""
+        rest, detach = split_start_options(options)
+        request = chat_request(messages, rest)
+        return self._service.start_generation(current_call(), request, detach)
 
     @dbus_method("id:s")
     async def Cancel(self, id: str) -> None:
@@ -188,7 +240,19 @@ class Daemon1(ServiceInterface):
     @dbus_method("collection:s", "query:s", "top_k:u", returns="aa{sv}", out=("hits",))
     async def Search(self, collection: str, query: str, top_k: int) -> list[convert.VariantDict]:
         """The `top_k` passages of `collection` closest to `query` (0: 5), best first."""
-        result = await self._service.daemon.rag.search(collection, query, top_k)
+        result = await self._service.parts.rag.search(collection, query, top_k)
+        return [convert.hit_to_dbus(h) for h in result.hits]
+
+    @dbus_method("collection:s", "query:s", "options:a{sv}", returns="aa{sv}", out=("hits",))
+    async def SearchWithOptions(
+        self, collection: str, query: str, options: dict[str, Variant]
+    ) -> list[convert.VariantDict]:
+        """Search with options: top_k, mode (dense, keyword, hybrid), score_threshold,
+        filter."""
+        o = search_options(options)
+        result = await self._service.parts.rag.search(
+            collection, query, o.top_k, o.filter, o.score_threshold, mode=o.mode
+        )
         return [convert.hit_to_dbus(h) for h in result.hits]
 
     @dbus_method(
@@ -198,9 +262,11 @@ class Daemon1(ServiceInterface):
         """An answer grounded in passages of `collection`, and those passages (the
         answer cites them as [number])."""
         request = ask_request(collection, question, options)
+        limit = min(CALL_MAX_TOKENS, self._service.parts.settings().default_max_tokens)
+        request = replace(request, params=bounded(request.params, limit))
         answer: list[str] = []
         sources: list[convert.VariantDict] = []
-        async for event in self._service.daemon.rag.ask(request):
+        async for event in self._service.parts.rag.ask(request):
             if isinstance(event, CitedHits):
                 sources = [convert.hit_to_dbus(h, i + 1) for i, h in enumerate(event.hits)]
             elif isinstance(event, Text):
@@ -215,17 +281,17 @@ class Daemon1(ServiceInterface):
         if chosen is PowerProfile.CUSTOM:
             raise InvalidArgument(
                 "the custom profile needs its parameters, which SetPowerProfile does not "
-                "take: set it over gRPC (rustaictl power custom --threads N ...)",
+                "take: set it over gRPC (`rustaictl power custom --threads N`)",
                 field="profile",
             )
-        self._service.daemon.resources.set_power_profile(chosen)
+        self._service.parts.resources.set_power_profile(chosen)
 
     @dbus_method(returns="aa{sv}", out=("updates",))
     async def CheckUpdates(self) -> list[convert.VariantDict]:
         """Fetch and verify the release metadata now: the updates newer than what is
         installed (this downloads no artifact and installs nothing)."""
         self._service.require_privileged("CheckUpdates")
-        result = await self._service.daemon.updates.check("")
+        result = await self._service.parts.updates.check("")
         return [convert.available_update_to_dbus(u) for u in result.updates]
 
     # -- signals ------------------------------------------------------------------------

@@ -8,8 +8,9 @@ temperature, top_k...) are checked by the core (engine, RAG), like for gRPC requ
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from dbus_next.signature import Variant
@@ -18,7 +19,16 @@ from rustaid.core.engine import GenerationRequest
 from rustaid.core.router import SelectionCriteria
 from rustaid.core.scheduler import Priority
 from rustaid.errors import InvalidArgument
-from rustaid.providers import Condition, FieldAnyOf, FieldMatch, Filter, GenerationParams
+from rustaid.providers import (
+    ChatMessage,
+    Condition,
+    FieldAnyOf,
+    FieldMatch,
+    Filter,
+    GenerationParams,
+    Role,
+    SearchMode,
+)
 from rustaid.rag.manager import AskInput
 
 INTEGER_TYPES = frozenset("ynqiuxt")
@@ -52,6 +62,22 @@ OPTIONS: dict[str, Option] = {
     "required_tags": Option("strs", "router: tags the model must have"),
 }
 
+# Chat/StartChat: the generation options, plus the conversation the daemon keeps.
+CHAT_OPTIONS: dict[str, Option] = {
+    **OPTIONS,
+    "session_id": Option(
+        "str", "the daemon keeps this conversation: send only the new messages each turn"
+    ),
+}
+# StartGeneration/StartChat only.
+START_OPTIONS: dict[str, Option] = {
+    "detach": Option(
+        "bool",
+        "run as an object of its own (/org/rustai/Daemon1/generations/ID) that outlives "
+        "the caller and broadcasts its signals",
+    ),
+}
+
 # Ask's options (docs/dbus.md lists this table): the generation options for the answer,
 # except `priority`; `top_k` is the number of passages (sampling top_k is not offered).
 ASK_OPTIONS: dict[str, Option] = {
@@ -63,6 +89,16 @@ ASK_OPTIONS: dict[str, Option] = {
         "only passages whose fields match: field -> s, b or an integer (equal) or as "
         "(any of); fields as in Search filters, e.g. source or metadata.lang",
     ),
+    "mode": Option(
+        "str",
+        "how passages are retrieved: 'dense', 'keyword' or 'hybrid' (absent or empty: "
+        "hybrid when the collection has keyword vectors, else dense)",
+    ),
+}
+# SearchWithOptions' options (docs/dbus.md lists this table).
+SEARCH_OPTIONS: dict[str, Option] = {
+    "top_k": Option("int", "passages to return, 1 to 1000 (0 or absent: 5)"),
+    **{k: ASK_OPTIONS[k] for k in ("score_threshold", "filter", "mode")},
 }
 
 _EXPECTED = {
@@ -104,10 +140,15 @@ def _value(name: str, variant: Any, table: Mapping[str, Option] = OPTIONS) -> An
     return float(value) if option.kind == "float" else value
 
 
-def generation_request(prompt: str, options: Mapping[str, Any]) -> GenerationRequest:
+def generation_request(
+    prompt: str,
+    options: Mapping[str, Any],
+    table: Mapping[str, Option] = OPTIONS,
+    messages: tuple[ChatMessage, ...] = (),
+) -> GenerationRequest:
     """Build the engine's request; raises InvalidArgument for an unknown option, a value
     of the wrong type or an unknown priority."""
-    values = {name: _value(name, v) for name, v in options.items()}
+    values = {name: _value(name, v, table) for name, v in options.items()}
     priority = values.get("priority", "interactive")
     if priority not in _PRIORITIES:
         raise InvalidArgument(
@@ -120,7 +161,44 @@ def generation_request(prompt: str, options: Mapping[str, Any]) -> GenerationReq
         params=_params(values),
         selection=_selection(values),
         priority=_PRIORITIES[priority],
+        messages=messages,
+        session_id=values.get("session_id", ""),
     )
+
+
+def chat_request(messages: list[list[str]], options: Mapping[str, Any]) -> GenerationRequest:
+    """Chat's `a(ss)` (role, content) messages and options -> the engine's request."""
+    if not messages:
+        raise InvalidArgument(
+            "messages is empty: give at least one (role, content), e.g. [('user', 'Hi')]",
+            field="messages",
+        )
+    roles = ", ".join(r.value for r in Role)
+    chat: list[ChatMessage] = []
+    for i, (role, content) in enumerate(messages):
+        if role not in {r.value for r in Role}:
+            raise InvalidArgument(
+                f"messages[{i}]: unknown role {role[:32]!r} (one of {roles})",
+                field=f"messages[{i}].role",
+            )
+        chat.append(ChatMessage(role=Role(role), content=content))
+    return generation_request("", options, CHAT_OPTIONS, tuple(chat))
+
+
+def split_start_options(options: Mapping[str, Any]) -> tuple[dict[str, Any], bool]:
+    """StartGeneration/StartChat's own options out of `options`: (the rest, detach)."""
+    rest = {k: v for k, v in options.items() if k not in START_OPTIONS}
+    if "detach" not in options:
+        return rest, False
+    return rest, bool(_value("detach", options["detach"], START_OPTIONS))
+
+
+def bounded(params: GenerationParams, limit: int) -> GenerationParams:
+    """`params` with max_tokens at most `limit` when the caller did not choose it: a
+    method that answers when the text is complete must answer within the bus' timeout."""
+    if params.max_tokens is not None:
+        return params
+    return dataclasses.replace(params, max_tokens=limit)
 
 
 def _params(values: Mapping[str, Any], names: tuple[str, ...] = _PARAMS) -> GenerationParams:
@@ -170,4 +248,37 @@ def ask_request(collection: str, question: str, options: Mapping[str, Any]) -> A
         params=_params(values, tuple(k for k in _PARAMS if k != "top_k")),
         selection=_selection(values),
         score_threshold=values.get("score_threshold"),
+        mode=_mode(values.get("mode", "")),
+    )
+
+
+def _mode(name: str) -> SearchMode | None:
+    if not name:
+        return None
+    try:
+        return SearchMode(name)
+    except ValueError:
+        raise InvalidArgument(
+            f"option mode {name[:32]!r} is not a search mode: use dense, keyword or hybrid",
+            field="options.mode",
+        ) from None
+
+
+@dataclass(frozen=True)
+class SearchOptions:
+    top_k: int = 0
+    filter: Filter = field(default_factory=Filter)
+    score_threshold: float | None = None
+    mode: SearchMode | None = None
+
+
+def search_options(options: Mapping[str, Any]) -> SearchOptions:
+    """SearchWithOptions' options; raises InvalidArgument like ask_request()."""
+    values = {name: _value(name, v, SEARCH_OPTIONS) for name, v in options.items()}
+    conditions = tuple(_condition(k, v) for k, v in values.get("filter", {}).items())
+    return SearchOptions(
+        top_k=values.get("top_k", 0),
+        filter=Filter(must=conditions),
+        score_threshold=values.get("score_threshold"),
+        mode=_mode(values.get("mode", "")),
     )

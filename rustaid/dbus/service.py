@@ -19,7 +19,9 @@ its caller (a contextvar, and rustaid.core.caller for the core: `dbus:<unique na
 its uid, admin when root or the daemon's own user on the system bus, always on a session
 bus), arguments of the wrong type get InvalidArgs naming the expected signature, domain
 errors become named D-Bus errors (rustaid.dbus.errors), and the work of a caller that
-leaves the bus (NameOwnerChanged) is cancelled.
+leaves the bus (NameOwnerChanged) is cancelled. Detached generations
+(rustaid.dbus.generations) are objects of their own below `/org/rustai/Daemon1`, which
+their caller's leaving does not stop; their methods are dispatched here too.
 
 Signals and properties follow the subsystems: models (registry events), activity
 (engine), the device (resource monitor listener: PowerProfile, ThermalState, OnBattery,
@@ -40,7 +42,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from dbus_next.aio.message_bus import MessageBus
 from dbus_next.constants import BusType, MessageFlag, MessageType, NameFlag, RequestNameReply
 from dbus_next.errors import DBusError
 from dbus_next.message import Message
@@ -60,11 +61,19 @@ from rustaid.dbus.errors import (
     error_name,
     to_dbus_error,
 )
+from rustaid.dbus.generations import (
+    GENERATION_INTERFACE,
+    GENERATIONS_PATH,
+    KEEP_S,
+    MAX_KEPT,
+    GenerationObject,
+    ManagedBus,
+)
 from rustaid.dbus.interface import BUS_NAME, CALL, INTERFACE, OBJECT_PATH, Call, Daemon1
 
 if TYPE_CHECKING:
     from rustaid.config import Settings
-    from rustaid.daemon import Daemon
+    from rustaid.dbus.parts import DBusParts
     from rustaid.power.snapshot import ResourceSnapshot
 
 log = logging.getLogger(__name__)
@@ -77,7 +86,7 @@ MAX_GENERATIONS_PER_CALLER = 16
 # Methods that run inference: each call holds one of its caller's places
 # (max_requests_per_client) while it runs, as their gRPC twins do (services/context.py).
 # A generation started with StartGeneration holds one in the engine until it ends.
-COUNTED_METHODS = frozenset({"Generate", "Search", "Ask"})
+COUNTED_METHODS = frozenset({"Generate", "Chat", "Search", "SearchWithOptions", "Ask"})
 
 
 @dataclass(frozen=True)
@@ -149,6 +158,10 @@ class Caller:
     tasks: set[asyncio.Task[Any]] = field(default_factory=set)
 
 
+def _methods_of(interface: ServiceInterface) -> dict[str, Any]:
+    return {m.name: m for m in ServiceInterface._get_methods(interface)}
+
+
 def _match_rule(name: str) -> str:
     return (
         f"type='signal',sender='{DBUS}',path='{DBUS_PATH}',interface='{DBUS}',"
@@ -159,16 +172,20 @@ def _match_rule(name: str) -> str:
 class DBusService:
     """Owned by the Daemon: start() after gRPC is up, stop() before it goes down."""
 
-    def __init__(self, daemon: Daemon) -> None:
-        self.daemon = daemon
-        self.config = dbus_config(daemon.settings)
-        self.bus: MessageBus | None = None
+    def __init__(self, parts: DBusParts) -> None:
+        self.parts = parts
+        self.config = dbus_config(parts.settings())
+        self.bus: ManagedBus | None = None
         self.interface = Daemon1(self)
         self._methods = {m.name: m for m in ServiceInterface._get_methods(self.interface)}
         self._signals = {s.name: s for s in ServiceInterface._get_signals(self.interface)}
         self._callers: dict[str, Caller] = {}
         self._watched: set[str] = set()
         self._generations: dict[str, Generation] = {}
+        # Detached generations by id, running or ended (exported until released).
+        self._detached: dict[str, GenerationObject] = {}
+        self._detached_tasks: dict[str, asyncio.Task[None]] = {}
+        self._detached_reasons: dict[str, tuple[str, str]] = {}
         self._background: set[asyncio.Task[Any]] = set()
         self._stopping = False
         self._published: dict[str, Any] = {}
@@ -199,12 +216,12 @@ class DBusService:
         self._spawn(self._follow_activity())
         self._spawn(self._follow_checks())
         self._spawn(self._follow_updates())
-        self.daemon.resources.monitor.add_listener(self._resources_changed)
+        self.parts.resources.monitor.add_listener(self._resources_changed)
         log.info("D-Bus API %s on the %s bus (%s)", BUS_NAME, self.config.bus, address)
 
     async def _connect(self, address: str) -> None:
         bus_type = BusType.SYSTEM if self.config.bus == "system" else BusType.SESSION
-        self.bus = MessageBus(bus_address=address, bus_type=bus_type)
+        self.bus = ManagedBus(bus_address=address, bus_type=bus_type)
         await self.bus.connect()
         self.bus.add_message_handler(self._on_message)
         self.bus.export(OBJECT_PATH, self.interface)
@@ -226,6 +243,13 @@ class DBusService:
             await asyncio.wait(pending, timeout=grace)
         for gen in list(self._generations.values()):
             gen.cancel_reason = (UNAVAILABLE, "the daemon is shutting down")
+        for obj in list(self._detached.values()):
+            task = self._detached_tasks.get(obj.gen_id)
+            if task is not None:
+                self._detached_reasons[obj.gen_id] = (UNAVAILABLE, "the daemon is shutting down")
+                task.cancel()
+        if self._detached_tasks:
+            await asyncio.wait(list(self._detached_tasks.values()), timeout=5.0)
         for caller in list(self._callers.values()):
             for task in list(caller.tasks):
                 task.cancel()
@@ -266,13 +290,13 @@ class DBusService:
     def state(self) -> str:
         if self._stopping:
             return "stopping"
-        return "busy" if self.daemon.engine.running() else "ready"
+        return "busy" if self.parts.engine.running() else "ready"
 
     def active_models(self) -> list[str]:
-        return sorted(e.id for e in self.daemon.engine.loaded())
+        return sorted(e.id for e in self.parts.engine.loaded())
 
     def resource_state(self) -> ResourceState:
-        resources = self.daemon.resources
+        resources = self.parts.resources
         return convert.resource_state(resources.snapshot, resources.generate_serving)
 
     def _properties(self) -> dict[str, Any]:
@@ -280,7 +304,7 @@ class DBusService:
         return {
             "State": self.state(),
             "ActiveModels": self.active_models(),
-            "QueueLength": self.daemon.engine.queue_length(),
+            "QueueLength": self.parts.engine.queue_length(),
             "PowerProfile": device.power_profile,
             "ThermalState": device.thermal_state,
             "OnBattery": device.on_battery,
@@ -308,7 +332,7 @@ class DBusService:
         self._emit_changes()
 
     async def _follow_models(self) -> None:
-        async with self.daemon.registry.events.subscribe() as events:
+        async with self.parts.engine.registry.events.subscribe() as events:
             while True:
                 event = await events.get()
                 if self.bus is not None:
@@ -321,7 +345,7 @@ class DBusService:
                     self._schedule_changes()
 
     async def _follow_activity(self) -> None:
-        async with self.daemon.engine.activity.subscribe() as activity:
+        async with self.parts.engine.activity.subscribe() as activity:
             while True:
                 await activity.get()
                 self._schedule_changes()
@@ -341,7 +365,7 @@ class DBusService:
 
     async def _follow_checks(self) -> None:
         """UpdateAvailable once per update a check finds (each version once)."""
-        async with self.daemon.updates.checks.subscribe() as checks:
+        async with self.parts.updates.checks.subscribe() as checks:
             while True:
                 result = await checks.get()
                 for update in result.updates:
@@ -356,7 +380,7 @@ class DBusService:
     async def _follow_updates(self) -> None:
         """UpdateApplied when an update attempt ends: committed, rolled back or failed
         (deferred attempts and failed checks are not applications)."""
-        async with self.daemon.updates.finished.subscribe() as finished:
+        async with self.parts.updates.finished.subscribe() as finished:
             while True:
                 record = await finished.get()
                 if not record.artifact_id or record.outcome == "deferred":
@@ -386,13 +410,22 @@ class DBusService:
         if msg.message_type is MessageType.SIGNAL:
             self._on_signal(msg)
             return False
-        if (
-            msg.message_type is not MessageType.METHOD_CALL
-            or msg.path != OBJECT_PATH
-            or msg.interface not in (INTERFACE, None)
+        if msg.message_type is not MessageType.METHOD_CALL:
+            return False
+        target: ServiceInterface = self.interface
+        if msg.path == OBJECT_PATH and msg.interface in (INTERFACE, None):
+            method = self._methods.get(msg.member)
+        elif msg.path.startswith(GENERATIONS_PATH + "/") and msg.interface in (
+            GENERATION_INTERFACE,
+            None,
         ):
-            return False  # Introspectable, Properties, Peer: dbus-next answers
-        method = self._methods.get(msg.member)
+            detached = self._detached.get(msg.path.rsplit("/", 1)[1])
+            method = _methods_of(detached).get(msg.member) if detached else None
+            if detached is None or method is None:
+                return False  # UnknownObject / UnknownMethod from dbus-next
+            target = detached
+        else:
+            return False  # Introspectable, Properties, Peer, ObjectManager: dbus-next answers
         if method is None:
             return False  # UnknownMethod from dbus-next
         if msg.signature != method.in_signature:
@@ -412,20 +445,22 @@ class DBusService:
         call = Call(sender=msg.sender)
         token = CALL.set(call)
         try:  # the task copies the context: the handler sees its Call
-            task = asyncio.ensure_future(self._invoke(call, method, msg.body))
+            task = asyncio.ensure_future(self._invoke(call, target, method, msg.body))
         finally:
             CALL.reset(token)
         self._track(msg.sender, task)
         task.add_done_callback(functools.partial(self._answer, msg, method, call))
         return True
 
-    async def _invoke(self, call: Call, method: Any, body: list[Any]) -> Any:
+    async def _invoke(
+        self, call: Call, target: ServiceInterface, method: Any, body: list[Any]
+    ) -> Any:
         """Run a method with the core's caller set (in the call's own task)."""
         core_caller.set_current(await self._caller(call.sender))
-        if method.name in COUNTED_METHODS:
-            with self.daemon.engine.admission.admit(method.name):
-                return await method.fn(self.interface, *body)
-        return await method.fn(self.interface, *body)
+        if target is self.interface and method.name in COUNTED_METHODS:
+            with self.parts.engine.admission.admit(method.name):
+                return await method.fn(target, *body)
+        return await method.fn(target, *body)
 
     async def _caller(self, sender: str) -> core_caller.Caller:
         """Who `sender` is for the core. On the system bus the bus policy has let it
@@ -556,12 +591,14 @@ class DBusService:
 
     # -- generations (StartGeneration / Cancel) -------------------------------------------
 
-    def start_generation(self, call: Call, request: GenerationRequest) -> str:
+    def start_generation(self, call: Call, request: GenerationRequest, detach: bool) -> str:
         """Check the request, return its id; it starts once the reply is sent, so the
         caller knows the id before the first Token arrives."""
-        engine = self.daemon.engine
+        engine = self.parts.engine
         engine.validate(request)
         engine.resolve(request.model_id, request.selection)
+        if detach:
+            return self._start_detached(call, request)
         running = sum(1 for g in self._generations.values() if g.owner == call.sender)
         if running >= MAX_GENERATIONS_PER_CALLER:
             raise errors.ResourceExhausted(
@@ -596,7 +633,7 @@ class DBusService:
     ) -> None:
         core_caller.set_current(who)  # this task's own context: the caller's generation
         try:
-            async for event in self.daemon.engine.generate(request):
+            async for event in self.parts.engine.generate(request):
                 if isinstance(event, Text):
                     self.send_to(gen.owner, "Token", gen.id, event.text)
                 elif isinstance(event, Done):
@@ -635,3 +672,92 @@ class DBusService:
         who = core_caller.current()
         if not who.admin:
             raise errors.PermissionDenied(f"{what} is reserved to root (caller uid {who.uid})")
+
+    # -- detached generations (option detach: objects of their own) -----------------------
+
+    def _start_detached(self, call: Call, request: GenerationRequest) -> str:
+        who = core_caller.current()
+        running = sum(1 for o in self._detached.values() if o.uid == who.uid and not o.ended)
+        if running >= MAX_GENERATIONS_PER_CALLER:
+            raise errors.ResourceExhausted(
+                f"user {who.uid} already runs {running} detached generations "
+                f"(limit {MAX_GENERATIONS_PER_CALLER}); wait for one to finish or Cancel one",
+                reason="TOO_MANY_GENERATIONS",
+            )
+        kind = "chat" if request.messages else "generate"
+        obj = GenerationObject(self, secrets.token_hex(8), who.uid, kind)
+        self._detached[obj.gen_id] = obj
+        assert self.bus is not None
+        self.bus.export(obj.path, obj)
+
+        def launch() -> None:
+            task = asyncio.ensure_future(self._generate_detached(obj, request, who))
+            self._detached_tasks[obj.gen_id] = task
+            task.add_done_callback(functools.partial(self._detached_done, obj))
+
+        call.after_reply.append(launch)
+        return obj.gen_id
+
+    async def _generate_detached(
+        self, obj: GenerationObject, request: GenerationRequest, who: core_caller.Caller
+    ) -> None:
+        core_caller.set_current(who)
+        try:
+            if self._stopping:
+                raise errors.Unavailable("the daemon is shutting down")
+            async for event in self.parts.engine.generate(request):
+                if isinstance(event, Text):
+                    obj.token(event.text)
+                elif isinstance(event, Done):
+                    obj.finish(event.model_id, convert.done_to_dbus(event))
+        except errors.RustaidError as e:
+            obj.fail(error_name(e), e.message)
+        except Exception:
+            log.exception("bug in D-Bus generation %s", obj.gen_id)
+            obj.fail(INTERNAL, "internal error; see the daemon's log")
+
+    def _detached_done(self, obj: GenerationObject, task: asyncio.Task[None]) -> None:
+        self._detached_tasks.pop(obj.gen_id, None)
+        if not obj.ended:  # cancelled (possibly before it started)
+            reason = self._detached_reasons.pop(obj.gen_id, (CANCELLED, "cancelled"))
+            obj.fail(*reason, cancelled=reason[0] == CANCELLED)
+        self._ended(obj)
+
+    def _ended(self, obj: GenerationObject) -> None:
+        """Keep an ended generation readable for KEEP_S seconds, and at most MAX_KEPT."""
+        asyncio.get_running_loop().call_later(KEEP_S, self._release, obj)
+        ended = [o for o in self._detached.values() if o.ended]
+        for old in ended[: max(0, len(ended) - MAX_KEPT)]:
+            self._release(old)
+
+    def _release(self, obj: GenerationObject) -> None:
+        if self._detached.pop(obj.gen_id, None) is not None and self.bus is not None:
+            self.bus.unexport(obj.path, obj)
+
+    def _may_change(self, obj: GenerationObject, what: str) -> None:
+        who = core_caller.current()
+        if who.uid != obj.uid and not who.admin:
+            raise errors.PermissionDenied(
+                f"generation {obj.gen_id} was started by user {obj.uid}; only that user "
+                f"or root may {what} it"
+            )
+
+    def cancel_detached(self, obj: GenerationObject) -> None:
+        self._may_change(obj, "cancel")
+        task = self._detached_tasks.get(obj.gen_id)
+        if task is None:
+            raise errors.PreconditionFailed(
+                f"generation {obj.gen_id} has already ended ({obj.state}); "
+                "Release drops the object",
+                reason="GENERATION_ENDED",
+            )
+        self._detached_reasons[obj.gen_id] = (CANCELLED, "cancelled by the caller")
+        task.cancel()
+
+    def release_detached(self, obj: GenerationObject) -> None:
+        self._may_change(obj, "release")
+        task = self._detached_tasks.get(obj.gen_id)
+        if task is not None:
+            self._detached_reasons[obj.gen_id] = (CANCELLED, "released by the caller")
+            task.cancel()
+        self._release(obj)

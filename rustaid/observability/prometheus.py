@@ -28,7 +28,7 @@ import gzip
 import logging
 import time
 from collections import Counter as Tally
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -44,18 +44,20 @@ from prometheus_client.exposition import choose_encoder, gzip_accepted
 from prometheus_client.process_collector import ProcessCollector
 
 from rustaid import __version__
-from rustaid.core.cache import LoadedSlot, MemoryBudget
-from rustaid.core.registry import ModelEntry, ModelEventType
+from rustaid.addresses import METRICS_KEY, parse_metrics_listen
+from rustaid.core.events import UnloadReason
+from rustaid.core.registry import ModelEvent, ModelEventType
 from rustaid.errors import InvalidArgument, Unavailable
 from rustaid.observability.grpc_metrics import GrpcMetrics, MetricsInterceptor
-from rustaid.observability.listen import KEY, parse_metrics_listen
 from rustaid.power.snapshot import PressureLevel, ResourceSnapshot, ThermalState
 from rustaid.updates.journal import Outcome
 
 if TYPE_CHECKING:
-    from rustaid.core.engine import MetricsSink, Timings
-    from rustaid.daemon import Daemon
-    from rustaid.providers import CompletionStats
+    from rustaid.config import Settings
+    from rustaid.core.engine import Engine
+    from rustaid.core.generation_types import RequestRecord
+    from rustaid.power.manager import ResourceManager
+    from rustaid.updates.manager import UpdateManager
 
 log = logging.getLogger(__name__)
 
@@ -75,46 +77,6 @@ _PRESSURE = {p: p.name.lower() for p in PressureLevel}
 _LOOPBACK_HOSTS = {"localhost", "127.0.0.1", "::1", "[::1]"}
 
 
-class _TimingSink:
-    """In front of the engine's metrics: forwards every record and observes the
-    histograms that need each generation's own figures."""
-
-    def __init__(self, inner: MetricsSink | None, exporter: PrometheusExporter) -> None:
-        self.inner = inner
-        self._ttft = exporter.ttft
-        self._tps = exporter.tps
-
-    def record(self, model_id: str, stats: CompletionStats, timings: Timings) -> None:
-        if self.inner is not None:
-            self.inner.record(model_id, stats, timings)
-        if timings.time_to_first_token_ms > 0:
-            self._ttft.labels(model_id).observe(timings.time_to_first_token_ms / 1000)
-        if timings.tokens_per_second > 0:
-            self._tps.labels(model_id).observe(timings.tokens_per_second)
-
-    def record_error(self, model_id: str = "") -> None:
-        if self.inner is not None:
-            self.inner.record_error(model_id)
-
-
-class _CountingBudget(MemoryBudget):
-    """The engine's memory budget, counting the models it has the engine evict."""
-
-    def __init__(self, original: MemoryBudget, evictions: PromCounter) -> None:
-        super().__init__(original.settings)
-        vars(self).update(vars(original))  # the same budget, scale and all
-        self.original = original
-        self._evictions = evictions
-
-    def plan_eviction(
-        self, entry: ModelEntry, need: int, slots: list[LoadedSlot], reserved: int = 0
-    ) -> list[LoadedSlot]:
-        victims = super().plan_eviction(entry, need, slots, reserved)
-        for victim in victims:
-            self._evictions.labels(victim.entry.id).inc()
-        return victims
-
-
 @dataclass(frozen=True)
 class LoopState:
     """What belongs to the event loop, copied on it when a scrape arrives."""
@@ -131,8 +93,8 @@ class _UpdateAttempts:
     """Update attempts finished since this process started, by outcome, from the
     history file (compaction drops old lines, never these counts)."""
 
-    def __init__(self, daemon: Daemon) -> None:
-        self._history = daemon.updates.history
+    def __init__(self, updates: UpdateManager) -> None:
+        self._history = updates.history
         self._since = psutil.Process().create_time()
         self._seen: set[str] = set()
         self._counts: Tally[str] = Tally()
@@ -160,10 +122,10 @@ def _flag(value: bool) -> float:
 class _DaemonCollector:
     """Reads the daemon's own bookkeeping at scrape time (in the rendering thread)."""
 
-    def __init__(self, daemon: Daemon) -> None:
-        self.daemon = daemon
+    def __init__(self, resources: ResourceManager, updates: UpdateManager) -> None:
+        self.resources = resources
         self.state = LoopState()
-        self.updates = _UpdateAttempts(daemon)
+        self.updates = _UpdateAttempts(updates)
 
     def describe(self) -> list[Metric]:
         return []  # no collect() at registration; names are checked by tests
@@ -172,10 +134,10 @@ class _DaemonCollector:
         yield from self._generation()
         yield from self._engine(self.state)
         yield from self._updates(self.state)
-        yield from self._device(self.daemon.resources.snapshot)
+        yield from self._device(self.resources.snapshot)
 
     def _generation(self) -> Iterator[Metric]:
-        metrics = self.daemon.resources.metrics
+        metrics = self.resources.metrics
         models = metrics.models()
         families = {
             "requests": CounterMetricFamily(
@@ -379,11 +341,18 @@ class PrometheusExporter:
     """Owned by the daemon while `metrics_listen` is set: `start()` before the gRPC
     server is built (its interceptor is `self.interceptor`), `stop()` at shutdown."""
 
-    def __init__(self, daemon: Daemon) -> None:
-        self.daemon = daemon
-        address = parse_metrics_listen(daemon.settings.metrics_listen)
+    def __init__(
+        self,
+        settings: Settings,
+        engine: Engine,
+        resources: ResourceManager,
+        updates: UpdateManager,
+    ) -> None:
+        self.engine = engine
+        self.updates = updates
+        address = parse_metrics_listen(settings.metrics_listen)
         if address is None:
-            raise InvalidArgument("metrics_listen is empty: metrics are off", field=KEY)
+            raise InvalidArgument("metrics_listen is empty: metrics are off", field=METRICS_KEY)
         self.host, self.port = address
         # No *_created series: they double the output and Prometheus ignores them.
         disable_created_metrics()  # type: ignore[no-untyped-call]
@@ -431,12 +400,10 @@ class PrometheusExporter:
             model,
             registry=self.registry,
         )
-        self.collector = _DaemonCollector(daemon)
+        self.collector = _DaemonCollector(resources, updates)
         self.registry.register(self.collector)
-        self._sink: _TimingSink | None = None
-        self._budget: _CountingBudget | None = None
+        self._unsubscribe: list[Callable[[], None]] = []
         self._server: asyncio.Server | None = None
-        self._events: asyncio.Task[None] | None = None
         self._clients = 0
         self._render_lock = asyncio.Lock()
 
@@ -458,12 +425,11 @@ class PrometheusExporter:
                 'choose a free port or set it to "" to turn metrics off'
             ) from e
         self.port = self._server.sockets[0].getsockname()[1]
-        engine = self.daemon.engine
-        self._sink = _TimingSink(engine.metrics, self)
-        engine.metrics = self._sink
-        self._budget = _CountingBudget(engine.budget, self.evictions)
-        engine.budget = self._budget
-        self._events = asyncio.ensure_future(self._follow_models())
+        # Listeners, not queues: a burst of events must not lose a count.
+        self._unsubscribe = [
+            self.engine.requests.listen(self._on_request),
+            self.engine.registry.events.listen(self._on_model_event),
+        ]
         log.info("Prometheus metrics on http://%s%s", self.address, PATH)
 
     async def stop(self) -> None:
@@ -473,49 +439,46 @@ class PrometheusExporter:
                 async with asyncio.timeout(2):
                     await self._server.wait_closed()
             self._server = None
-        if self._events is not None:
-            self._events.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._events
-            self._events = None
-        engine = self.daemon.engine
-        if self._sink is not None and engine.metrics is self._sink:
-            engine.metrics = self._sink.inner
-        if self._budget is not None and engine.budget is self._budget:
-            for name, value in vars(self._budget.original).items():
-                setattr(self._budget.original, name, getattr(self._budget, name, value))
-            engine.budget = self._budget.original
+        for unsubscribe in self._unsubscribe:
+            unsubscribe()
+        self._unsubscribe = []
 
-    async def _follow_models(self) -> None:
-        counters = {
+    def _on_request(self, record: RequestRecord) -> None:
+        timings = record.timings
+        if timings is None:
+            return
+        if timings.time_to_first_token_ms > 0:
+            self.ttft.labels(record.model_id).observe(timings.time_to_first_token_ms / 1000)
+        if timings.tokens_per_second > 0:
+            self.tps.labels(record.model_id).observe(timings.tokens_per_second)
+
+    def _on_model_event(self, event: ModelEvent) -> None:
+        counter = {
             ModelEventType.LOADED: self.loads,
             ModelEventType.FAILED: self.load_failures,
             ModelEventType.UNLOADED: self.unloads,
-        }
-        async with self.daemon.registry.events.subscribe() as events:
-            while True:
-                event = await events.get()
-                counter = counters.get(event.type)
-                if counter is not None:
-                    counter.labels(event.model.id).inc()
+        }.get(event.type)
+        if counter is not None:
+            counter.labels(event.model.id).inc()
+        if event.type is ModelEventType.UNLOADED and event.reason == UnloadReason.EVICTED:
+            self.evictions.labels(event.model.id).inc()
 
     # -- scrapes ---------------------------------------------------------------------------
 
     def loop_state(self) -> LoopState:
         """Copy the loop-owned figures (call on the event loop)."""
-        engine = self.daemon.engine
-        # Per-model queues have no accessor of their own on the engine.
-        slots: dict[str, LoadedSlot] = engine._slots
+        engine = self.engine
+        slots = engine.pool.slots()
         loaded = tuple(
             (model_id, s.queue.waiting, s.queue.busy, s.estimate_bytes)
             for model_id, s in sorted(slots.items())
         )
-        tally = Tally((e.kind.value, e.state.value) for e in self.daemon.registry.list())
+        tally = Tally((e.kind.value, e.state.value) for e in self.engine.registry.list())
         return LoopState(
             loaded=loaded,
             running=engine.running(),
             registry=tuple(sorted(tally.items())),
-            update_phase=self.daemon.updates.status().phase.value,
+            update_phase=self.updates.status().phase.value,
         )
 
     def _render(self, state: LoopState, accept: str, gzip_ok: bool) -> tuple[bytes, str]:

@@ -27,6 +27,11 @@ class PowerConfig:
     # Thermal zones have no events: read them this often while generating / idle.
     poll_active_s: float = 2.0
     poll_idle_s: float = 30.0
+    # Temperatures, throttling and memory pressure alone (a few small files) are read
+    # this often, so heat is seen within a second even while idle; a change re-reads all.
+    poll_quick_s: float = 1.0
+    # Take fewer inference threads while other processes keep cores busy (for seconds).
+    share_cpu: bool = True
     # A reading older than this is refreshed before a decision (request, GetSnapshot).
     max_age_s: float = 1.0
     # Power profiles.
@@ -45,6 +50,9 @@ class PowerConfig:
     fallback_fair_c: float = 70.0
     fallback_serious_c: float = 80.0
     fallback_critical_c: float = 90.0
+    # A zone heating fast enough to reach its Serious or Critical threshold within this
+    # many seconds counts as there already for the policy (0: off).
+    rise_horizon_s: float = 5.0
     # Memory pressure: PSI avg10 percentages and available-memory percentages.
     psi_warning_some: float = 10.0
     psi_critical_some: float = 40.0
@@ -65,6 +73,10 @@ class PowerConfig:
 
 
 _PROFILES = ("performance", "balanced", "power_saver", "ultra_saver")
+
+# What the event sources (the bus connection, udev, the PSI trigger) are started with:
+# a reload that changes one of these restarts them.
+EVENT_SOURCE_KEYS = ("sys_root", "proc_root", "system_bus_address", "dbus", "udev", "psi_trigger")
 
 
 def power_config(section: Any) -> PowerConfig:
@@ -119,9 +131,11 @@ def _validate(c: PowerConfig) -> None:
     def bad(key: str, why: str) -> InvalidArgument:
         return InvalidArgument(f"power.{key} {why}", field=f"power.{key}")
 
-    if c.default_profile not in _PROFILES:
-        raise bad("default_profile", f"must be one of {', '.join(_PROFILES)}")
-    for key in ("poll_active_s", "poll_idle_s", "max_age_s", "eviction_settle_s"):
+    # power-profiles-daemon's spelling (power-saver) or ours (power_saver): both mean it.
+    if c.default_profile.replace("-", "_") not in _PROFILES:
+        names = ", ".join(p.replace("_", "-") for p in _PROFILES)
+        raise bad("default_profile", f"must be one of {names} (got {c.default_profile!r})")
+    for key in ("poll_active_s", "poll_idle_s", "poll_quick_s", "max_age_s", "eviction_settle_s"):
         value = getattr(c, key)
         if not 0.01 <= value <= 3600:
             raise bad(key, f"must be between 0.01 and 3600 seconds (got {value})")
@@ -148,5 +162,7 @@ def _validate(c: PowerConfig) -> None:
     for key in ("near_critical_c", "fair_margin_c", "hysteresis_c"):
         if not 0 <= getattr(c, key) <= 50:
             raise bad(key, "must be between 0 and 50 degrees")
+    if not 0 <= c.rise_horizon_s <= 60:
+        raise bad("rise_horizon_s", f"must be between 0 and 60 seconds (got {c.rise_horizon_s})")
     if c.hold_min_tokens < 1:
         raise bad("hold_min_tokens", "must be >= 1")

@@ -143,6 +143,8 @@ class SystemBusClient:
         # PropertiesChanged signals handled, per name (see _appeared).
         self._signals: dict[str, int] = {}
         self._stopping = False
+        # Set once the first attempt ended: every service on the bus read, or no bus.
+        self.first_read = asyncio.Event()
 
     @property
     def connected(self) -> bool:
@@ -180,6 +182,7 @@ class SystemBusClient:
                     log.warning("%s; retrying in the background", error)
                     self.error = error
                     self.on_status()
+                self.first_read.set()
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, MAX_RETRY_S)
                 continue
@@ -189,12 +192,14 @@ class SystemBusClient:
             try:
                 await self._attach()
                 self.on_status()
+                self.first_read.set()
                 delay = FIRST_RETRY_S
                 with contextlib.suppress(Exception):
                     await self.bus.wait_for_disconnect()
             except Exception as e:
                 log.warning("system bus: %s", e)
             finally:
+                self.first_read.set()
                 await self._detach()
             if not self._stopping:
                 self.error = "the system bus connection was lost"

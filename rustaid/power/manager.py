@@ -12,10 +12,12 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from rustaid.config import Settings
+from rustaid.core.engine import Energy
+from rustaid.core.events import UnloadReason
 from rustaid.core.metrics import Metrics
-from rustaid.core.registry import ModelEntry, ModelKind
+from rustaid.core.registry import ModelEntry, ModelKind, ModelState
 from rustaid.core.scheduler import Priority
-from rustaid.errors import InvalidArgument
+from rustaid.errors import InvalidArgument, NotFound
 from rustaid.power.config import PowerConfig, power_config
 from rustaid.power.monitor import ResourceMonitor
 from rustaid.power.policy import InferencePolicy
@@ -30,6 +32,8 @@ log = logging.getLogger(__name__)
 ASSUMED_BANDWIDTH_BYTES_S = 8e9
 ASSUMED_PROMPT_SPEEDUP = 10.0
 MAX_ASSUMED_TPS = 200.0
+# Without a measured load: reading and mapping weights at about this many bytes/s.
+ASSUMED_LOAD_BYTES_S = 300e6
 # Without a measured or declared draw.
 ASSUMED_DRAW_W = 5.0
 
@@ -40,7 +44,8 @@ class ModelSource(Protocol):
 
 class ModelUnloader(Protocol):
     def loaded(self) -> list[ModelEntry]: ...
-    async def unload(self, model_id: str) -> ModelEntry: ...
+    async def unload(self, model_id: str, reason: UnloadReason = ...) -> ModelEntry: ...
+    def is_remote(self, entry: ModelEntry) -> bool: ...
 
 
 class PluginRecords(Protocol):
@@ -99,6 +104,15 @@ class ResourceManager:
     @property
     def snapshot(self) -> ResourceSnapshot:
         return self.monitor.snapshot
+
+    async def fresh_snapshot(self, wait_for_sources_s: float = 5.0) -> ResourceSnapshot:
+        """The device read now, after its power sources (UPower, power-profiles-daemon)
+        have reported once or `wait_for_sources_s` passed: for decisions such as an
+        update's power gate that must not act on a start-up default or an old reading."""
+        if not await self.monitor.power_sources_read(wait_for_sources_s):
+            log.warning("power sources not read after %.0f s: deciding without them",
+                        wait_for_sources_s)  # fmt: skip
+        return await self.monitor.refresh(0.0)
 
     # -- power profile -----------------------------------------------------------------------
 
@@ -189,7 +203,7 @@ class ResourceManager:
                 (victim.memory_bytes or victim.size_bytes) >> 20,
             )
             try:
-                await engine.unload(victim.id)
+                await engine.unload(victim.id, UnloadReason.MEMORY_PRESSURE)
             except Exception as e:
                 log.warning("could not unload %s: %s", victim.id, e)
             done.add(victim.id)
@@ -213,6 +227,71 @@ class ResourceManager:
                 if mw > 0:
                     return mw / 1000, f"{mw} mW declared by plugin {record.id}"
         return None
+
+    def request_energy(self, entry: ModelEntry, seconds: float) -> Energy:
+        """The energy of `seconds` of compute on `entry`: the battery's measured draw
+        while discharging, else the engine plugin's declared draw, else an assumed one."""
+        if self.engine is not None and self.engine.is_remote(entry):
+            return Energy(0.0, "runs remotely: no local draw")
+        draw = self._battery_draw()
+        if draw is not None:
+            why = f"measured draw {draw:.1f} W ({self.monitor.snapshot.power.source})"
+        elif declared := self._declared_draw_w(entry):
+            draw, why = declared
+        else:
+            draw, why = ASSUMED_DRAW_W, f"assumed draw {ASSUMED_DRAW_W:g} W"
+        return Energy(draw * seconds, f"{why} x {seconds:.2f} s of compute")
+
+    def _device_bandwidth(self, model_id: str) -> tuple[float, str]:
+        """Bytes of weights this device reads per second while generating: the median
+        of the other measured local models (tokens/s x size), else an assumed figure."""
+        seen = []
+        for m in self.metrics.models():
+            if m.model_id == model_id or m.recent_tokens_per_second <= 0 or self.models is None:
+                continue
+            try:
+                other = self.models.get(m.model_id)
+            except NotFound:
+                continue
+            if other.path is not None and other.size_bytes:
+                seen.append(m.recent_tokens_per_second * other.size_bytes)
+        if not seen:
+            return ASSUMED_BANDWIDTH_BYTES_S, f"an assumed {ASSUMED_BANDWIDTH_BYTES_S / 1e9:g} GB/s"
+        seen.sort()
+        median = seen[len(seen) // 2]
+        return median, f"{median / 1e9:.2f} GB/s measured on this device ({len(seen)} models)"
+
+    def _load_seconds(self, entry: ModelEntry) -> tuple[float, str]:
+        """How long loading `entry` should take: its own last load, else the load speed
+        of other models measured here, else an assumed speed."""
+        own = self.metrics.model(entry.id)
+        if own is not None and own.last_load_ms > 0:
+            return own.last_load_ms / 1000, "its last load"
+        rates = []
+        for m in self.metrics.models():
+            if m.last_load_ms > 0 and self.models is not None:
+                try:
+                    other = self.models.get(m.model_id)
+                except NotFound:
+                    continue
+                if other.size_bytes:
+                    rates.append(other.size_bytes / (m.last_load_ms / 1000))
+        if rates:
+            rate = sorted(rates)[len(rates) // 2]
+            return entry.size_bytes / rate, f"{rate / 1e6:.0f} MB/s measured here"
+        return entry.size_bytes / ASSUMED_LOAD_BYTES_S, (
+            f"an assumed {ASSUMED_LOAD_BYTES_S / 1e6:.0f} MB/s"
+        )
+
+    def settings_replaced(self, _old: Settings, new: Settings) -> None:
+        """A reload (SettingsSource listener): the generation limits and `[power]` apply
+        at once (see `ResourceMonitor.reconfigure`)."""
+        self.settings = new
+        self.policy.default_max_tokens = new.default_max_tokens
+        config = power_config(new.extra.get("power"))
+        if config != self.config:
+            self.config = config
+            self.monitor.reconfigure(config)
 
     async def estimate_cost(
         self, model_id: str, prompt_tokens: int, max_tokens: int
@@ -254,13 +333,17 @@ class ResourceManager:
             prompt_tps = measured.recent_prompt_tokens_per_second or tps * ASSUMED_PROMPT_SPEEDUP
         else:
             size = max(entry.size_bytes, 1)
-            tps = min(MAX_ASSUMED_TPS, ASSUMED_BANDWIDTH_BYTES_S / size)
+            bandwidth, how = self._device_bandwidth(model_id)
+            tps = min(MAX_ASSUMED_TPS, bandwidth / size)
             prompt_tps = tps * ASSUMED_PROMPT_SPEEDUP
             basis.append(
-                f"no measurement yet: assumed {tps:.1f} tokens/s from the model's size "
-                f"({size >> 20} MB)"
+                f"not measured yet: {tps:.1f} tokens/s from its size ({size >> 20} MB) and {how}"
             )
         duration = prompt_tokens / prompt_tps + tokens / tps
+        if entry.state is not ModelState.LOADED and entry.path is not None:
+            load_s, how = self._load_seconds(entry)
+            duration += load_s
+            basis.append(f"load {load_s:.2f} s first ({how})")
         power = self.monitor.snapshot.power
         draw = self._battery_draw()
         if draw is not None:

@@ -8,6 +8,9 @@ Sources and how each one is followed:
 | power-profiles-daemon           | PropertiesChanged signals on the system bus             |
 | power supplies, thermal (udev)  | udev events when udevd runs: re-read sysfs at once      |
 | memory pressure                 | a PSI trigger on /proc/pressure/memory: re-read at once |
+| temperatures, throttling,       | a quick read every `poll_quick_s` (1 s): a change in a  |
+| memory pressure                 | whole degree, a throttling bit or the pressure level    |
+|                                 | re-reads everything at once                             |
 | thermal zones, memory, CPU      | read every `poll_active_s` (2 s) while generating,      |
 |                                 | every `poll_idle_s` (30 s) otherwise, and before a      |
 |                                 | decision when the last reading is older than 1 s        |
@@ -21,6 +24,7 @@ published to subscribers (and listeners are called) when its `state_key()` chang
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import logging
 import os
@@ -30,7 +34,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from rustaid.core.events import EventBus
-from rustaid.power.config import PowerConfig
+from rustaid.power.config import EVENT_SOURCE_KEYS, PowerConfig
 from rustaid.power.dbus import BusError, SystemBusClient
 from rustaid.power.memory import PressureTrigger, read_memory
 from rustaid.power.ppd import PowerProfilesWatcher
@@ -55,12 +59,18 @@ from rustaid.power.sysfs import (
     read_thermal_zones,
     read_throttling,
 )
-from rustaid.power.thermal import thermal_state
+from rustaid.power.thermal import rising_state, thermal_state
+from rustaid.power.trend import ThermalTrend
 from rustaid.power.udev import UdevWatcher
 from rustaid.power.upower import UPowerWatcher
 from rustaid.providers import ResourceMonitor as MonitorPlugin
 
 log = logging.getLogger(__name__)
+
+# How long a burst of D-Bus signals may take to arrive before the snapshot is rebuilt.
+SETTLE_S = 0.03
+# Other processes count as busy when every one of this many quick samples says so.
+OTHERS_SAMPLES = 3
 
 Listener = Callable[[ResourceSnapshot, ResourceSnapshot], None]
 
@@ -99,6 +109,8 @@ class ResourceMonitor:
         self.plugin_monitors = plugin_monitors or dict
         self.cores = cores or physical_cores()
         self.reader = FileReader()
+        # How fast each zone heats, from every reading (quick ones too).
+        self.trend = ThermalTrend()
         self.profiles = ProfileManager(
             config, self.cores, state_dir / "power-profile.json" if state_dir else None
         )
@@ -118,6 +130,15 @@ class ResourceMonitor:
         self._wake: asyncio.Event | None = None
         self._read_lock: asyncio.Lock | None = None
         self._poll_task: asyncio.Task[None] | None = None
+        self._quick_task: asyncio.Task[None] | None = None
+        self._restart: asyncio.Task[None] | None = None
+        self._settle: asyncio.TimerHandle | None = None
+        self._sources_started = asyncio.Event()
+        import psutil
+
+        self._own_process = psutil.Process()
+        self._cpu_mark: tuple[float, float, float] | None = None
+        self._cpu_samples: collections.deque[float] = collections.deque(maxlen=OTHERS_SAMPLES)
         self._stopped = False
 
     # -- life cycle ------------------------------------------------------------------------
@@ -129,6 +150,7 @@ class ResourceMonitor:
         self._local = self._read_local()
         self._rebuild()
         self._poll_task = asyncio.ensure_future(self._poll())
+        self._quick_task = asyncio.ensure_future(self._quick_watch())
         s = self.snapshot
         log.info(
             "device: thermal %s, memory pressure %s, %s, power profile %s (%s)%s",
@@ -145,7 +167,9 @@ class ResourceMonitor:
         the daemon is ready: connecting never delays start-up."""
         c = self.config
         if c.dbus:
-            self.bus = SystemBusClient(c.bus_address, [self.upower, self.ppd], self._rebuild)
+            self.bus = SystemBusClient(
+                c.bus_address, [self.upower, self.ppd], self._rebuild_settled
+            )
             self.bus.start()
         if c.udev:
             self.udev = UdevWatcher(c.sys_root, self._udev_event)
@@ -157,21 +181,65 @@ class ResourceMonitor:
             if not self.psi.start():
                 log.info("no memory pressure events (%s): memory is polled", self.psi.error)
         self._event_sources_started = True
+        self._sources_started.set()
         self._rebuild()
+
+    async def power_sources_read(self, within_s: float) -> bool:
+        """Wait (at most `within_s`) until the event sources have started and UPower and
+        power-profiles-daemon were read, or found missing; True when they were."""
+        try:
+            async with asyncio.timeout(within_s):
+                await self._sources_started.wait()
+                if self.bus is not None:
+                    await self.bus.first_read.wait()
+        except TimeoutError:
+            return False
+        return True
 
     async def stop(self) -> None:
         self._stopped = True
-        if self._poll_task is not None:
-            self._poll_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._poll_task
+        if self._settle is not None:
+            self._settle.cancel()
+        for task in (self._poll_task, self._quick_task):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+        if self._restart is not None:
+            self._restart.cancel()
+        await self._stop_event_sources()
+        self._listeners.clear()
+
+    async def _stop_event_sources(self) -> None:
+        """Stopped, they report themselves unavailable until started again."""
         if self.bus is not None:
-            await self.bus.stop()
+            await self.bus.stop()  # UPower and power-profiles-daemon count as gone
         if self.udev is not None:
             self.udev.stop()
         if self.psi is not None:
             self.psi.stop()
-        self._listeners.clear()
+
+    def reconfigure(self, config: PowerConfig) -> None:
+        """New settings (a reload): the polls re-time to them, the event sources whose
+        settings changed (bus, udev, PSI trigger, roots) are restarted, and the device
+        is read again at once, so a state the new thresholds change is published now."""
+        old, self.config = self.config, config
+        self.profiles.config = config
+        log.info("power settings applied")
+        if self._quick_task is not None and config.poll_quick_s != old.poll_quick_s:
+            self._quick_task.cancel()
+            self._quick_task = asyncio.ensure_future(self._quick_watch())
+        if self._event_sources_started and any(
+            getattr(old, k) != getattr(config, k) for k in EVENT_SOURCE_KEYS
+        ):
+            self._restart = asyncio.ensure_future(self._restart_event_sources())
+        self._rebuild()  # the new thresholds and profile rules on the last reading
+        self._wake_up()  # the full poll reads now and waits its new interval after
+
+    async def _restart_event_sources(self) -> None:
+        await self._stop_event_sources()
+        if not self._stopped:
+            await self.start_event_sources()
 
     def add_listener(self, listener: Listener) -> None:
         """Called (old, new) on the event loop whenever the published state changes."""
@@ -194,13 +262,16 @@ class ResourceMonitor:
         freq = read_cpu_frequency(c.sys_root, reader)
         if freq is None:
             unavailable.append("cpufreq")
+        usage = psutil.cpu_percent(interval=None)
         cpu = CpuStatus(
-            usage_percent=psutil.cpu_percent(interval=None),
+            usage_percent=usage,
             frequency_mhz=freq[0] if freq else 0.0,
             max_frequency_mhz=freq[1] if freq else 0.0,
             cores=self.cores,
+            others_busy_cores=self._others_busy(),
         )
         zones, has_thermal = read_thermal_zones(c.sys_root, reader)
+        self.trend.add(time.monotonic(), zones)
         if not zones or not has_thermal:
             unavailable.append("thermal")
         # sysfs power supplies only matter while UPower does not speak for them.
@@ -218,6 +289,33 @@ class ResourceMonitor:
             gpus=tuple(gpus),
             unavailable=tuple(unavailable),
         )
+
+    def _others_busy(self) -> float:
+        """Cores' worth of CPU other processes kept busy, sustained: the least of the last
+        OTHERS_SAMPLES one-second samples (a short burst, or a benchmark's direct arm a
+        moment ago, is not a busy neighbour)."""
+        samples = self._cpu_samples
+        return min(samples) if len(samples) == samples.maxlen else 0.0
+
+    def _quick_read(self) -> tuple[object, ...]:
+        self._sample_cpu()
+        return self._quick_key()
+
+    def _sample_cpu(self) -> None:
+        """One sample of the CPU other processes used since the previous one."""
+        import psutil
+
+        t = psutil.cpu_times()
+        busy = t.user + t.nice + t.system + getattr(t, "irq", 0.0) + getattr(t, "softirq", 0.0)
+        own = self._own_process.cpu_times()
+        now = time.monotonic()
+        mark = (now, busy, own.user + own.system)
+        if self._cpu_mark is not None:
+            then, busy0, own0 = self._cpu_mark
+            if now > then:
+                others = ((busy - busy0) - (mark[2] - own0)) / (now - then)
+                self._cpu_samples.append(max(0.0, others))
+        self._cpu_mark = mark
 
     def _plugin_gpus(self, unavailable: list[str]) -> list[GpuStatus]:
         """GPUs reported by resource-monitor plugins: `read()` returns
@@ -244,7 +342,11 @@ class ResourceMonitor:
 
     async def refresh(self, max_age: float = 0.0) -> ResourceSnapshot:
         """The snapshot, re-reading the kernel's files first when the last reading is
-        older than `max_age` seconds."""
+        older than `max_age` seconds. Bus signals still settling are taken in first: a
+        decision uses everything the daemon has heard."""
+        if self._settle is not None:
+            self._settle.cancel()
+            self._settled()
         if self._read_lock is None:  # not started: read inline
             self._local = self._read_local()
             self._rebuild()
@@ -270,6 +372,32 @@ class ResourceMonitor:
                 await self.refresh(0.0)
             except Exception:
                 log.exception("reading the device's state failed; trying again later")
+
+    def _quick_key(self, local: LocalReadings | None = None) -> tuple[object, ...]:
+        """What the quick read compares: whole degrees, throttling bits, pressure level."""
+        if local is None:
+            c = self.config
+            zones, _ = read_thermal_zones(c.sys_root, self.reader)
+            self.trend.add(time.monotonic(), zones)
+            memory, _ = read_memory(c.proc_root, self.reader, c)
+            throttling = read_throttling(c.sys_root, self.reader)
+        else:
+            zones, memory, throttling = list(local.zones), local.memory, local.throttling
+        temps = tuple((z.name, round(z.temperature_c)) for z in zones)
+        return temps, throttling, memory.pressure
+
+    async def _quick_watch(self) -> None:
+        """Heat, throttling and memory pressure seen within `poll_quick_s`, idle or not:
+        a few small files per read; a change triggers the full reading and publication."""
+        loop = asyncio.get_running_loop()
+        while True:
+            await asyncio.sleep(self.config.poll_quick_s)
+            try:
+                key = await loop.run_in_executor(None, self._quick_read)
+                if key != self._quick_key(self._local):
+                    await self.refresh(0.0)
+            except Exception:
+                log.exception("the quick reading of the device failed; trying again later")
 
     def _wake_up(self) -> None:
         if self._wake is not None:
@@ -303,6 +431,18 @@ class ResourceMonitor:
             names.append("psi-trigger")
         return names
 
+    def _rebuild_settled(self) -> None:
+        """A D-Bus change: rebuild once the burst it belongs to has arrived. Plugging in
+        the charger changes OnBattery, State and Percentage in separate signals; taken one
+        by one they would publish a state that never was (on AC yet discharging)."""
+        if self._settle is None or self._settle.cancelled():
+            loop = asyncio.get_running_loop()
+            self._settle = loop.call_later(SETTLE_S, self._settled)
+
+    def _settled(self) -> None:
+        self._settle = None
+        self._rebuild()
+
     def _rebuild(self) -> None:
         if self._stopped:
             return
@@ -311,6 +451,9 @@ class ResourceMonitor:
         state, reason = thermal_state(
             local.zones, local.throttling, self.config, self.snapshot.thermal.state
         )
+        rising, rising_why = rising_state(local.zones, self.trend.slopes(), self.config)
+        if rising <= state:
+            rising, rising_why = ThermalState.NOMINAL, ""
         active = self.profiles.resolve(power, self.ppd.active_profile)
         snapshot = ResourceSnapshot(
             time=local.time or time.time(),
@@ -321,6 +464,8 @@ class ResourceMonitor:
                 zones=local.zones,
                 throttling=local.throttling or Throttling(),
                 reason=reason,
+                rising_state=rising,
+                rising_reason=rising_why,
             ),
             power=power,
             gpus=local.gpus,
@@ -392,6 +537,9 @@ def _describe_power(p: PowerStatus) -> str:
 
 
 def _log_changes(old: ResourceSnapshot, new: ResourceSnapshot, active: ActiveProfile) -> None:
+    if new.thermal.rising_state > max(new.thermal.state, old.thermal.rising_state):
+        log.warning("heating fast: acting as if %s (%s)", new.thermal.rising_state.name.lower(),
+                    new.thermal.rising_reason)  # fmt: skip
     if new.thermal.state != old.thermal.state:
         level = logging.WARNING if new.thermal.state >= ThermalState.SERIOUS else logging.INFO
         log.log(level, "thermal state %s: %s", new.thermal.state.name.lower(),

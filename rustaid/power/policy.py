@@ -12,6 +12,14 @@ cap wins and names its reason):
 | battery low and discharging        |            | <= 2       |       |         |     |       |
 | memory pressure Warning            |            |            |       | <= 2048 |     | off   |
 | memory pressure Critical           |            |            |       | <= 1024 |     | off   |
+| other processes busy (>= 0.5 core) |            | free cores |       |         |     |       |
+
+A zone heating fast enough to reach Serious or Critical within `rise_horizon_s` (5 s)
+counts as there already ("thermal state critical expected (...)"), but for the refusal
+below, which waits for Critical itself.
+
+At thermal Critical no local model starts a generation (UNAVAILABLE with a retry delay,
+`THERMAL_CRITICAL`); remote models still serve, and the router picks them.
 
 "Battery low" is at or below `low_battery_percent` (20 %) or UPower's low warning; it
 also sets prefer_remote (as do the PowerSaver and UltraSaver profiles).
@@ -33,10 +41,11 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
 
+from rustaid.core.engine import LoadCaps
 from rustaid.core.scheduler import Priority
 from rustaid.power.config import PowerConfig
 from rustaid.power.profiles import ActiveProfile
-from rustaid.power.snapshot import PressureLevel, ResourceSnapshot, ThermalState
+from rustaid.power.snapshot import PowerProfile, PressureLevel, ResourceSnapshot, ThermalState
 from rustaid.providers import GenerationParams
 
 if TYPE_CHECKING:
@@ -47,8 +56,18 @@ log = logging.getLogger(__name__)
 THERMAL_CRITICAL_MAX_TOKENS = 50
 THERMAL_SERIOUS_MAX_TOKENS = 200
 LOW_BATTERY_MAX_THREADS = 2
+# A generation still running when the device turns critically hot rests this long after
+# every token (with one thread), so the heat it makes drops at once.
+CRITICAL_PAUSE_S = 0.1
+# Other processes using at least this many cores take a thread each from inference:
+# llama.cpp's threads wait for each other at every step, so one that shares its core
+# with a busy process slows them all (on 2 busy cores, 1 thread beat 2 many times over).
+OTHERS_BUSY_MIN_CORES = 0.5
 MEMORY_WARNING_CONTEXT = 2048
 MEMORY_CRITICAL_CONTEXT = 1024
+# Requests one model serves at once (continuous batching) under strain: each sequence
+# adds compute per step and a KV cache.
+STRAINED_PARALLEL = 2
 
 
 @dataclass(frozen=True)
@@ -77,6 +96,9 @@ class Adjusted:
     adjustments: tuple[Adjustment, ...]
     # Why a background request must wait now ("" when it may run).
     background_wait: str = ""
+    # Why no local model may start a generation now ("" when one may): only remote
+    # models serve while the device is critically hot.
+    local_refused: str = ""
 
     @property
     def messages(self) -> tuple[str, ...]:
@@ -99,11 +121,50 @@ def background_wait_reason(
 ) -> str:
     if battery := low_battery(snapshot, config):
         return battery
-    if snapshot.thermal.state >= ThermalState.SERIOUS:
-        return f"thermal state {snapshot.thermal.state.name.lower()} ({snapshot.thermal.reason})"
+    thermal, thermal_why = snapshot.thermal.effective()
+    if thermal >= ThermalState.SERIOUS:
+        return thermal_why
     if not active.parameters.background_inference:
         return f"power profile {active.profile.value} runs no background inference"
     return ""
+
+
+def prefer_small_reason(snapshot: ResourceSnapshot, active: ActiveProfile) -> str:
+    """Why the router should prefer smaller local models now ("" when not): a saving
+    profile, a Serious or Critical thermal state (or one a fast rise is heading for), or
+    memory pressure."""
+    thermal, thermal_why = snapshot.thermal.effective()
+    if thermal >= ThermalState.SERIOUS:
+        return thermal_why
+    if snapshot.memory.pressure >= PressureLevel.WARNING:
+        return f"memory pressure {snapshot.memory.pressure.name.lower()}"
+    if active.profile in (PowerProfile.POWER_SAVER, PowerProfile.ULTRA_SAVER):
+        return f"power profile {active.profile.value}"
+    return ""
+
+
+def parallel_cap(
+    snapshot: ResourceSnapshot, active: ActiveProfile, config: PowerConfig
+) -> tuple[int, str]:
+    """How many requests a model may serve at once now (0: no cap), and why: one when
+    critically hot, short of memory, on a low battery or in ultra-saver; two when hot,
+    under memory pressure, on battery or in power-saver."""
+    (thermal, thermal_why), pressure = snapshot.thermal.effective(), snapshot.memory.pressure
+    if thermal is ThermalState.CRITICAL or thermal is ThermalState.SERIOUS:
+        n = 1 if thermal is ThermalState.CRITICAL else STRAINED_PARALLEL
+        return n, thermal_why
+    if pressure >= PressureLevel.WARNING:
+        n = 1 if pressure is PressureLevel.CRITICAL else STRAINED_PARALLEL
+        return n, f"memory pressure {pressure.name.lower()} ({snapshot.memory.reason})"
+    if battery := low_battery(snapshot, config):
+        return 1, battery
+    if active.profile is PowerProfile.ULTRA_SAVER:
+        return 1, f"power profile {active.profile.value}"
+    if snapshot.power.discharging:
+        return STRAINED_PARALLEL, "on battery"
+    if active.profile is PowerProfile.POWER_SAVER:
+        return STRAINED_PARALLEL, f"power profile {active.profile.value}"
+    return 0, ""
 
 
 def adapt(
@@ -120,8 +181,8 @@ def adapt(
     """The request's parameters under the current state; see the module's table."""
     prof = active.parameters
     profile_why = f"power profile {active.profile.value} ({active.reason})"
-    thermal = snapshot.thermal.state
-    thermal_why = f"thermal state {thermal.name.lower()} ({snapshot.thermal.reason})"
+    # A zone heating fast counts as at the state it is about to reach.
+    thermal, thermal_why = snapshot.thermal.effective()
     pressure = snapshot.memory.pressure
     memory_why = f"memory pressure {pressure.name.lower()} ({snapshot.memory.reason})"
     battery_why = low_battery(snapshot, config)
@@ -157,6 +218,10 @@ def adapt(
         thread_caps.append((max(1, cores // 2), thermal_why))
     if battery_why:
         thread_caps.append((LOW_BATTERY_MAX_THREADS, battery_why))
+    others = snapshot.cpu.others_busy_cores
+    if config.share_cpu and others >= OTHERS_BUSY_MIN_CORES:
+        free = max(1, round(cores - others))
+        thread_caps.append((free, f"other processes busy ({others:.1f} cores)"))
     thread_caps.append((prof.threads, profile_why))
     effective = threads or max(1, cores)
     capped = cap("threads", effective, thread_caps, f"{effective}" if threads else "")
@@ -171,13 +236,17 @@ def adapt(
     context_caps.append((prof.context_length, profile_why))
     context_cap, context_why = min(context_caps, key=lambda c: c[0])
     if context_why != profile_why:
-        adjustments.append(Adjustment("context_length", "model's", f"<= {context_cap}", memory_why))
+        adjustments.append(
+            Adjustment("context_length", "model's", f"<= {context_cap} when it loads", memory_why)
+        )
 
     # batch size
     batch, batch_why = prof.batch_size, profile_why
     if thermal is ThermalState.CRITICAL:
         batch, batch_why = 1, thermal_why
-        adjustments.append(Adjustment("batch_size", str(prof.batch_size), "1", batch_why))
+        adjustments.append(
+            Adjustment("batch_size", str(prof.batch_size), "1 when it loads", batch_why)
+        )
 
     # switches
     use_gpu = prof.use_gpu
@@ -196,6 +265,9 @@ def adapt(
     wait = ""
     if priority is Priority.BACKGROUND:
         wait = background_wait_reason(snapshot, active, config)
+    # Refused only at Critical itself (as health says), not on the way there.
+    actual = snapshot.thermal.state
+    local_refused = thermal_why if actual is ThermalState.CRITICAL else ""
     return Adjusted(
         params=params,
         threads=out_threads,
@@ -206,6 +278,7 @@ def adapt(
         caching=caching,
         adjustments=tuple(adjustments),
         background_wait=wait,
+        local_refused=local_refused,
     )
 
 
@@ -253,6 +326,40 @@ class InferencePolicy:
         for a in adjusted.adjustments:
             log.debug("request adjusted: %s", a)
         return adjusted
+
+    def running_caps(self, threads: int = 0) -> tuple[int, float]:
+        """For generations already running, under the current state: the threads to
+        compute with (0: the model's own) and a rest after every token in seconds."""
+        snapshot = self.monitor.snapshot
+        adjusted = self.adjust_now(GenerationParams(), Priority.INTERACTIVE, threads, snapshot)
+        critical = snapshot.thermal.effective()[0] is ThermalState.CRITICAL
+        return adjusted.threads, CRITICAL_PAUSE_S if critical else 0.0
+
+    def load_caps(self) -> LoadCaps:
+        """Context, batch and GPU for a model loaded now (the profile, memory pressure,
+        heat), and why."""
+        adjusted = self.adjust_now(GenerationParams(), Priority.INTERACTIVE)
+        why = (
+            "; ".join(
+                str(a)
+                for a in adjusted.adjustments
+                if a.setting in ("context_length", "batch_size", "use_gpu")
+            )
+            or f"power profile {self.monitor.active_profile.profile.value}"
+        )
+        parallel, parallel_why = self.parallel_cap()
+        if parallel:
+            why += f"; at most {parallel} requests at once: {parallel_why}"
+        return LoadCaps(
+            adjusted.context_cap, adjusted.batch_size, adjusted.use_gpu, why, parallel=parallel
+        )
+
+    def parallel_cap(self) -> tuple[int, str]:
+        """Requests a model may serve at once now (0: no cap), and why."""
+        return parallel_cap(self.monitor.snapshot, self.monitor.active_profile, self.monitor.config)
+
+    def prefer_small(self) -> str:
+        return prefer_small_reason(self.monitor.snapshot, self.monitor.active_profile)
 
     def background_wait(self) -> str:
         """Why a background request must wait now ("" when it may run)."""

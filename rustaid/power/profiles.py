@@ -11,10 +11,12 @@
 (cores: physical cores; at least 1 thread.) Which profile is active:
 
 1. the override set with SetPowerProfile, until cleared (kept across restarts);
-2. else power-profiles-daemon's ActiveProfile (performance / balanced / power-saver);
-3. else the battery: discharging at or below `critical_battery_percent` (or UPower's
+2. a low battery while discharging: at or below `critical_battery_percent` (or UPower's
    critical warning) -> UltraSaver; at or below `low_battery_percent` (or UPower's low
-   warning) -> PowerSaver; otherwise `default_profile`;
+   warning) -> PowerSaver; this outranks power-profiles-daemon unless its profile is
+   performance (the user asked for it) or already saves as much;
+3. else power-profiles-daemon's ActiveProfile (performance / balanced / power-saver);
+   without it, the battery (as in 2), otherwise `default_profile`;
 4. else (no battery) `default_profile` (Balanced).
 """
 
@@ -50,6 +52,15 @@ class ProfileParameters:
     context_length: int
     caching: bool
     background_inference: bool
+
+
+# How much each automatic profile saves (more is more saving).
+_SAVING = {
+    PowerProfile.PERFORMANCE: 0,
+    PowerProfile.BALANCED: 1,
+    PowerProfile.POWER_SAVER: 2,
+    PowerProfile.ULTRA_SAVER: 3,
+}
 
 
 def profile_parameters(profile: PowerProfile, cores: int) -> ProfileParameters:
@@ -164,30 +175,52 @@ class ProfileManager:
             return ActiveProfile(
                 profile, ProfileSource.OVERRIDE, self.parameters(profile, custom), "set by request"
             )
+        battery = self._battery_profile(power)
         if c.follow_power_profiles_daemon and ppd_profile in _FROM_PPD:
             profile = _FROM_PPD[ppd_profile]
+            # A low battery outranks the system's profile, unless its user asked for
+            # performance (power-profiles-daemon itself does not react to the battery).
+            if (
+                battery is not None
+                and _SAVING[battery[0]] > _SAVING[profile]
+                and ppd_profile != "performance"
+            ):
+                low, why = battery
+                return ActiveProfile(
+                    low,
+                    ProfileSource.BATTERY,
+                    self.parameters(low),
+                    f"{why} (over the system profile {ppd_profile})",
+                )
             return ActiveProfile(
                 profile,
                 ProfileSource.POWER_PROFILES_DAEMON,
                 self.parameters(profile),
                 f"the system power profile is {ppd_profile}",
             )
-        default = PowerProfile(c.default_profile)
+        default = PowerProfile(c.default_profile.replace("-", "_"))
         if not power.battery_present:
             return ActiveProfile(
                 default, ProfileSource.DEFAULT, self.parameters(default), "no battery"
             )
+        if battery is not None:
+            low, why = battery
+            return ActiveProfile(low, ProfileSource.BATTERY, self.parameters(low), why)
         percent = f"battery at {power.battery_percent:.0f} %"
-        if power.discharging:
-            if power.battery_percent <= c.critical_battery_percent or power.warning_level >= 4:
-                profile, why = PowerProfile.ULTRA_SAVER, f"{percent} (critical) and discharging"
-            elif power.battery_percent <= c.low_battery_percent or power.warning_level >= 3:
-                profile, why = PowerProfile.POWER_SAVER, f"{percent} (low) and discharging"
-            else:
-                profile, why = default, f"{percent} and discharging"
-        else:
-            profile, why = default, f"{percent}, on AC power"
-        return ActiveProfile(profile, ProfileSource.BATTERY, self.parameters(profile), why)
+        why = f"{percent} and discharging" if power.discharging else f"{percent}, on AC power"
+        return ActiveProfile(default, ProfileSource.BATTERY, self.parameters(default), why)
+
+    def _battery_profile(self, power: PowerStatus) -> tuple[PowerProfile, str] | None:
+        """UltraSaver or PowerSaver (and why) for a low battery that is discharging."""
+        c = self.config
+        if not (power.battery_present and power.discharging):
+            return None
+        percent = f"battery at {power.battery_percent:.0f} %"
+        if power.battery_percent <= c.critical_battery_percent or power.warning_level >= 4:
+            return PowerProfile.ULTRA_SAVER, f"{percent} (critical) and discharging"
+        if power.battery_percent <= c.low_battery_percent or power.warning_level >= 3:
+            return PowerProfile.POWER_SAVER, f"{percent} (low) and discharging"
+        return None
 
     # -- persistence: the override survives a restart ------------------------------------
 

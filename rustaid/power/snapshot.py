@@ -72,6 +72,8 @@ class CpuStatus:
     frequency_mhz: float = 0.0
     max_frequency_mhz: float = 0.0
     cores: int = 0
+    # Cores' worth of CPU other processes used since the previous reading (not ours).
+    others_busy_cores: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -138,6 +140,18 @@ class ThermalStatus:
     throttling: Throttling = field(default_factory=Throttling)
     # Why `state` is what it is, e.g. "cpu-thermal at 82.0 C, above its passive trip 80.0 C".
     reason: str = ""
+    # The state a zone heating fast reaches within a few seconds, when hotter than
+    # `state` (else NOMINAL), and why: the policy acts on it before the trip point.
+    rising_state: ThermalState = ThermalState.NOMINAL
+    rising_reason: str = ""
+
+    def effective(self) -> tuple[ThermalState, str]:
+        """The state the policy acts on, and why: `state`, or the hotter one it is
+        heading for ("thermal state serious expected (...)")."""
+        if self.rising_state > self.state:
+            name = self.rising_state.name.lower()
+            return self.rising_state, f"thermal state {name} expected ({self.rising_reason})"
+        return self.state, f"thermal state {self.state.name.lower()} ({self.reason})"
 
 
 @dataclass(frozen=True)
@@ -195,6 +209,7 @@ class ResourceSnapshot:
         return (
             self.memory.pressure,
             self.thermal.state,
+            self.thermal.rising_state,
             self.thermal.throttling,
             tuple((z.name, _whole(z.temperature_c)) for z in self.thermal.zones),
             p.battery_present,

@@ -16,15 +16,22 @@ Firmware flags: throttled or at the soft temperature limit -> Serious; under-vol
 
 Going down, a state is kept until the temperature falls below its threshold by the
 trip's hysteresis (or `hysteresis_c`), so a zone hovering at a trip does not flap.
+
+Rising fast: a zone heating at least `MIN_RISE_C_S` whose temperature, at its current
+rate, reaches its Serious or Critical threshold within `rise_horizon_s` (5 s) gives the
+state it is heading for (`rising_state`), so the policy acts before the trip point.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from rustaid.power.config import PowerConfig
 from rustaid.power.snapshot import ThermalState, ThermalZone, Throttling
+
+# Slower rises (sensor noise, a slow warm-up) are left to the thresholds themselves.
+MIN_RISE_C_S = 0.25
 
 
 @dataclass(frozen=True)
@@ -118,3 +125,28 @@ def thermal_state(
     if state <= best[0]:
         return best
     return state, f"{kept[1]} (cooling down, within the hysteresis)"
+
+
+def rising_state(
+    zones: Sequence[ThermalZone], slopes: Mapping[str, float], config: PowerConfig
+) -> tuple[ThermalState, str]:
+    """The Serious or Critical state a fast-heating zone reaches within
+    `rise_horizon_s` at its current rate, and why (NOMINAL, "" when none does)."""
+    best: tuple[ThermalState, str] = (ThermalState.NOMINAL, "")
+    horizon = config.rise_horizon_s
+    for zone in zones:
+        rate = slopes.get(zone.name, 0.0)
+        if horizon <= 0 or rate < MIN_RISE_C_S:
+            continue
+        th = _thresholds(zone, config)
+        t = zone.temperature_c
+        for state, limit, why in (
+            (ThermalState.CRITICAL, th.critical, th.critical_why),
+            (ThermalState.SERIOUS, th.serious, th.serious_why),
+        ):
+            if t < limit <= t + rate * horizon and state > best[0]:
+                eta = (limit - t) / rate
+                where = f"{zone.type or zone.name} at {t:.1f} C rising {rate:.1f} C/s"
+                best = state, f"{where}, {why.replace('at or above', 'reaching')} in {eta:.1f} s"
+                break
+    return best

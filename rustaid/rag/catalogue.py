@@ -17,8 +17,10 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from rustaid.core.diskspace import full_disk_is_exhausted
 from rustaid.errors import InvalidArgument, NotFound
 from rustaid.providers import Distance, PayloadType
+from rustaid.rag.keywords import AVERAGE_WORDS, LEGACY_AVERAGE_WORDS
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +50,10 @@ class CollectionRecord:
     created_at: float = 0.0
     # Payload fields filtered on so far (they have an index) and their types.
     fields: Mapping[str, PayloadType] = field(default_factory=dict)
+    # Language of the collection's keyword vectors ("": it has none, dense search only).
+    keyword_language: str = ""
+    # BM25's average chunk length in words that its keyword vectors were made with.
+    keyword_average_words: float = AVERAGE_WORDS
 
     def to_json(self) -> dict[str, Any]:
         data = asdict(self)
@@ -65,6 +71,8 @@ class CollectionRecord:
             vector_store=str(data["vector_store"]),
             created_at=float(data.get("created_at", 0.0)),
             fields={str(k): PayloadType(v) for k, v in dict(data.get("fields", {})).items()},
+            keyword_language=str(data.get("keyword_language", "")),
+            keyword_average_words=float(data.get("keyword_average_words", LEGACY_AVERAGE_WORDS)),
         )
 
 
@@ -91,12 +99,24 @@ class Catalogue:
         self._records = {r.name: r for r in records}
 
     def _save(self) -> None:
+        """Write the records; on a full disk the file on disk stays as it was, and so do
+        the records (read again from it)."""
+        tmp = self.path.with_name(f".{self.path.name}.tmp")
+        try:
+            with full_disk_is_exhausted(self.path.parent, "the collection catalogue"):
+                self._write(tmp)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            self._loaded = False  # records as the file holds them, read again next time
+            self._records = {}
+            raise
+
+    def _write(self, tmp: Path) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         data = {
             "version": VERSION,
             "collections": {n: r.to_json() for n, r in sorted(self._records.items())},
         }
-        tmp = self.path.with_name(f".{self.path.name}.tmp")
         with tmp.open("w", encoding="utf-8") as f:
             json.dump(data, f, indent=2)
             f.flush()
@@ -122,8 +142,9 @@ class Catalogue:
         if record is None:
             known = ", ".join(sorted(self._records)) or "none yet"
             raise NotFound(
-                f"no collection named {name!r} (collections: {known}); create it with "
-                "CreateCollection (rustaictl rag collections create NAME)",
+                f"no collection named {name!r} (collections: {known}); fill it with "
+                f"`rustaictl rag index PATH... -c {name}`, or create it empty with "
+                f"`rustaictl rag create {name}`",
                 reason="COLLECTION_NOT_FOUND",
             )
         return record

@@ -11,6 +11,8 @@ embedding_batch_size = 32
 loaded_embedding_models = 2            # embedding models kept in memory (LRU)
 max_file_mb = 64
 ask_answer_tokens = 512                # answer length when the request sets none
+keyword_language = "english"           # keyword (BM25) vectors of new collections: stop
+                                       # words and stemming of this language ("": none)
 
 [rag.stores.qdrant]                    # options of one vector store plugin
 url = "http://qdrant.lan:6333"
@@ -26,6 +28,7 @@ from typing import Any
 
 from rustaid.config import Settings
 from rustaid.errors import InvalidArgument
+from rustaid.rag.keywords import check_language
 
 SECTION = "rag"
 
@@ -43,6 +46,8 @@ class RagConfig:
     loaded_embedding_models: int = 2
     max_file_mb: int = 64
     ask_answer_tokens: int = 512
+    # Language of the keyword vectors of new collections ("": dense vectors only).
+    keyword_language: str = "english"
     # Options per vector store plugin name ([rag.stores.NAME]).
     stores: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
 
@@ -81,7 +86,7 @@ def parse_rag_config(section: object) -> RagConfig:
             field="rag",
         )
     values: dict[str, Any] = {}
-    for key in ("embedding_model", "vector_store"):
+    for key in ("embedding_model", "vector_store", "keyword_language"):
         if key in section:
             if not isinstance(section[key], str):
                 raise _bad(key, "must be a string", section[key])
@@ -110,6 +115,8 @@ def parse_rag_config(section: object) -> RagConfig:
         ):
             raise _bad("stores", "must hold one table per store, e.g. [rag.stores.qdrant]", stores)
         values["stores"] = {str(k): dict(v) for k, v in stores.items()}
+    if values.get("keyword_language"):
+        check_language(values["keyword_language"], "rag.keyword_language")
     config = RagConfig(**values)
     if config.chunk_overlap * 2 >= config.chunk_size:
         raise _bad("chunk_overlap", "must be less than half of chunk_size", config.chunk_overlap)

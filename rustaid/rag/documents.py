@@ -31,7 +31,7 @@ def read_allowed_file(raw: str, folders: Sequence[Path], max_bytes: int) -> tupl
         raise PermissionDenied(
             "reading files by path is off: list the folders the daemon may read in the "
             "[rag] allowed_folders setting, or upload the file's content instead",
-            reason="PATH_NOT_ALLOWED",
+            reason="PATH_READING_OFF",
         )
     if not raw:
         raise InvalidArgument("path is empty", field="path")

@@ -1,23 +1,27 @@
 """Loaded embedding models: an LRU of a few, loaded on first use through the embedding
-provider plugin that handles the model's files, one call at a time per model."""
+provider plugin that handles the model's files. Each model runs one batch at a time;
+its turns (turns.py) put interactive work before indexing."""
 
 from __future__ import annotations
 
+import array
 import asyncio
 import contextlib
 import logging
-import threading
+import sys
 import time
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from concurrent.futures import Executor
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TypeVar
 
 from rustaid.core.registry import ModelEntry, ModelEventType, ModelKind, ModelRegistry, ModelState
 from rustaid.errors import InvalidArgument, NotFound, PreconditionFailed, Unavailable
+from rustaid.memory import release_freed_memory
 from rustaid.providers import EmbeddingOptions, EmbeddingProvider, LoadedEmbedder
+from rustaid.rag.turns import ModelTurns, Priority
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -29,8 +33,8 @@ class _Slot:
     # What the model was loaded from and with: a change reloads it.
     signature: tuple[Path, int, float, str, EmbeddingOptions]
     embedder: LoadedEmbedder
-    # Serialises calls: one batch at a time uses all the model's threads.
-    lock: threading.Lock = field(default_factory=threading.Lock)
+    # One batch at a time uses all the model's threads: interactive work first.
+    turns: ModelTurns
     users: int = 0
     evicted: bool = False
 
@@ -43,6 +47,14 @@ class EmbedderInfo:
     special_tokens: int
 
 
+def unpack(row: bytes) -> list[float]:
+    """One packed little-endian float32 row as floats."""
+    values = array.array("f", row)
+    if sys.byteorder == "big":
+        values.byteswap()
+    return values.tolist()
+
+
 class EmbedderCache:
     def __init__(
         self,
@@ -50,12 +62,15 @@ class EmbedderCache:
         providers: Callable[[], dict[str, EmbeddingProvider]],
         options: Callable[[], tuple[EmbeddingOptions, int]],
         executor: Executor,
+        interactive: Executor | None = None,
     ) -> None:
         self.registry = registry
         self._providers = providers
         # (load options, how many models to keep), read at each load (settings reload).
         self._options = options
         self._executor = executor
+        # Threads for interactive runs (the background ones use `executor`).
+        self._interactive = interactive or executor
         self._slots: OrderedDict[str, _Slot] = OrderedDict()
         self._load_locks: dict[str, asyncio.Lock] = {}
         self._stopping = False
@@ -108,25 +123,67 @@ class EmbedderCache:
 
     # -- use ----------------------------------------------------------------------------
 
-    async def run(self, model_id: str, fn: Callable[[LoadedEmbedder], T]) -> T:
-        """Run `fn` on the loaded model, in a worker thread, one call at a time."""
+    @contextlib.asynccontextmanager
+    async def _using(self, model_id: str) -> AsyncIterator[_Slot]:
+        """The loaded model, kept open (even if evicted meanwhile) until the block ends."""
         slot = await self._get(model_id)
         slot.users += 1
         try:
-
-            def call() -> T:
-                with slot.lock:
-                    return fn(slot.embedder)
-
-            return await asyncio.get_running_loop().run_in_executor(self._executor, call)
+            yield slot
         finally:
             slot.users -= 1
             if slot.evicted and not slot.users:
                 self._close(slot)
 
+    async def run(
+        self,
+        model_id: str,
+        fn: Callable[[LoadedEmbedder], T],
+        priority: Priority = Priority.INTERACTIVE,
+    ) -> T:
+        """Run `fn` on the loaded model in a worker thread, when its turn comes."""
+        async with self._using(model_id) as slot:
+            return await slot.turns.call(fn, priority)
+
+    async def embed(
+        self, model_id: str, texts: Sequence[str]
+    ) -> tuple[bytes, list[int], EmbedderInfo]:
+        """Interactive embedding: packed float32 rows, the indexes of truncated texts and
+        the model's shape. Calls waiting together share one run."""
+        async with self._using(model_id) as slot:
+            packed, truncated = await slot.turns.embed(texts, Priority.INTERACTIVE)
+            return packed, truncated, self._info(model_id, slot.embedder)
+
+    async def embed_background(
+        self,
+        model_id: str,
+        texts: Sequence[str],
+        progress: Callable[[int], None] | None = None,
+    ) -> list[list[float]]:
+        """Background embedding (indexing), in slices interactive work can pass between;
+        `progress` hears how many texts are done after each slice."""
+        async with self._using(model_id) as slot:
+            rows = await slot.turns.embed_background(texts, progress)
+        return [unpack(row) for row in rows]
+
+    async def tokenize(self, model_id: str, fn: Callable[[LoadedEmbedder], T]) -> T:
+        """Background work that only counts tokens (chunking). Providers whose counting
+        may run beside their embedding (LoadedEmbedder.concurrent_token_offsets) do it
+        without taking a turn: a long document must not hold up a search."""
+        async with self._using(model_id) as slot:
+            if not slot.embedder.concurrent_token_offsets:
+                return await slot.turns.call(fn, Priority.BACKGROUND)
+            embedder = slot.embedder
+            return await asyncio.get_running_loop().run_in_executor(
+                self._executor, lambda: fn(embedder)
+            )
+
     async def info(self, model_id: str) -> EmbedderInfo:
         slot = await self._get(model_id)
-        e = slot.embedder
+        return self._info(model_id, slot.embedder)
+
+    @staticmethod
+    def _info(model_id: str, e: LoadedEmbedder) -> EmbedderInfo:
         return EmbedderInfo(model_id, e.dimension, e.max_tokens, e.special_tokens)
 
     async def _get(self, model_id: str) -> _Slot:
@@ -160,7 +217,10 @@ class EmbedderCache:
                     f"embedding model {model_id!r} failed to load: {e}",
                     reason="MODEL_LOAD_FAILED",
                 ) from e
-            slot = _Slot(model_id, signature, embedder)
+            turns = ModelTurns(
+                embedder, self._executor, options.batch_size, interactive=self._interactive
+            )
+            slot = _Slot(model_id, signature, embedder, turns)
             self._slots[model_id] = slot
             log.info(
                 "loaded embedding model %s (%s, %d dimensions) in %.0f ms",
@@ -225,6 +285,13 @@ class EmbedderCache:
             slot.embedder.close()
         except Exception:
             log.exception("closing embedding model %s failed", slot.model_id)
+        release_freed_memory()
+
+    async def unload(self, model_id: str) -> None:
+        """Unload a model (once the call running on it, if any, returns) and give its
+        memory back; the next use loads it again."""
+        async with self._load_locks.setdefault(model_id, asyncio.Lock()):
+            self._evict(model_id)
 
     def loaded(self) -> list[str]:
         return list(self._slots)

@@ -1,9 +1,11 @@
 """The RAG subsystem the daemon owns: collections, indexing, search and grounded answers.
 
 Blocking work (embedding, parsing, vector store calls) runs in a small thread pool of its
-own; embedding models load on first use and stay in an LRU (`[rag]
-loaded_embedding_models`). Vector stores open on first use; while any is open, a
-maintenance task lets them start background work (index builds) when they are idle.
+own, searches and query embeddings in a second one (indexing never holds them up);
+embedding models load on first use and stay in an LRU (`[rag] loaded_embedding_models`),
+each taking interactive work before indexing (turns.py). Vector stores open on first
+use; while any is open, a maintenance task lets them start background work (index
+builds) when they are idle.
 """
 
 from __future__ import annotations
@@ -25,14 +27,10 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from rustaid.config import Settings
-from rustaid.core.engine import (
-    Called,
-    Engine,
-    GenerationEvent,
-    GenerationRequest,
-    validate_params,
-)
+from rustaid.core.engine import Engine, GenerationRequest
+from rustaid.core.generation_types import Called, GenerationEvent
 from rustaid.core.registry import ModelRegistry
+from rustaid.core.request_checks import validate_params
 from rustaid.core.router import SelectionCriteria
 from rustaid.errors import (
     AlreadyExists,
@@ -53,10 +51,10 @@ from rustaid.providers import (
     FieldRange,
     Filter,
     GenerationParams,
-    LoadedEmbedder,
     LoadedLLM,
     PayloadType,
     ScoredPoint,
+    SearchMode,
     VectorStoreClient,
 )
 from rustaid.rag import ask as prompts
@@ -64,7 +62,8 @@ from rustaid.rag.ask import Hit
 from rustaid.rag.catalogue import Catalogue, CollectionRecord, check_name
 from rustaid.rag.config import RagConfig, parse_rag_config
 from rustaid.rag.documents import read_allowed_file
-from rustaid.rag.embedders import EmbedderCache, EmbedderInfo
+from rustaid.rag.embedders import EmbedderCache, EmbedderInfo, unpack
+from rustaid.rag.keywords import KeywordEncoders
 from rustaid.rag.pipeline import (
     Chunking,
     DocumentInput,
@@ -86,6 +85,11 @@ MAX_CONDITIONS = 64
 MAX_METADATA_BYTES = 64 << 10
 MIN_CHUNK_SIZE = 8
 MAINTENANCE_INTERVAL_S = 2.0
+# Hybrid search fuses this many candidates of each kind (at least top_k). Short lists and
+# a small RRF k (the stores' RRF_K, 10) favour what either kind ranks near the top: on the
+# Debian manual pages benchmark (tests/bench/retrieval.py) 10 candidates and k 10 gave
+# recall@5 0.81 against 0.73 with 50 and k 60 (dense alone 0.70).
+HYBRID_CANDIDATES = 10
 # Power profiles (rustaid.power) in which embedding threads do not spin-wait.
 SAVING_PROFILES = ("power_saver", "ultra_saver")
 
@@ -143,6 +147,7 @@ class SearchResult:
     hits: list[Hit]
     search_ms: float
     embed_ms: float
+    mode: SearchMode = SearchMode.DENSE
 
 
 @dataclass(frozen=True)
@@ -155,6 +160,8 @@ class AskInput:
     params: GenerationParams = field(default_factory=GenerationParams)
     selection: SelectionCriteria = field(default_factory=SelectionCriteria)
     score_threshold: float | None = None
+    # None: hybrid when the collection has keyword vectors, else dense.
+    mode: SearchMode | None = None
 
 
 @dataclass(frozen=True)
@@ -268,10 +275,18 @@ class Rag:
         self.engine = engine
         self.plugins = plugins
         self._executor = ThreadPoolExecutor(max_workers=4, thread_name_prefix="rustaid-rag")
+        # Searches and their query embeddings: never queued behind the threads that
+        # several indexing jobs keep busy.
+        self._interactive = ThreadPoolExecutor(max_workers=2, thread_name_prefix="rustaid-rag-i")
         self.embedders = EmbedderCache(
-            registry, plugins.embedding_providers, self._embedding_options, self._executor
+            registry,
+            plugins.embedding_providers,
+            self._embedding_options,
+            self._executor,
+            self._interactive,
         )
         self.catalogue = Catalogue(self.state_dir / "collections.json")
+        self.keywords = KeywordEncoders()
         self._stores: dict[str, VectorStoreClient] = {}
         self._store_lock = asyncio.Lock()
         self._name_locks: dict[str, asyncio.Lock] = {}
@@ -313,9 +328,6 @@ class Rag:
             threads=threads, batch_size=config.embedding_batch_size, spin_wait=spin
         )
         return options, config.loaded_embedding_models
-
-    def provider_for(self, path: Path) -> str:
-        return self.embedders.provider_for(path)
 
     async def _thread(self, fn: Callable[[], T]) -> T:
         return await asyncio.get_running_loop().run_in_executor(self._executor, fn)
@@ -379,12 +391,8 @@ class Rag:
         model_id = model_id or self.default_model()
         items = list(texts)
 
-        def work(e: LoadedEmbedder) -> tuple[bytes, list[int], int, int]:
-            packed, truncated = e.embed_packed(items)
-            return packed, truncated, e.dimension, e.max_tokens
-
-        packed, truncated, dimension, max_tokens = await self.embedders.run(model_id, work)
-        return Embedded(model_id, packed, len(items), dimension, max_tokens, truncated)
+        packed, truncated, info = await self.embedders.embed(model_id, items)
+        return Embedded(model_id, packed, len(items), info.dimension, info.max_tokens, truncated)
 
     async def _model_for(self, record: CollectionRecord) -> EmbedderInfo:
         try:
@@ -429,8 +437,16 @@ class Rag:
                     field="vector_store",
                 )
             store = await self._store(store_name)
+            language = self.config.keyword_language if store.supports_keywords else ""
+
+            def create() -> None:
+                if language:
+                    store.create_collection(name, info.dimension, distance, keywords=True)
+                else:  # stores without keyword search need not know the argument
+                    store.create_collection(name, info.dimension, distance)
+
             try:
-                await self._thread(lambda: store.create_collection(name, info.dimension, distance))
+                await self._thread(create)
             except AlreadyExists:
                 # Left by an interrupted create, or made on a shared server: adopt it if
                 # it fits this model.
@@ -444,6 +460,8 @@ class Rag:
                         reason="DIMENSION_MISMATCH",
                     ) from None
                 log.info("adopting existing collection %s in %s", name, store_name)
+                if not stats.keywords:
+                    language = ""
             for key in ALWAYS_INDEXED:
                 await self._thread(
                     functools.partial(store.create_payload_index, name, key, CHUNK_FIELDS[key])
@@ -456,6 +474,7 @@ class Rag:
                 vector_store=store_name,
                 created_at=time.time(),
                 fields={k: CHUNK_FIELDS[k] for k in ALWAYS_INDEXED},
+                keyword_language=language,
             )
             self.catalogue.put(record)
             log.info("created collection %s (%s, %d dimensions)", name, model_id, info.dimension)
@@ -618,6 +637,9 @@ class Rag:
             chunking=await self._chunking(chunking, info),
             parsers=self.plugins.document_parsers,
             executor=self._executor,
+            keywords=self.keywords.get(record.keyword_language, record.keyword_average_words)
+            if record.keyword_language
+            else None,
         )
 
     async def index_file(
@@ -631,7 +653,10 @@ class Rag:
         metadata: Mapping[str, Any] | None = None,
         chunking: ChunkingRequest = ChunkingRequest(),
         document_id: str = "",
+        progress: Callable[[int, int], None] | None = None,
     ) -> IndexResult:
+        """Parse, chunk, embed and store one file; `progress` hears (chunks embedded,
+        chunks in all) as the embedding goes."""
         check_document_id(document_id, "document_id")
         meta = normalise_metadata(metadata or {}, "metadata")
         indexer = await self._indexer(collection, chunking)
@@ -667,7 +692,7 @@ class Rag:
                 source=str(resolved),
                 metadata=meta,
             )
-        return await indexer.index(doc)
+        return await indexer.index(doc, progress)
 
     async def index_stream(
         self,
@@ -689,6 +714,7 @@ class Rag:
         score_threshold: float | None = None,
         *,
         max_top_k: int = MAX_TOP_K,
+        mode: SearchMode | None = None,
     ) -> SearchResult:
         if not query.strip():
             raise InvalidArgument("query is empty: give the text to search for", field="query")
@@ -706,18 +732,58 @@ class Rag:
                 "score_threshold must be a finite number", field="score_threshold"
             )
         record, store = await self._open(collection)
+        mode = self._search_mode(record, mode, score_threshold)
         f = filter or Filter()
         await self._check_filter(record, store, f, "filter")
-        await self._model_for(record)
         t0 = time.perf_counter()
-        vectors = await self.embedders.run(record.embedding_model_id, lambda e: e.embed([query]))
+        vector: list[float] | None = None
+        if mode is not SearchMode.KEYWORD:
+            await self._model_for(record)
+            packed, _, _ = await self.embedders.embed(record.embedding_model_id, [query])
+            vector = unpack(packed)
         t1 = time.perf_counter()
         limit = top_k or DEFAULT_TOP_K
-        points = await self._thread(
-            lambda: store.search(record.name, vectors[0], limit, f, score_threshold)
-        )
+        keywords = None
+        if mode is not SearchMode.DENSE:
+            encoder = self.keywords.get(record.keyword_language, record.keyword_average_words)
+            keywords = encoder.query(query)
+
+        def search() -> list[ScoredPoint]:
+            if keywords is None or (vector is not None and not keywords.indices):
+                # Dense, or hybrid with no word worth a keyword match (only stop words).
+                assert vector is not None
+                return store.search(record.name, vector, limit, f, score_threshold)
+            if not keywords.indices:
+                return []
+            candidates = max(HYBRID_CANDIDATES, limit)
+            return store.search_keywords(
+                record.name, keywords, limit, f, score_threshold, vector, candidates
+            )
+
+        points = await asyncio.get_running_loop().run_in_executor(self._interactive, search)
         t2 = time.perf_counter()
-        return SearchResult([_hit(p) for p in points], (t2 - t1) * 1000, (t1 - t0) * 1000)
+        hits = [_hit(p) for p in points]
+        embed_ms = (t1 - t0) * 1000 if vector is not None else 0.0
+        return SearchResult(hits, (t2 - t1) * 1000, embed_ms, mode)
+
+    @staticmethod
+    def _search_mode(
+        record: CollectionRecord, mode: SearchMode | None, score_threshold: float | None = None
+    ) -> SearchMode:
+        if mode is None:
+            # A score threshold is a similarity: without a mode it asks for dense search,
+            # where every hit has passed it (hybrid fuses keyword hits it cannot judge).
+            hybrid = record.keyword_language and score_threshold is None
+            return SearchMode.HYBRID if hybrid else SearchMode.DENSE
+        if mode is not SearchMode.DENSE and not record.keyword_language:
+            raise PreconditionFailed(
+                f"collection {record.name!r} has no keyword vectors (it was created before "
+                "keyword search, or in a store without it), so it cannot be searched with mode "
+                f"{mode.value}: search it with mode dense, or re-create it (delete, create, "
+                "index again) to get keyword and hybrid search",
+                reason="NO_KEYWORDS",
+            )
+        return mode
 
     async def delete_documents(
         self, collection: str, document_ids: Sequence[str], filter: Filter | None
@@ -769,6 +835,7 @@ class Rag:
             request.filter,
             request.score_threshold,
             max_top_k=MAX_ASK_TOP_K,
+            mode=request.mode,
         )
         hits = found.hits
         fixed = [prompts.SYSTEM_PROMPT, prompts.user_message(request.question, [])]
@@ -842,3 +909,4 @@ class Rag:
             except Exception:
                 log.exception("closing vector store %s failed", name)
         self._executor.shutdown(wait=False, cancel_futures=True)
+        self._interactive.shutdown(wait=False, cancel_futures=True)

@@ -30,23 +30,29 @@ from typing import Any, TypeVar
 from rustaid.errors import InvalidArgument, RustaidError
 from rustaid.providers import (
     DocumentParser,
+    FieldAnyOf,
     FieldMatch,
     Filter,
     LoadedEmbedder,
     ParsedDocument,
     Section,
+    SparseVector,
     VectorPoint,
     VectorStoreClient,
 )
 from rustaid.rag.chunking import Chunk, Chunker
 from rustaid.rag.documents import choose_parser
 from rustaid.rag.embedders import EmbedderCache
+from rustaid.rag.keywords import KeywordEncoder
 
 T = TypeVar("T")
 
 # Chunks embedded together across documents of a stream.
 FLUSH_CHUNKS = 128
-UPSERT_BATCH = 256
+# Points per store write: a search of the same collection may wait for one write inside
+# the store. With 384-dim vectors, keyword vectors and 5k points stored, searches during
+# writes of 64 took p99 15-18 ms, of 256 28-37 ms, at the same write rate (2 cores).
+UPSERT_BATCH = 64
 MAX_DOCUMENT_ID = 512
 _POINT_NAMESPACE = uuid.UUID("6f1d3c2e-9a54-4b1e-8f0a-72d5c0e1b9a4")
 
@@ -151,6 +157,7 @@ class Indexer:
         chunking: Chunking,
         parsers: Callable[[], dict[str, DocumentParser]],
         executor: Executor,
+        keywords: KeywordEncoder | None = None,
     ) -> None:
         self.collection = collection
         self.store = store
@@ -159,17 +166,24 @@ class Indexer:
         self.chunking = chunking
         self._parsers = parsers
         self._executor = executor
+        self.keywords = keywords
 
     async def _thread(self, fn: Callable[[], T]) -> T:
         return await asyncio.get_running_loop().run_in_executor(self._executor, fn)
 
     # -- one document -------------------------------------------------------------------
 
-    async def index(self, doc: DocumentInput) -> IndexResult:
+    async def index(
+        self, doc: DocumentInput, progress: Callable[[int, int], None] | None = None
+    ) -> IndexResult:
+        """Index one document; `progress` hears (chunks embedded, chunks in all) as the
+        embedding goes (the store write that follows is quick)."""
         prepared = await self._prepare(doc)
         if isinstance(prepared, IndexResult):
             return prepared
-        replaced = (await self._write([prepared]))[0]
+        total = len(prepared.chunks)
+        tell = None if progress is None else (lambda done: progress(done, total))
+        replaced = (await self._write([prepared], tell))[0]
         return IndexResult(
             prepared.document_id, len(prepared.chunks), prepared.parser, replaced=replaced
         )
@@ -195,7 +209,7 @@ class Indexer:
         def split(embedder: LoadedEmbedder) -> list[Chunk]:
             return Chunker(embedder.token_offsets, size, overlap).chunk(parsed)
 
-        chunks = await self.embedders.run(self.model_id, split)
+        chunks = await self.embedders.tokenize(self.model_id, split)
         if not chunks:
             raise InvalidArgument(
                 f"document {document_id!r} has no text to index", reason="DOCUMENT_EMPTY"
@@ -214,21 +228,21 @@ class Indexer:
         self.store.delete(self.collection, filter=_other_versions(document_id, doc_hash))
         return True
 
-    async def _write(self, batch: Sequence[_Prepared]) -> list[bool]:
+    async def _write(
+        self, batch: Sequence[_Prepared], progress: Callable[[int], None] | None = None
+    ) -> list[bool]:
         """Embed the chunks of several documents together, then store each document."""
         texts = [c.embed_text for p in batch for c in p.chunks]
-        vectors = await self.embedders.run(self.model_id, lambda e: e.embed(texts))
+        vectors = await self.embedders.embed_background(self.model_id, texts, progress)
         now = time.time()
-        replaced: list[bool] = []
-        at = 0
+        points: list[VectorPoint] = []
         for prepared in batch:
-            points = [
+            at = len(points)
+            points += [
                 self._point(prepared, chunk, vectors[at + i], now)
                 for i, chunk in enumerate(prepared.chunks)
             ]
-            at += len(points)
-            replaced.append(await self._thread(self._storer(prepared, points)))
-        return replaced
+        return await self._thread(lambda: self._store(batch, points))
 
     def _point(self, p: _Prepared, chunk: Chunk, vector: list[float], now: float) -> VectorPoint:
         payload: dict[str, Any] = {
@@ -245,16 +259,42 @@ class Indexer:
             "metadata": dict(p.doc.metadata),
             "indexed_at": now,
         }
+        sparse: SparseVector | None = None
+        if self.keywords is not None:
+            sparse = self.keywords.document(chunk.embed_text)
         return VectorPoint(
-            point_id(self.collection, p.document_id, p.hash, chunk.index), vector, payload
+            point_id(self.collection, p.document_id, p.hash, chunk.index), vector, payload, sparse
         )
 
-    def _storer(self, prepared: _Prepared, points: list[VectorPoint]) -> Callable[[], bool]:
-        return lambda: self._store(prepared, points)
-
-    def _store(self, prepared: _Prepared, points: list[VectorPoint]) -> bool:
+    def _store(self, batch: Sequence[_Prepared], points: list[VectorPoint]) -> list[bool]:
+        """Write the new chunks of every document of the batch (small documents share
+        upserts), then remove the other versions of each; True where there were some."""
         for start in range(0, len(points), UPSERT_BATCH):
             self.store.upsert(self.collection, points[start : start + UPSERT_BATCH])
+        if len(batch) > 1 and self._nothing_stale(batch, len(points)):
+            return [False] * len(batch)
+        return [self._remove_other_versions(p) for p in batch]
+
+    def _nothing_stale(self, batch: Sequence[_Prepared], chunks: int) -> bool:
+        """True when no document of the batch has chunks of another version: two counts
+        for the whole batch instead of one per document. Every point of these documents
+        must carry one of the batch's hashes, and those must be exactly the chunks just
+        written (a stale chunk of one document could carry another's hash)."""
+        ids = tuple(p.document_id for p in batch)
+        hashes = tuple(p.hash for p in batch)
+        if len(set(hashes)) != len(hashes):
+            return False
+        ours = Filter(must=(FieldAnyOf("document_id", ids), FieldAnyOf("content_hash", hashes)))
+        others = Filter(
+            must=(FieldAnyOf("document_id", ids),),
+            must_not=(FieldAnyOf("content_hash", hashes),),
+        )
+        return (
+            self.store.count(self.collection, others) == 0
+            and self.store.count(self.collection, ours) == chunks
+        )
+
+    def _remove_other_versions(self, prepared: _Prepared) -> bool:
         others = _other_versions(prepared.document_id, prepared.hash)
         stale = self.store.count(self.collection, others)
         if stale:

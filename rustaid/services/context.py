@@ -73,9 +73,9 @@ def _first(metadata: Any, key: str) -> str | None:
 def fallback_caller(peer: str) -> caller_mod.Caller:
     """Who is calling when no authentication interceptor said: the peer address. Unix
     socket peers carry no address ("unix:"), so local clients share one key
-    ("peer:unix:"); TCP clients get one key per connection."""
+    ("peer:unix:"); so do TCP clients of one host (see caller.anonymous_key)."""
     transport = "unix" if peer.startswith("unix") else "tcp"
-    return caller_mod.Caller(key=f"peer:{peer}", transport=transport, admin=False)
+    return caller_mod.Caller(key=caller_mod.anonymous_key(peer), transport=transport, admin=False)
 
 
 Around = Callable[[Context], contextlib.AbstractAsyncContextManager[None]]

@@ -17,7 +17,7 @@ from google.protobuf import any_pb2, duration_pb2
 from google.rpc import error_details_pb2, status_pb2
 
 from rustaid import errors
-from rustaid.core import request_id
+from rustaid.core.messages import bounded, internal_error_message
 
 log = logging.getLogger(__name__)
 
@@ -33,9 +33,9 @@ CODES: dict[type[errors.RustaidError], grpc.StatusCode] = {
     errors.ResourceExhausted: grpc.StatusCode.RESOURCE_EXHAUSTED,
     errors.Unavailable: grpc.StatusCode.UNAVAILABLE,
     errors.PermissionDenied: grpc.StatusCode.PERMISSION_DENIED,
+    errors.DataLoss: grpc.StatusCode.DATA_LOSS,
     errors.Unauthenticated: grpc.StatusCode.UNAUTHENTICATED,
     errors.Cancelled: grpc.StatusCode.CANCELLED,
-    errors.NotImplementedYet: grpc.StatusCode.UNIMPLEMENTED,
 }
 
 
@@ -44,23 +44,6 @@ def status_code(error: errors.RustaidError) -> grpc.StatusCode:
         if cls in CODES:
             return CODES[cls]
     return grpc.StatusCode.INTERNAL
-
-
-# Longest status message sent, in UTF-8 bytes. The message travels in the trailers twice
-# (grpc-message, percent-encoded, and the details); past the client's metadata limit
-# (8 KiB soft, 16 KiB hard in gRPC core) the client gets RESOURCE_EXHAUSTED "Stream
-# removed" instead of the error, e.g. for a message that quotes a huge request field.
-MAX_STATUS_MESSAGE_BYTES = 1024
-
-
-def bounded(message: str) -> str:
-    """`message`, its middle cut when longer than MAX_STATUS_MESSAGE_BYTES."""
-    data = message.encode()
-    if len(data) <= MAX_STATUS_MESSAGE_BYTES:
-        return message
-    head = data[: MAX_STATUS_MESSAGE_BYTES * 3 // 4].decode(errors="ignore")
-    tail = data[-(MAX_STATUS_MESSAGE_BYTES // 8) :].decode(errors="ignore")
-    return f"{head} [... {len(message) - len(head) - len(tail)} characters cut ...] {tail}"
 
 
 def _pack(msg: Any) -> any_pb2.Any:
@@ -74,23 +57,17 @@ def status_details(error: errors.RustaidError, code: grpc.StatusCode) -> bytes:
     if error.reason:
         details.append(_pack(error_details_pb2.ErrorInfo(reason=error.reason, domain=DOMAIN)))
     if isinstance(error, errors.InvalidArgument) and error.field:
-        violation = error_details_pb2.BadRequest.FieldViolation(
-            field=error.field, description=bounded(error.message)
-        )
-        details.append(_pack(error_details_pb2.BadRequest(field_violations=[violation])))
+        violations = [
+            error_details_pb2.BadRequest.FieldViolation(field=f, description=bounded(m))
+            for f, m in error.violations
+        ]
+        details.append(_pack(error_details_pb2.BadRequest(field_violations=violations)))
     if isinstance(error, errors.ResourceExhausted | errors.Unavailable) and error.retry_after_s:
         delay = duration_pb2.Duration()
         delay.FromMilliseconds(int(error.retry_after_s * 1000))
         details.append(_pack(error_details_pb2.RetryInfo(retry_delay=delay)))
     status = status_pb2.Status(code=code.value[0], message=bounded(error.message), details=details)
     return bytes(status.SerializeToString())
-
-
-def internal_error_message() -> str:
-    """What a client sees of a bug: where to look, and the id that finds its log lines."""
-    rid = request_id.current_id()
-    suffix = f", request id {rid}" if rid else ""
-    return f"internal error; see the log{suffix}"
 
 
 async def abort(context: grpc.aio.ServicerContext[Any, Any], error: errors.RustaidError) -> None:

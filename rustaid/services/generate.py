@@ -6,17 +6,24 @@ from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, Any, Protocol
 
 from rustaid.api.v1 import common_pb2, generate_pb2, generate_pb2_grpc
-from rustaid.core.engine import Done, GenerationRequest, Queued, Text, chat_messages
-from rustaid.errors import InvalidArgument
-from rustaid.providers import LoadedLLM
+from rustaid.core.admission import check_prompt_size
+from rustaid.core.engine import Done, GenerationRequest, Queued, Text
+from rustaid.core.request_checks import chat_messages
+from rustaid.errors import Cancelled, InvalidArgument
+from rustaid.providers import CancelToken, LoadedLLM
 from rustaid.services import convert
 from rustaid.services.convert import tools as convert_tools
 from rustaid.tools.calling import CallMade, ToolCall, collect_with_tools, generate_with_tools
 
 if TYPE_CHECKING:
-    from rustaid.daemon import Daemon
+    from rustaid.config import CurrentSettings
+    from rustaid.core.engine import Engine
 
 Context = Any  # grpc.aio.ServicerContext
+
+# Tokenize turns token ids into their text pieces this many at a time (a few ms each),
+# checking in between whether the client is still there.
+PIECES_PER_SLICE = 4096
 
 
 class _GenerationFields(Protocol):
@@ -58,11 +65,12 @@ def _chat_request(
 
 
 class GenerateServicer(generate_pb2_grpc.GenerateServiceServicer):
-    def __init__(self, daemon: Daemon) -> None:
-        self.daemon = daemon
+    def __init__(self, engine: Engine, settings: CurrentSettings) -> None:
+        self.engine = engine
+        self.settings = settings
 
     async def _collect(self, request: GenerationRequest) -> tuple[str, Done]:
-        return await self.daemon.engine.generate_text(request)
+        return await self.engine.generate_text(request)
 
     async def _stream(
         self, request: GenerationRequest, response_type: Any, pb: Any = None
@@ -70,9 +78,9 @@ class GenerateServicer(generate_pb2_grpc.GenerateServiceServicer):
         # Requests with tools go through function calling (rustaid.tools.calling).
         calling = convert_tools.function_calling_from_pb(pb) if pb is not None else None
         events = (
-            self.daemon.engine.generate(request)
+            self.engine.generate(request)
             if calling is None
-            else generate_with_tools(self.daemon, request, *calling)
+            else generate_with_tools(self.engine, request, *calling)
         )
         async for event in events:
             if isinstance(event, CallMade):
@@ -93,7 +101,7 @@ class GenerateServicer(generate_pb2_grpc.GenerateServiceServicer):
             text, done = await self._collect(base)
             calls: list[ToolCall] = []
         else:
-            text, done, calls = await collect_with_tools(self.daemon, base, *calling)
+            text, done, calls = await collect_with_tools(self.engine, base, *calling)
         return generate_pb2.GenerateResponse(
             tool_calls=[convert_tools.tool_call_to_pb(c) for c in calls],
             text=text,
@@ -102,6 +110,7 @@ class GenerateServicer(generate_pb2_grpc.GenerateServiceServicer):
             usage=convert.usage_to_pb(done.stats),
             timings=convert.timings_to_pb(done.timings),
             adjustments=done.adjustments,
+            energy=convert.energy_estimate_to_pb(done.energy),
         )
 
     async def GenerateStream(
@@ -121,7 +130,7 @@ class GenerateServicer(generate_pb2_grpc.GenerateServiceServicer):
             text, done = await self._collect(base)
             calls: list[ToolCall] = []
         else:
-            text, done, calls = await collect_with_tools(self.daemon, base, *calling)
+            text, done, calls = await collect_with_tools(self.engine, base, *calling)
         return generate_pb2.ChatResponse(
             message=convert_tools.chat_reply_to_pb(text, calls),
             model_id=done.model_id,
@@ -129,6 +138,7 @@ class GenerateServicer(generate_pb2_grpc.GenerateServiceServicer):
             usage=convert.usage_to_pb(done.stats),
             timings=convert.timings_to_pb(done.timings),
             adjustments=done.adjustments,
+            energy=convert.energy_estimate_to_pb(done.energy),
         )
 
     async def ChatStream(
@@ -143,12 +153,20 @@ class GenerateServicer(generate_pb2_grpc.GenerateServiceServicer):
         self, request: generate_pb2.TokenizeRequest, context: Context
     ) -> generate_pb2.TokenizeResponse:
         model_id = _require_model(request.model_id)
+        check_prompt_size([request.text], self.settings().max_prompt_bytes, "text")
+        cancel = CancelToken()
 
         def tokenize(model: LoadedLLM) -> tuple[list[int], list[str]]:
             ids = model.tokenize(request.text, request.add_special)
-            return ids, model.token_pieces(ids)
+            pieces: list[str] = []
+            # In slices, so a client that left stops the work within one slice.
+            for i in range(0, len(ids), PIECES_PER_SLICE):
+                if cancel.cancelled:
+                    raise Cancelled("the client went away")
+                pieces += model.token_pieces(ids[i : i + PIECES_PER_SLICE])
+            return ids, pieces
 
-        ids, pieces = await self.daemon.engine.run_on_model(model_id, tokenize)
+        ids, pieces = await self.engine.run_on_model(model_id, tokenize, cancel)
         return generate_pb2.TokenizeResponse(token_ids=ids, pieces=pieces)
 
     async def CountTokens(
@@ -157,16 +175,19 @@ class GenerateServicer(generate_pb2_grpc.GenerateServiceServicer):
         model_id = _require_model(request.model_id)
         if request.text and request.messages:
             raise InvalidArgument("give either text or messages, not both", field="messages")
+        limit = self.settings().max_prompt_bytes
         if request.messages:
             messages = convert.chat_messages_from_pb(request.messages)
-            count = await self.daemon.engine.run_on_model(
+            check_prompt_size([m.content for m in messages], limit, "messages")
+            count = await self.engine.run_on_model(
                 model_id, lambda m: m.count_chat_tokens(messages)
             )
         else:
-            count = await self.daemon.engine.run_on_model(
+            check_prompt_size([request.text], limit, "text")
+            count = await self.engine.run_on_model(
                 model_id, lambda m: len(m.tokenize(request.text, True))
             )
-        ctx = self.daemon.registry.get(model_id).context_length
+        ctx = self.engine.registry.get(model_id).context_length
         return generate_pb2.CountTokensResponse(count=count, context_length=ctx)
 
 

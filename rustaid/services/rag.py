@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import TYPE_CHECKING, Any
 
 import grpc
@@ -17,9 +18,9 @@ from rustaid.rag.pipeline import DocumentInput
 from rustaid.services import convert
 from rustaid.services.convert import rag as rag_convert
 from rustaid.services.errors import abort
+from rustaid.services.paging import paginate
 
 if TYPE_CHECKING:
-    from rustaid.daemon import Daemon
     from rustaid.rag.manager import Rag
 
 log = logging.getLogger(__name__)
@@ -28,12 +29,8 @@ Context = Any  # grpc.aio.ServicerContext
 
 
 class RagServicer(rag_pb2_grpc.RagServiceServicer):
-    def __init__(self, daemon: Daemon) -> None:
-        self.daemon = daemon
-
-    @property
-    def rag(self) -> Rag:
-        return self.daemon.rag
+    def __init__(self, rag: Rag) -> None:
+        self.rag = rag
 
     async def Embed(self, request: rag_pb2.EmbedRequest, context: Context) -> rag_pb2.EmbedResponse:
         result = await self.rag.embed(request.model_id, list(request.texts))
@@ -54,8 +51,10 @@ class RagServicer(rag_pb2_grpc.RagServiceServicer):
         self, request: rag_pb2.ListCollectionsRequest, context: Context
     ) -> rag_pb2.ListCollectionsResponse:
         views = await self.rag.list_collections()
+        page = paginate(views, lambda v: v.record.name, request.page_size, request.page_token)
         return rag_pb2.ListCollectionsResponse(
-            collections=[rag_convert.collection_to_pb(v) for v in views]
+            collections=[rag_convert.collection_to_pb(v) for v in page.items],
+            next_page_token=page.next_page_token,
         )
 
     async def DeleteCollection(
@@ -119,6 +118,41 @@ class RagServicer(rag_pb2_grpc.RagServiceServicer):
     async def IndexFile(
         self, request: rag_pb2.IndexFileRequest, context: Context
     ) -> rag_pb2.IndexFileResponse:
+        return await self._index_file(request)
+
+    async def IndexFileStream(
+        self, request: rag_pb2.IndexFileStreamRequest, context: Context
+    ) -> AsyncIterator[rag_pb2.IndexFileStreamResponse]:
+        # Only the latest count waits to be sent: a slow reader gets fewer updates, not
+        # a growing backlog.
+        latest: list[tuple[int, int]] = []
+        heard = asyncio.Event()
+
+        def progress(done: int, total: int) -> None:
+            latest[:] = [(done, total)]
+            heard.set()
+
+        task = asyncio.ensure_future(self._index_file(request.file, progress))
+        try:
+            while not task.done():
+                waiter = asyncio.ensure_future(heard.wait())
+                await asyncio.wait([task, waiter], return_when=asyncio.FIRST_COMPLETED)
+                waiter.cancel()
+                heard.clear()
+                if latest and not task.done():
+                    done, total = latest.pop()
+                    yield rag_pb2.IndexFileStreamResponse(
+                        progress=rag_convert.index_progress_to_pb(done, total)
+                    )
+            yield rag_pb2.IndexFileStreamResponse(done=task.result())
+        finally:
+            task.cancel()  # the client left: stop indexing
+
+    async def _index_file(
+        self,
+        request: rag_pb2.IndexFileRequest,
+        progress: Callable[[int, int], None] | None = None,
+    ) -> rag_pb2.IndexFileResponse:
         source = request.WhichOneof("source")
         if source is None:
             raise InvalidArgument(
@@ -135,6 +169,7 @@ class RagServicer(rag_pb2_grpc.RagServiceServicer):
             metadata=metadata,
             chunking=rag_convert.chunking_options_from_pb(request.chunking),
             document_id=request.document_id,
+            progress=progress,
         )
         return rag_pb2.IndexFileResponse(
             document_id=result.document_id,
@@ -153,11 +188,13 @@ class RagServicer(rag_pb2_grpc.RagServiceServicer):
             request.top_k,
             rag_convert.filter_from_pb(request.filter),
             request.score_threshold if request.HasField("score_threshold") else None,
+            mode=rag_convert.search_mode_from_pb(request.mode),
         )
         return rag_pb2.SearchResponse(
             hits=[rag_convert.search_hit_to_pb(h) for h in result.hits],
             search_ms=result.search_ms,
             embed_ms=result.embed_ms,
+            mode=rag_convert.search_mode_to_pb(result.mode),
         )
 
     async def DeleteDocuments(
@@ -184,6 +221,7 @@ class RagServicer(rag_pb2_grpc.RagServiceServicer):
             score_threshold=request.score_threshold
             if request.HasField("score_threshold")
             else None,
+            mode=rag_convert.search_mode_from_pb(request.mode),
         )
         async for event in self.rag.ask(ask):
             if isinstance(event, Text):

@@ -11,6 +11,7 @@ from rustaid.errors import InvalidArgument
 from rustaid.services import convert
 from rustaid.services.convert import nlu as convert_nlu
 from rustaid.services.convert import tools as convert_tools
+from rustaid.services.paging import paginate
 from rustaid.tools.agent import (
     AgentCall,
     AgentDone,
@@ -21,23 +22,29 @@ from rustaid.tools.agent import (
 )
 
 if TYPE_CHECKING:
-    from rustaid.daemon import Daemon
+    from rustaid.core.engine import Engine
+    from rustaid.tools.nlu import Nlu
+    from rustaid.tools.registry import ToolRegistry
 
 Context = Any  # grpc.aio.ServicerContext
 
 
 class ToolsServicer(tools_pb2_grpc.ToolsServiceServicer):
-    def __init__(self, daemon: Daemon) -> None:
-        self.daemon = daemon
+    def __init__(self, tools: ToolRegistry, engine: Engine) -> None:
+        self.tools = tools
+        self.engine = engine
 
     async def ListTools(
         self, request: tools_pb2.ListToolsRequest, context: Context
     ) -> tools_pb2.ListToolsResponse:
-        registry = self.daemon.tools
+        registry = self.tools
         await registry.rescan()
+        page = paginate(registry.list(), lambda t: t.name, request.page_size, request.page_token)
+        modules = [] if request.page_token else registry.wasm_modules()
         return tools_pb2.ListToolsResponse(
-            tools=[convert_tools.tool_to_pb(t) for t in registry.list()],
-            wasm_modules=[convert_tools.wasm_module_to_pb(m) for m in registry.wasm_modules()],
+            tools=[convert_tools.tool_to_pb(t) for t in page.items],
+            wasm_modules=[convert_tools.wasm_module_to_pb(m) for m in modules],
+            next_page_token=page.next_page_token,
         )
 
     async def ExecuteTool(
@@ -46,16 +53,14 @@ class ToolsServicer(tools_pb2_grpc.ToolsServiceServicer):
         if not request.name:
             raise InvalidArgument("name is empty: give the tool to run", field="name")
         timeout = convert_tools.seconds_from_pb(request.timeout, "timeout")
-        outcome = await self.daemon.tools.execute(
-            request.name, request.arguments_json, timeout_s=timeout
-        )
+        outcome = await self.tools.execute(request.name, request.arguments_json, timeout_s=timeout)
         return convert_tools.execute_tool_response_to_pb(outcome)
 
     async def RunAgent(
         self, request: tools_pb2.RunAgentRequest, context: Context
     ) -> AsyncIterator[tools_pb2.RunAgentResponse]:
         agent = convert_tools.run_agent_request_from_pb(request)
-        async for event in run_agent(self.daemon, agent):
+        async for event in run_agent(self.engine, self.tools, agent):
             if isinstance(event, AgentText):
                 yield tools_pb2.RunAgentResponse(
                     chunk=convert_tools.token_chunk(event.text, event.index), turn=event.turn
@@ -80,13 +85,13 @@ class ToolsServicer(tools_pb2_grpc.ToolsServiceServicer):
 
 
 class NluServicer(nlu_pb2_grpc.NluServiceServicer):
-    def __init__(self, daemon: Daemon) -> None:
-        self.daemon = daemon
+    def __init__(self, nlu: Nlu) -> None:
+        self.nlu = nlu
 
     async def ClassifyIntent(
         self, request: nlu_pb2.ClassifyIntentRequest, context: Context
     ) -> nlu_pb2.ClassifyIntentResponse:
-        result = await self.daemon.nlu.classify(
+        result = await self.nlu.classify(
             request.text,
             model_id=request.model_id,
             labels=list(request.labels),
@@ -98,7 +103,7 @@ class NluServicer(nlu_pb2_grpc.NluServiceServicer):
         self, request: nlu_pb2.ExtractEntitiesRequest, context: Context
     ) -> nlu_pb2.ExtractEntitiesResponse:
         types = [convert_nlu.entity_type_from_pb(t, i) for i, t in enumerate(request.entity_types)]
-        result = await self.daemon.nlu.extract(
+        result = await self.nlu.extract(
             request.text,
             model_id=request.model_id,
             types=types,

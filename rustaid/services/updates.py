@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+import sys
 from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, Any
 
 from rustaid.api.v1 import updates_pb2, updates_pb2_grpc
 from rustaid.errors import InvalidArgument
 from rustaid.services.convert import updates as convert
+from rustaid.services.paging import paginate
 
 if TYPE_CHECKING:
-    from rustaid.daemon import Daemon
+    from rustaid.updates.manager import UpdateManager
 
 Context = Any  # grpc.aio.ServicerContext
 
@@ -19,19 +21,19 @@ MAX_HISTORY = 1000
 
 
 class UpdatesServicer(updates_pb2_grpc.UpdatesServiceServicer):
-    def __init__(self, daemon: Daemon) -> None:
-        self.daemon = daemon
+    def __init__(self, updates: UpdateManager) -> None:
+        self.updates = updates
 
     async def CheckUpdates(
         self, request: updates_pb2.CheckUpdatesRequest, context: Context
     ) -> updates_pb2.CheckUpdatesResponse:
-        result = await self.daemon.updates.check(request.channel)
+        result = await self.updates.check(request.channel)
         return convert.check_updates_response_to_pb(result)
 
     async def ApplyUpdate(
         self, request: updates_pb2.ApplyUpdateRequest, context: Context
     ) -> updates_pb2.ApplyUpdateResponse:
-        status, records = await self.daemon.updates.apply(
+        status, records = await self.updates.apply(
             list(request.artifact_ids),
             request.channel,
             force=request.force,
@@ -45,7 +47,7 @@ class UpdatesServicer(updates_pb2_grpc.UpdatesServiceServicer):
     async def GetUpdateStatus(
         self, request: updates_pb2.GetUpdateStatusRequest, context: Context
     ) -> updates_pb2.GetUpdateStatusResponse:
-        manager = self.daemon.updates
+        manager = self.updates
         return updates_pb2.GetUpdateStatusResponse(
             status=convert.update_status_to_pb(manager.status()),
             installed=[convert.installed_artifact_to_pb(i) for i in manager.installed()],
@@ -57,8 +59,14 @@ class UpdatesServicer(updates_pb2_grpc.UpdatesServiceServicer):
     async def Rollback(
         self, request: updates_pb2.RollbackRequest, context: Context
     ) -> updates_pb2.RollbackResponse:
-        record = await self.daemon.updates.rollback(request.artifact_id)
+        record = await self.updates.rollback(request.artifact_id)
         return updates_pb2.RollbackResponse(record=convert.update_record_to_pb(record))
+
+    async def CancelUpdate(
+        self, request: updates_pb2.CancelUpdateRequest, context: Context
+    ) -> updates_pb2.CancelUpdateResponse:
+        status = await self.updates.cancel()
+        return updates_pb2.CancelUpdateResponse(status=convert.update_status_to_pb(status))
 
     async def ListHistory(
         self, request: updates_pb2.ListHistoryRequest, context: Context
@@ -68,15 +76,26 @@ class UpdatesServicer(updates_pb2_grpc.UpdatesServiceServicer):
             raise InvalidArgument(
                 f"limit must be at most {MAX_HISTORY} (got {request.limit})", field="limit"
             )
-        records = self.daemon.updates.list_history(limit)
+        if not (request.page_size or request.page_token):
+            records = self.updates.list_history(limit)
+            return updates_pb2.ListHistoryResponse(
+                records=[convert.update_record_to_pb(r) for r in records]
+            )
+        # The journal only grows: a record's place in it is its key, newest first.
+        newest_first = self.updates.list_history(sys.maxsize)
+        keyed = [(f"{len(newest_first) - i:012d}", r) for i, r in enumerate(newest_first)]
+        page = paginate(
+            keyed, lambda k: k[0], request.page_size, request.page_token, newest_first=True
+        )
         return updates_pb2.ListHistoryResponse(
-            records=[convert.update_record_to_pb(r) for r in records]
+            records=[convert.update_record_to_pb(r) for _, r in page.items],
+            next_page_token=page.next_page_token,
         )
 
     async def WatchUpdates(
         self, request: updates_pb2.WatchUpdatesRequest, context: Context
     ) -> AsyncIterator[updates_pb2.WatchUpdatesResponse]:
-        manager = self.daemon.updates
+        manager = self.updates
         async with manager.events.subscribe() as queue:
             yield updates_pb2.WatchUpdatesResponse(
                 status=convert.update_status_to_pb(manager.status())

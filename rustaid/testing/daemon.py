@@ -53,6 +53,17 @@ class DaemonProcess:
                 raise TimeoutError(f"daemon did not send {field_} within {timeout} s")
             self.read_notifications(timeout=0.2)
 
+    def http_url(self) -> str:
+        """The first HTTP listener's base URL ("http://127.0.0.1:PORT"), from the
+        READY=1 status line (`http_listen` with port 0 picks a free port)."""
+        for n in self.notifications:
+            for line in n.split("\n"):
+                if line.startswith("STATUS=serving"):
+                    for word in line.replace(",", " ").split():
+                        if word.startswith(("http://", "https://")):
+                            return word
+        raise LookupError("the daemon reported no HTTP listener (is http_listen set?)")
+
     def stderr(self) -> str:
         log = self.data_dir / "daemon.log"
         return log.read_text(errors="replace") if log.exists() else ""
@@ -69,9 +80,11 @@ def run_daemon(
     *extra_args: str,
     env: dict[str, str] | None = None,
     wait_ready: bool = True,
+    pause_update_at: str = "",
 ) -> Iterator[DaemonProcess]:
     """Start `python -m rustaid serve` on a socket in `data_dir`, wait for READY=1
-    (through a NOTIFY_SOCKET of our own), and stop it with SIGTERM afterwards."""
+    (through a NOTIFY_SOCKET of our own), and stop it with SIGTERM afterwards.
+    `pause_update_at` holds its updates at that step (rustaid.testing.update_pause)."""
     data_dir.mkdir(parents=True, exist_ok=True)
     # AF_UNIX paths are limited to 107 bytes; pytest's tmp dirs can be longer.
     sock_dir = Path(tempfile.mkdtemp(prefix="rustaid-", dir="/tmp"))
@@ -89,8 +102,9 @@ def run_daemon(
         **(env or {}),
     }
     log = (data_dir / "daemon.log").open("wb")
+    entry = ["rustaid.testing.update_pause", pause_update_at] if pause_update_at else ["rustaid"]
     proc = subprocess.Popen(
-        [sys.executable, "-m", "rustaid", "serve", "--user", "--data-dir", str(data_dir),
+        [sys.executable, "-m", *entry, "serve", "--user", "--data-dir", str(data_dir),
          "--listen", address, *extra_args],
         env=child_env,
         stdout=log,

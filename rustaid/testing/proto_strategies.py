@@ -31,7 +31,9 @@ from typing import Any, Literal
 
 from google.protobuf import message_factory
 from google.protobuf.descriptor import Descriptor, FieldDescriptor
+from google.protobuf.duration_pb2 import Duration
 from google.protobuf.message import Message
+from google.protobuf.timestamp_pb2 import Timestamp
 from hypothesis import strategies as st
 
 __all__ = [
@@ -234,23 +236,28 @@ def _well_known(descriptor: Descriptor, limits: Limits) -> st.SearchStrategy[Mes
     if name == "google.protobuf.Duration":
         valid = st.integers(-_DURATION_MAX_S, _DURATION_MAX_S).flatmap(
             lambda s: st.builds(
-                lambda n, s=s: cls(seconds=s, nanos=n if s >= 0 else -n),
+                lambda n, s=s: Duration(seconds=s, nanos=n if s >= 0 else -n),
                 st.integers(0, 999_999_999),
             )
         )
-        raw = st.builds(lambda s, n: cls(seconds=s, nanos=n), _integers(*INT64), _integers(*INT32))
+        raw = st.builds(
+            lambda s, n: Duration(seconds=s, nanos=n), _integers(*INT64), _integers(*INT32)
+        )
         small = st.builds(
-            lambda ms: cls(seconds=ms // 1000, nanos=ms % 1000 * 1_000_000), st.integers(0, 10_000)
+            lambda ms: Duration(seconds=ms // 1000, nanos=ms % 1000 * 1_000_000),
+            st.integers(0, 10_000),
         )
         return st.one_of(small, valid, raw)
     if name == "google.protobuf.Timestamp":
-        valid = st.builds(
-            lambda s, n: cls(seconds=s, nanos=n),
+        valid_ts = st.builds(
+            lambda s, n: Timestamp(seconds=s, nanos=n),
             st.integers(_TIMESTAMP_MIN_S, _TIMESTAMP_MAX_S),
             st.integers(0, 999_999_999),
         )
-        raw = st.builds(lambda s, n: cls(seconds=s, nanos=n), _integers(*INT64), _integers(*INT32))
-        return st.one_of(valid, raw)
+        raw_ts = st.builds(
+            lambda s, n: Timestamp(seconds=s, nanos=n), _integers(*INT64), _integers(*INT32)
+        )
+        return st.one_of(valid_ts, raw_ts)
     if name == "google.protobuf.Struct":
 
         def to_struct(values: dict[str, Any]) -> Message:

@@ -9,10 +9,11 @@ one of them with arguments their schemas accept, or answer. The daemon then
 - validates the arguments and runs the tool with the executor's timeout and limits,
 - feeds the result (or the error) back as the next message,
 
-and stops at the final answer, when max_steps turns are used up, or when a turn is cut
-off by max_tokens. Every step is streamed: the call, its result, the answer's text as
-it is written, and a final AgentDone; a turn that waits for its model reports its
-queue position (AgentQueued) on every change.
+and stops at the final answer, when max_steps turns are used up, when a turn is cut
+off by max_tokens, or when the model repeats a call that already failed twice. Every
+step is streamed: the call, its result, the answer's text as it is written, and a final
+AgentDone; a turn that waits for its model reports its queue position (AgentQueued) on
+every change.
 """
 
 from __future__ import annotations
@@ -22,9 +23,8 @@ import time
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field, replace
 from enum import StrEnum
-from typing import Any
 
-from rustaid.core.engine import Done, GenerationRequest, Queued, Timings
+from rustaid.core.engine import Done, Engine, GenerationRequest, Queued, Timings
 from rustaid.core.router import SelectionCriteria
 from rustaid.errors import (
     InvalidArgument,
@@ -48,12 +48,16 @@ from rustaid.tools.registry import ToolCallStatus, ToolOutcome, ToolRegistry
 
 DEFAULT_STEPS = 8
 MAX_STEPS = 32
+# The same failing call (tool and arguments) this many times ends the run: a model that
+# repeats what failed would otherwise use up every step (and each call's timeout).
+REPEATED_FAILURES = 3
 
 
 class StopReason(StrEnum):
     ANSWER = "answer"
     MAX_STEPS = "max_steps"
     LENGTH = "length"
+    REPEATED_FAILURE = "repeated_failure"
 
 
 @dataclass(frozen=True)
@@ -213,20 +217,22 @@ class _Totals:
         )
 
 
-async def run_agent(daemon: Any, request: AgentRequest) -> AsyncIterator[AgentEvent]:
+async def run_agent(
+    engine: Engine, registry: ToolRegistry, request: AgentRequest
+) -> AsyncIterator[AgentEvent]:
     steps = _check(request)
-    registry: ToolRegistry = daemon.tools
     specs = await _allowed_specs(registry, request.tools)
     allowed = {s.name for s in specs}
-    model_id = daemon.engine.resolve(request.model_id, request.selection)
+    model_id = engine.resolve(request.model_id, request.selection)
     base = GenerationRequest(model_id=model_id, params=request.params, selection=request.selection)
     custom_grammar = request.params.grammar or None
     messages: list[Message] = [Message(Role.USER, request.prompt)]
     totals = _Totals(model_id)
     index = 0
+    failures: dict[tuple[str, str], int] = {}  # (tool, arguments) -> times it failed
     for turn in range(1, steps + 1):
         engine_request = build_request(
-            daemon,
+            engine,
             replace(base, params=replace(request.params, grammar="")),
             model_id,
             specs,
@@ -236,7 +242,7 @@ async def run_agent(daemon: Any, request: AgentRequest) -> AsyncIterator[AgentEv
             grammar=custom_grammar,
         )
         finished: TurnDone | None = None
-        async for event in run_turn(daemon, engine_request):
+        async for event in run_turn(engine, engine_request):
             if isinstance(event, AnswerText):
                 yield AgentText(turn, event.text, index)
                 index += 1
@@ -262,6 +268,12 @@ async def run_agent(daemon: Any, request: AgentRequest) -> AsyncIterator[AgentEv
         yield AgentCall(turn, call)
         outcome = await _execute(registry, call, allowed)
         yield AgentResult(turn, call, outcome)
+        if outcome.status is not ToolCallStatus.OK:
+            key = (call.name, call.arguments_json)
+            failures[key] = failures.get(key, 0) + 1
+            if failures[key] >= REPEATED_FAILURES:
+                yield AgentDone(turn, "", turn, StopReason.REPEATED_FAILURE, totals.done())
+                return
         messages.append(Message(Role.ASSISTANT, tool_calls=(call,)))
         messages.append(
             Message(Role.TOOL, _result_content(outcome), name=call.name, tool_call_id=call.id)

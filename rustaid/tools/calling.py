@@ -23,6 +23,7 @@ as assistant messages holding that JSON, and results as user messages
 
 from __future__ import annotations
 
+import asyncio
 import json
 import re
 import secrets
@@ -31,7 +32,7 @@ from dataclasses import dataclass, replace
 from enum import StrEnum
 from typing import Any
 
-from rustaid.core.engine import Done, GenerationRequest, Queued, Text
+from rustaid.core.engine import Done, Engine, GenerationRequest, Queued, Text
 from rustaid.errors import InvalidArgument
 from rustaid.providers import ChatMessage, GenerationParams, Role, Tool
 from rustaid.tools import schema as schemas
@@ -112,6 +113,20 @@ def validate_specs(specs: Sequence[ToolSpec], field_name: str = "tools") -> None
                 f"{field_name}[{i}].parameters_schema ({spec.name}): {problem}",
                 field=f"{field_name}[{i}].parameters_schema",
             )
+
+
+def check_schemas_size(specs: Sequence[ToolSpec], limit: int, field_name: str = "tools") -> None:
+    """The tools' schemas together become one grammar: refuse them beyond the grammar
+    size limit (max_grammar_bytes) before anything converts them."""
+    size = sum(len(json.dumps(s.parameters)) for s in specs)
+    if size > limit:
+        raise InvalidArgument(
+            f"{field_name}: the parameter schemas are {size} bytes together, more than the "
+            f"{limit} bytes the daemon turns into a grammar (an eighth of max_grammar_bytes, "
+            "as the grammar is about eight times larger): give fewer or smaller tools",
+            field=field_name,
+            reason="GRAMMAR_TOO_LARGE",
+        )
 
 
 def check_choice(choice: ToolChoice, specs: Sequence[ToolSpec]) -> None:
@@ -410,9 +425,9 @@ class TurnDone:
     raw: str
 
 
-def _chat_template(daemon: Any, model_id: str) -> str:
+def _chat_template(engine: Engine, model_id: str) -> str:
     try:
-        entry = daemon.registry.get(model_id)
+        entry = engine.registry.get(model_id)
     except Exception:
         return ""
     metadata = getattr(entry, "metadata", None)
@@ -420,7 +435,7 @@ def _chat_template(daemon: Any, model_id: str) -> str:
 
 
 def build_request(
-    daemon: Any,
+    engine: Engine,
     base: GenerationRequest,
     model_id: str,
     specs: Sequence[ToolSpec],
@@ -439,7 +454,7 @@ def build_request(
     if messages is None:  # a plain completion: the tools go before the prompt
         prompt = generic_tool_block(specs, choice) + "\n\n" + base.prompt + "\n"
         return replace(base, model_id=model_id, prompt=prompt, messages=(), params=params)
-    template = _chat_template(daemon, model_id)
+    template = _chat_template(engine, model_id)
     if template_takes_tools(template):
         try:
             prompt = template_prompt(template, messages, specs, choice, system)
@@ -452,11 +467,11 @@ def build_request(
 
 
 async def run_turn(
-    daemon: Any, request: GenerationRequest
+    engine: Engine, request: GenerationRequest
 ) -> AsyncIterator[Queued | AnswerText | TurnDone]:
     """Generate one reply; streams Queued and AnswerText, ends with TurnDone."""
     stream = AnswerStream()
-    async for event in daemon.engine.generate(request):
+    async for event in engine.generate(request):
         if isinstance(event, Text):
             delta = stream.feed(event.text)
             if delta:
@@ -472,7 +487,7 @@ def check_params(params: GenerationParams, choice: ToolChoice) -> None:
     if choice.mode is not ChoiceMode.NONE and (params.grammar or params.json_schema):
         name = "params.grammar" if params.grammar else "params.json_schema"
         raise InvalidArgument(
-            f"{name} cannot be combined with tools: the daemon builds the grammar from the "
+            f"{name} cannot be combined with tools: the engine builds the grammar from the "
             "tools' schemas (use tool_choice NONE to generate with your own)",
             field=name,
         )
@@ -491,39 +506,51 @@ class CallMade:
 
 
 async def generate_with_tools(
-    daemon: Any,
+    engine: Engine,
     base: GenerationRequest,
     specs: Sequence[ToolSpec],
     choice: ToolChoice,
     messages: Sequence[Message] | None = None,
 ) -> AsyncIterator[Queued | Text | CallMade | Done]:
     """OpenAI-style function calling for GenerateService: one constrained turn whose
-    answer text streams as Text and whose call (if any) comes as CallMade before Done."""
-    validate_specs(specs)
+    answer text streams as Text and whose call (if any) comes as CallMade before Done.
+
+    The client's schemas are checked and turned into the reply grammar in a worker
+    thread: their cost grows with their size, and nothing heavy runs on the loop."""
+    # The reply grammar is about eight times the size of the schemas it is made from.
+    limit = engine.grammar_limits.max_bytes // 8
+
+    def check() -> None:
+        check_schemas_size(specs, limit)
+        validate_specs(specs)
+
+    await asyncio.to_thread(check)
     check_choice(choice, specs)
     check_params(base.params, choice)
     if choice.mode is ChoiceMode.NONE or not specs:
         request = base if messages is None else replace(base, messages=plain_messages(messages))
-        async for event in daemon.engine.generate(request):
+        async for event in engine.generate(request):
             yield event
         return
-    model_id = daemon.engine.resolve(base.model_id, base.selection)
-    request = build_request(daemon, base, model_id, specs, choice, messages=messages)
+    model_id = engine.resolve(base.model_id, base.selection)
+    request = await asyncio.to_thread(
+        build_request, engine, base, model_id, specs, choice, messages=messages
+    )
     index = 0
-    async for event in run_turn(daemon, request):
-        if isinstance(event, AnswerText):
-            yield Text(event.text, index)
+    async for step in run_turn(engine, request):
+        if isinstance(step, AnswerText):
+            yield Text(step.text, index)
             index += 1
-        elif isinstance(event, Queued):
-            yield event
+        elif isinstance(step, Queued):
+            yield step
         else:
-            if event.reply.call is not None:
-                yield CallMade(event.reply.call)
-            yield event.done
+            if step.reply.call is not None:
+                yield CallMade(step.reply.call)
+            yield step.done
 
 
 async def collect_with_tools(
-    daemon: Any,
+    engine: Engine,
     base: GenerationRequest,
     specs: Sequence[ToolSpec],
     choice: ToolChoice,
@@ -532,7 +559,7 @@ async def collect_with_tools(
     """generate_with_tools, collected: (answer text, Done, calls)."""
     parts: list[str] = []
     calls: list[ToolCall] = []
-    async for event in generate_with_tools(daemon, base, specs, choice, messages):
+    async for event in generate_with_tools(engine, base, specs, choice, messages):
         if isinstance(event, Text):
             parts.append(event.text)
         elif isinstance(event, CallMade):

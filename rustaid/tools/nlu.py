@@ -29,7 +29,8 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
-from rustaid.core.engine import Done, GenerationRequest, Text
+from rustaid.config import CurrentSettings
+from rustaid.core.engine import Done, Engine, GenerationRequest, Text
 from rustaid.core.router import SelectionCriteria
 from rustaid.errors import InvalidArgument, PreconditionFailed
 from rustaid.providers import ChatMessage, FinishReason, GenerationParams, Role
@@ -246,8 +247,9 @@ class OnnxModel:
 class Nlu:
     """ClassifyIntent and ExtractEntities for the daemon."""
 
-    def __init__(self, daemon: Any) -> None:
-        self.daemon = daemon
+    def __init__(self, engine: Engine, settings: CurrentSettings) -> None:
+        self.engine = engine
+        self.settings = settings
         self._models: dict[Path, tuple[float, OnnxModel]] = {}
         self._lock = threading.Lock()
 
@@ -270,12 +272,12 @@ class Nlu:
         """(model id, folder of an ONNX model or None for a language model)."""
         from rustaid.core.registry import ModelKind
 
-        registry = self.daemon.registry
+        registry = self.engine.registry
         if model_id:
             entry = registry.get(model_id)
             if entry.kind is ModelKind.NLU:
                 folder = entry.path
-                if not folder.is_dir():
+                if folder is None or not folder.is_dir():  # NLU models are files: never None
                     raise PreconditionFailed(
                         f"NLU model {model_id!r} is a bare .onnx file: put it in a folder "
                         "as model.onnx with tokenizer.json and labels.json",
@@ -297,10 +299,11 @@ class Nlu:
                 )
             return model_id, None
         for entry in sorted(registry.list(ModelKind.NLU), key=lambda e: e.id):
-            if all((entry.path / name).is_file() for name in MODEL_FILES):
+            path = entry.path
+            if path is not None and all((path / name).is_file() for name in MODEL_FILES):
                 try:
-                    if Labels.read(entry.path).task is task:
-                        return entry.id, entry.path
+                    if Labels.read(path).task is task:
+                        return entry.id, path
                 except PreconditionFailed:
                     continue
         return "", None
@@ -431,8 +434,8 @@ class Nlu:
         *,
         max_tokens: int,
     ) -> tuple[str, Done]:
-        engine = self.daemon.engine
-        limit = self.daemon.settings.max_tokens_limit
+        engine = self.engine
+        limit = self.settings().max_tokens_limit
         request = GenerationRequest(
             model_id=model_id,
             messages=(ChatMessage(Role.SYSTEM, system), ChatMessage(Role.USER, text)),

@@ -1,31 +1,35 @@
 """The `rag_search` tool: searches a document collection of the daemon's RAG subsystem.
 
-It calls `daemon.rag.search(collection=..., query=..., top_k=...)` (awaited when it is a
-coroutine). A daemon without a RAG subsystem makes the tool unavailable
-(FAILED_PRECONDITION "RAG not available").
+It calls `ToolHost.rag_search(collection, query, top_k)` on the daemon's event loop.
+Outside a daemon the tool is unavailable (FAILED_PRECONDITION "RAG not available").
 """
 
 from __future__ import annotations
 
-import inspect
 from collections.abc import Mapping
 from typing import Any
 
 from rustaid.errors import PreconditionFailed
-from rustaid.providers import Tool, tool_context
-from rustaid.tools.device import jsonable
+from rustaid.providers import JSONObject, Tool, ToolHost, tool_context
 
 MAX_TEXT = 2000
 
 
-def _hit(hit: Any) -> dict[str, Any]:
-    data = jsonable(hit)
-    if not isinstance(data, dict):
-        return {"text": str(data)}
+def _hit(data: JSONObject) -> JSONObject:
     text = data.get("text")
     if isinstance(text, str) and len(text) > MAX_TEXT:
         data["text"] = text[:MAX_TEXT] + "…"
     return data
+
+
+def _host() -> ToolHost:
+    host = tool_context().host
+    if host is None:
+        raise PreconditionFailed(
+            "RAG not available: this daemon has no document search subsystem",
+            reason="RAG_NOT_AVAILABLE",
+        )
+    return host
 
 
 class RagSearch(Tool):
@@ -47,22 +51,11 @@ class RagSearch(Tool):
     timeout_s = 30.0
 
     def check_available(self) -> None:
-        rag = getattr(tool_context().daemon, "rag", None)
-        if rag is None or not callable(getattr(rag, "search", None)):
-            raise PreconditionFailed(
-                "RAG not available: this daemon has no document search subsystem",
-                reason="RAG_NOT_AVAILABLE",
-            )
+        _host()
 
     def run(self, arguments: Mapping[str, Any]) -> Any:
         context = tool_context()
-        rag = context.daemon.rag
-        result = rag.search(
-            collection=arguments["collection"],
-            query=arguments["query"],
-            top_k=int(arguments.get("top_k", 5)),
+        search = _host().rag_search(
+            arguments["collection"], arguments["query"], int(arguments.get("top_k", 5))
         )
-        if inspect.isawaitable(result):
-            result = context.call_async(result)  # type: ignore[arg-type]
-        hits = getattr(result, "hits", result)
-        return {"hits": [_hit(h) for h in hits]}
+        return {"hits": [_hit(h) for h in context.call_async(search)]}

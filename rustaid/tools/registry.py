@@ -41,11 +41,20 @@ from rustaid.errors import (
     ResourceExhausted,
     RustaidError,
 )
-from rustaid.providers import CancelToken, Tool, ToolContext, ToolError, call_with_tool_context
+from rustaid.providers import (
+    CancelToken,
+    Tool,
+    ToolContext,
+    ToolError,
+    ToolHost,
+    call_with_tool_context,
+)
 from rustaid.tools import schema as schemas
 from rustaid.tools.config import ToolsConfig
+from rustaid.tools.errors import InvalidOutput, LimitExceeded, OutputTooLarge, SandboxTimeout
 
 if TYPE_CHECKING:
+    from rustaid.plugin_discovery import PluginRecord
     from rustaid.tools.wasm import WasmModuleInfo, WasmTools
 
 log = logging.getLogger(__name__)
@@ -62,22 +71,6 @@ class ToolCallStatus(StrEnum):
     NOT_ALLOWED = "not_allowed"
     INVALID_ARGUMENTS = "invalid_arguments"
     UNAVAILABLE = "unavailable"
-
-
-class LimitExceeded(ToolError):
-    """A sandbox limit (memory, fuel, CPU time) stopped the tool."""
-
-
-class SandboxTimeout(ToolError):
-    """A sandboxed tool was stopped at its deadline."""
-
-
-class InvalidOutput(ToolError):
-    """The tool's output is not JSON (raised by sandboxes that read raw output)."""
-
-
-class OutputTooLarge(ToolError):
-    """The tool's output is larger than allowed (raised before reading it)."""
 
 
 _EXCEPTION_STATUS: tuple[tuple[type[BaseException], ToolCallStatus], ...] = (
@@ -147,7 +140,7 @@ class _Prepared:
     result: Any = None
 
 
-def tool_plugins(records: Collection[Any]) -> dict[str, str]:
+def tool_plugins(records: Collection[PluginRecord]) -> dict[str, str]:
     """Tool name -> id of the plugin that registered it, from PluginRecords."""
     return {
         cap.removeprefix("tool:"): record.id
@@ -166,12 +159,13 @@ class ToolRegistry:
         settings: Callable[[], Settings],
         plugin_tools: Callable[[], Mapping[str, Tool]],
         plugin_names: Callable[[], Mapping[str, str]] = dict,
-        daemon: Any = None,
+        host: ToolHost | None = None,
     ) -> None:
         self._settings = settings
         self._plugin_tools = plugin_tools
         self._plugin_names = plugin_names
-        self.daemon = daemon
+        # What tools see of the daemon (tool_context().host); None outside a daemon.
+        self.host = host
         self._config: tuple[int, ToolsConfig] | None = None
         self._metrics: dict[str, ToolMetrics] = {}
         self._lock = threading.Lock()
@@ -183,15 +177,6 @@ class ToolRegistry:
         self._prepared: dict[int, _Prepared] = {}
         self._workers = _Workers()
         self._scan: asyncio.Future[None] | None = None
-
-    @classmethod
-    def for_daemon(cls, daemon: Any) -> ToolRegistry:
-        return cls(
-            settings=lambda: daemon.settings,
-            plugin_tools=daemon.plugins.tools,
-            plugin_names=lambda: tool_plugins(daemon.plugins.list()),
-            daemon=daemon,
-        )
 
     # -- lifecycle ------------------------------------------------------------------------
 
@@ -280,12 +265,23 @@ class ToolRegistry:
             )
         return ""
 
+    def _unavailable(self, tool: Tool, config: ToolsConfig) -> str:
+        """Why an enabled tool cannot run here (its availability check), or ""."""
+        context = self._context(tool, min(tool.timeout_s, config.max_timeout_s), CancelToken())
+        try:
+            call_with_tool_context(context, tool.check_available)
+        except RustaidError as e:
+            return e.message
+        except Exception as e:  # a bug in the tool's check: reported when it is called
+            return f"its availability check failed: {type(e).__name__}: {e}"
+        return ""
+
     def list(self) -> list[ToolInfo]:
         config = self.config()
         out = []
         for name, entry in sorted(self._entries().items()):
             tool = entry.tool
-            reason = self._disabled_reason(tool, config)
+            reason = self._disabled_reason(tool, config) or self._unavailable(tool, config)
             out.append(
                 ToolInfo(
                     name=name,
@@ -411,8 +407,9 @@ class ToolRegistry:
             settings=self.config().table(tool.name),
             deadline=time.monotonic() + timeout,
             cancel=cancel,
-            daemon=self.daemon,
+            host=self.host,
             loop=self._loop,
+            max_result_bytes=self.config().max_result_bytes,
         )
 
     async def run(

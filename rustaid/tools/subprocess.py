@@ -1,75 +1,55 @@
-"""The `code_exec` tool: runs Python code in a separate, limited process. Off by default.
+"""The `code_exec` tool: runs Python code in a sandbox. Off by default.
 
     [tools]
     enable = ["code_exec"]
 
     [tools.code_exec]
-    cpu_s = 5             # CPU seconds (RLIMIT_CPU; SIGXCPU, then SIGKILL one second later)
-    memory_mb = 256       # address space (RLIMIT_AS): allocations past it raise MemoryError
+    user = "rustaid-tool" # the dedicated user the code runs as
+    cpu_s = 5             # CPU seconds per process (SIGXCPU, then SIGKILL one second later)
+    memory_mb = 256       # memory of the whole process tree (cgroup), and address space
+                          # of each process: allocations past it raise MemoryError
+    processes = 32        # processes and threads of the whole tree (cgroup pids.max)
     file_size_mb = 1      # largest file it may write (RLIMIT_FSIZE)
+    tmp_mb = 16           # size of its private /tmp (also /var/tmp and /dev/shm)
+    nice = 19             # CPU priority of the code, 0-19 (19: everything else first)
     wall_s = 10           # wall-clock limit; the call's own timeout also applies
     max_output_bytes = 65536   # stdout and stderr kept, each
 
-The child is a fresh `python -I -S -B` (no site-packages, no PYTHON* variables, no
-bytecode written) in an empty temporary working directory that is removed afterwards,
-with an environment of its own (PATH, LANG, HOME and TMPDIR pointing at that directory):
-nothing of the daemon's environment, such as API keys, reaches it. It gets its own
-session (the whole process group is killed at the limit), at most 64 open files and no
-core dumps. A daemon running as root drops the child to `nobody`. Where unprivileged
-user namespaces are available the child also gets a network namespace of its own, with
-no interfaces: `network_isolated` in the result says whether that worked.
+The code never runs with the daemon's authority: `rustaid.tools.sandbox` runs it as the
+dedicated user, in its own pid, mount, network, IPC and UTS namespaces, in a cgroup for
+the whole process tree, with a private /tmp and the daemon's data and socket folders
+hidden; everything it started is killed at the end. The program is a fresh
+`python -I -S -B` (no site-packages, no PYTHON* variables, no bytecode written) with an
+environment of its own (PATH, LANG, HOME=TMPDIR=/tmp): nothing of the daemon's
+environment, such as API keys, reaches it. Where the sandbox cannot be had (a daemon not
+started as root, namespaces or cgroups refused, no sandbox user), the tool stays off and
+says why: it never runs code without it.
 """
 
 from __future__ import annotations
 
-import contextlib
-import json
 import os
-import selectors
-import shutil
 import signal
 import stat
-import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from rustaid.errors import InvalidArgument, PreconditionFailed
-from rustaid.providers import Tool, tool_context
+from rustaid.providers import Tool, ToolHost, tool_context
 from rustaid.tools.config import integer, number
-from rustaid.tools.registry import LimitExceeded, SandboxTimeout
+from rustaid.tools.errors import LimitExceeded, SandboxTimeout
+from rustaid.tools.sandbox import (
+    Sandbox,
+    SandboxLimits,
+    SandboxUnavailable,
+    require_privileges,
+    sandbox_identity,
+)
 
-NOBODY = 65534
-
-# Runs in the child before the code: limits, privileges, namespaces, then exec.
-_LAUNCHER = r"""
-import ctypes, json, os, resource, sys
-cfg = json.loads(sys.argv[1])
-def limit(which, soft, hard=None):
-    resource.setrlimit(which, (soft, soft if hard is None else hard))
-limit(resource.RLIMIT_CPU, cfg["cpu_s"], cfg["cpu_s"] + 1)
-limit(resource.RLIMIT_AS, cfg["memory_bytes"])
-limit(resource.RLIMIT_FSIZE, cfg["file_size_bytes"])
-limit(resource.RLIMIT_NOFILE, 64)
-limit(resource.RLIMIT_CORE, 0)
-if os.geteuid() == 0:
-    os.setgroups([])
-    os.setgid(cfg["nobody"])
-    os.setuid(cfg["nobody"])
-isolated = False
-try:
-    libc = ctypes.CDLL(None, use_errno=True)
-    isolated = libc.unshare(0x10000000 | 0x40000000) == 0  # CLONE_NEWUSER | CLONE_NEWNET
-except Exception:
-    pass
-os.write(cfg["status_fd"], b"1" if isolated else b"0")
-os.close(cfg["status_fd"])
-os.execv(sys.executable, [sys.executable, "-I", "-S", "-B", "-c", cfg["code"]])
-"""
+DEFAULT_USER = "rustaid-tool"
 
 
 def _world_executable(path: str) -> bool:
@@ -85,8 +65,8 @@ def _world_executable(path: str) -> bool:
 
 def interpreter(table: Mapping[str, Any]) -> str:
     """The Python that runs the code: `python` of [tools.code_exec], else the daemon's
-    own. A daemon running as root runs the code as nobody, who must be able to execute
-    it: the system's /usr/bin/python3 is used when the daemon's own is out of reach."""
+    own. The sandbox user must be able to execute it: the system's /usr/bin/python3 is
+    used when the daemon's own is out of its reach."""
     configured = table.get("python")
     if configured is not None:
         if not isinstance(configured, str) or not Path(configured).is_absolute():
@@ -98,167 +78,111 @@ def interpreter(table: Mapping[str, Any]) -> str:
     else:
         candidates = [sys.executable, "/usr/bin/python3"]
     for exe in candidates:
-        if Path(exe).is_file() and (os.geteuid() != 0 or _world_executable(exe)):
+        if Path(exe).is_file() and _world_executable(exe):
             return exe
     raise PreconditionFailed(
         f"code_exec has no usable Python: tried {', '.join(candidates)}"
-        + (
-            " (as root, the code runs as nobody, who must be able to execute it)"
-            if os.geteuid() == 0
-            else ""
-        )
+        + " (the code runs as the sandbox user, who must be able to execute it)"
         + '; set `python = "/path/to/python3"` in [tools.code_exec]',
         reason="TOOL_NOT_CONFIGURED",
     )
 
 
-@dataclass(frozen=True)
-class Limits:
-    cpu_s: int = 5
-    memory_bytes: int = 256 << 20
-    file_size_bytes: int = 1 << 20
-    wall_s: float = 10.0
-    max_output_bytes: int = 64 << 10
-
-    @classmethod
-    def from_table(cls, table: Mapping[str, Any]) -> Limits:
-        w = "code_exec"
-        return cls(
-            cpu_s=integer(table, "cpu_s", cls.cpu_s, where=w),
-            memory_bytes=integer(table, "memory_mb", cls.memory_bytes >> 20, where=w) << 20,
-            file_size_bytes=integer(table, "file_size_mb", cls.file_size_bytes >> 20, where=w)
-            << 20,
-            wall_s=number(table, "wall_s", cls.wall_s, where=w),
-            max_output_bytes=integer(table, "max_output_bytes", cls.max_output_bytes, where=w),
+def _nice(value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= 19:
+        raise InvalidArgument(
+            f"rustaid.toml [tools] code_exec.nice: expected an integer from 0 to 19 "
+            f"(got {value!r})",
+            field="tools.code_exec.nice",
         )
+    return value
 
 
-def scrubbed_env(workdir: str) -> dict[str, str]:
+def limits_from_table(table: Mapping[str, Any]) -> SandboxLimits:
+    w, d = "code_exec", SandboxLimits
+    return SandboxLimits(
+        cpu_s=integer(table, "cpu_s", d.cpu_s, where=w),
+        memory_bytes=integer(table, "memory_mb", d.memory_bytes >> 20, where=w) << 20,
+        file_size_bytes=integer(table, "file_size_mb", d.file_size_bytes >> 20, where=w) << 20,
+        processes=integer(table, "processes", d.processes, where=w),
+        tmp_bytes=integer(table, "tmp_mb", d.tmp_bytes >> 20, where=w) << 20,
+        nice=_nice(table.get("nice", d.nice)),
+        wall_s=number(table, "wall_s", d.wall_s, where=w),
+        max_output_bytes=integer(table, "max_output_bytes", d.max_output_bytes, where=w),
+    )
+
+
+def sandbox_env() -> dict[str, str]:
     return {
         "PATH": "/usr/local/bin:/usr/bin:/bin",
         "LANG": "C.UTF-8",
-        "HOME": workdir,
-        "TMPDIR": workdir,
+        "HOME": "/tmp",
+        "TMPDIR": "/tmp",
         "PYTHONIOENCODING": "utf-8",
     }
 
 
-def _kill(proc: subprocess.Popen[bytes]) -> None:
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(proc.pid, signal.SIGKILL)
+def sandbox_for(table: Mapping[str, Any], host: ToolHost | None = None) -> Sandbox:
+    user = table.get("user", DEFAULT_USER)
+    if not isinstance(user, str) or not user:
+        raise InvalidArgument(
+            f"rustaid.toml [tools] code_exec.user: expected a user name (got {user!r})",
+            field="tools.code_exec.user",
+        )
+    return Sandbox(
+        identity=sandbox_identity(user),
+        limits=limits_from_table(table),
+        hide=host.hidden_paths() if host is not None else [],
+        env=sandbox_env(),
+        python=sys.executable,
+    )
 
 
 def run_python(
     code: str,
     stdin: str,
-    limits: Limits,
+    sandbox: Sandbox,
     *,
     deadline: float,
     cancelled: Any = None,
-    python: str = sys.executable,
+    python: str = "/usr/bin/python3",
 ) -> dict[str, Any]:
-    """Run `code` under `limits`; returns exit status and output. Raises SandboxTimeout
-    at the wall-time limit and LimitExceeded when the CPU limit killed it."""
-    workdir = tempfile.mkdtemp(prefix="rustaid-code-")
-    try:
-        if os.geteuid() == 0:
-            os.chown(workdir, NOBODY, NOBODY)
-        config = {
-            "cpu_s": limits.cpu_s,
-            "memory_bytes": limits.memory_bytes,
-            "file_size_bytes": limits.file_size_bytes,
-            "nobody": NOBODY,
-            "code": code,
-        }
-        status_r, status_w = os.pipe()
-        config["status_fd"] = status_w
-        try:
-            proc = subprocess.Popen(
-                [python, "-I", "-S", "-B", "-c", _LAUNCHER, json.dumps(config)],
-                cwd=workdir,
-                env=scrubbed_env(workdir),
-                stdin=subprocess.PIPE,
-                stdout=subprocess.PIPE,
-                stderr=subprocess.PIPE,
-                pass_fds=(status_w,),
-                start_new_session=True,
-            )
-        finally:
-            os.close(status_w)
-        return _supervise(proc, stdin, limits, deadline, cancelled, status_r)
-    finally:
-        shutil.rmtree(workdir, ignore_errors=True)
-
-
-def _supervise(
-    proc: subprocess.Popen[bytes],
-    stdin: str,
-    limits: Limits,
-    deadline: float,
-    cancelled: Any,
-    status_r: int,
-) -> dict[str, Any]:
+    """Run `code` in `sandbox`; returns exit status and output. Raises SandboxTimeout
+    at the wall-time limit and LimitExceeded when the CPU or memory limit stopped it."""
+    limits = sandbox.limits
     t0 = time.monotonic()
-    wall_end = min(deadline, t0 + limits.wall_s)
-    out = {"stdout": bytearray(), "stderr": bytearray()}
-    dropped = {"stdout": 0, "stderr": 0}
-    assert proc.stdin is not None and proc.stdout is not None and proc.stderr is not None
-    try:
-        if stdin:
-            with contextlib.suppress(BrokenPipeError):
-                proc.stdin.write(stdin.encode("utf-8"))
-        proc.stdin.close()
-        isolated = os.read(status_r, 1) == b"1"
-    finally:
-        os.close(status_r)
-    timed_out = False
-    with selectors.DefaultSelector() as sel:
-        sel.register(proc.stdout, selectors.EVENT_READ, "stdout")
-        sel.register(proc.stderr, selectors.EVENT_READ, "stderr")
-        while sel.get_map():
-            left = wall_end - time.monotonic()
-            if left <= 0 or (cancelled is not None and cancelled()):
-                timed_out = True
-                _kill(proc)
-                break
-            for key, _ in sel.select(timeout=min(left, 0.1)):
-                chunk = os.read(key.fd, 65536)
-                if not chunk:
-                    sel.unregister(key.fileobj)
-                    continue
-                name = key.data
-                room = limits.max_output_bytes - len(out[name])
-                out[name] += chunk[: max(room, 0)]
-                dropped[name] += max(len(chunk) - max(room, 0), 0)
-    try:
-        code = proc.wait(timeout=max(0.1, wall_end - time.monotonic()) if not timed_out else 5)
-    except subprocess.TimeoutExpired:
-        timed_out = True
-        _kill(proc)
-        code = proc.wait()
-    _kill(proc)  # anything it left behind in its process group
-    elapsed = time.monotonic() - t0
-    stderr = out["stderr"].decode("utf-8", errors="replace")
-    stdout = out["stdout"].decode("utf-8", errors="replace")
-    if timed_out:
+    r = sandbox.run(
+        [python, "-I", "-S", "-B"],
+        stdin.encode("utf-8"),
+        deadline=deadline,
+        cancelled=cancelled,
+        script=code,
+    )
+    stdout = r.stdout.decode("utf-8", errors="replace")
+    stderr = r.stderr.decode("utf-8", errors="replace")
+    if r.timed_out:
         raise SandboxTimeout(
-            f"code_exec: stopped after {elapsed:.1f} s (wall-time limit "
+            f"code_exec: stopped after {r.seconds:.1f} s (wall-time limit "
             f"{min(limits.wall_s, deadline - t0):.1f} s); stdout: {stdout[-500:]!r}; "
             f"stderr: {stderr[-500:]!r}"
         )
-    if code in (-signal.SIGXCPU, -signal.SIGKILL) and elapsed < limits.wall_s:
+    if r.oom_killed:
+        raise LimitExceeded(
+            f"code_exec: memory limit of {limits.memory_bytes >> 20} MB for all its "
+            f"processes exceeded; stderr: {stderr[-500:]!r}"
+        )
+    if r.signal in (signal.SIGXCPU, signal.SIGKILL) and r.seconds < limits.wall_s:
         raise LimitExceeded(
             f"code_exec: CPU time limit of {limits.cpu_s} s exceeded (killed by "
-            f"{signal.Signals(-code).name}); stderr: {stderr[-500:]!r}"
+            f"{signal.Signals(r.signal).name}); stderr: {stderr[-500:]!r}"
         )
     return {
-        "exit_code": code if code >= 0 else None,
-        "signal": signal.Signals(-code).name if code < 0 else None,
+        "exit_code": r.exit_code,
+        "signal": signal.Signals(r.signal).name if r.signal is not None else None,
         "stdout": stdout,
         "stderr": stderr,
-        "truncated": bool(dropped["stdout"] or dropped["stderr"]),
-        "seconds": round(elapsed, 3),
-        "network_isolated": isolated,
+        "truncated": r.truncated,
+        "seconds": r.seconds,
     }
 
 
@@ -281,23 +205,37 @@ class CodeExec(Tool):
     timeout_s = 30.0
 
     def check_available(self) -> None:
-        settings = tool_context().settings
+        """Cheap checks (no process is started): settings, the sandbox user, root with
+        CAP_SYS_ADMIN, a cgroup. What only running can tell (a refused namespace) fails
+        the call with the reason."""
+        context = tool_context()
         try:
-            Limits.from_table(settings)
+            sandbox_for(context.settings, context.host)
+            require_privileges()
         except InvalidArgument as e:
             raise PreconditionFailed(
                 f"code_exec is misconfigured: {e.message}", reason="TOOL_NOT_CONFIGURED"
             ) from None
-        interpreter(settings)
+        except SandboxUnavailable as e:
+            raise PreconditionFailed(
+                f"code_exec is off: it runs code only in a sandbox, and {e}",
+                reason="TOOL_SANDBOX_UNAVAILABLE",
+            ) from None
+        interpreter(context.settings)
 
     def run(self, arguments: Mapping[str, Any]) -> Any:
         context = tool_context()
-        limits = Limits.from_table(context.settings)
-        return run_python(
-            arguments["code"],
-            arguments.get("stdin", ""),
-            limits,
-            deadline=context.deadline,
-            cancelled=lambda: context.cancel.cancelled,
-            python=interpreter(context.settings),
-        )
+        try:
+            return run_python(
+                arguments["code"],
+                arguments.get("stdin", ""),
+                sandbox_for(context.settings, context.host),
+                deadline=context.deadline,
+                cancelled=lambda: context.cancel.cancelled,
+                python=interpreter(context.settings),
+            )
+        except SandboxUnavailable as e:
+            raise PreconditionFailed(
+                f"code_exec did not run the code: its sandbox could not be set up: {e}",
+                reason="TOOL_SANDBOX_UNAVAILABLE",
+            ) from None

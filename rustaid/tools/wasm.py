@@ -42,12 +42,20 @@ from typing import TYPE_CHECKING, Any
 from rustaid.providers import Tool, ToolError, tool_context
 from rustaid.tools import schema as schemas
 from rustaid.tools.config import WasmLimits
-from rustaid.tools.registry import InvalidOutput, LimitExceeded, OutputTooLarge, SandboxTimeout
+from rustaid.tools.errors import InvalidOutput, LimitExceeded, OutputTooLarge, SandboxTimeout
 
 if TYPE_CHECKING:
     import wasmtime
 
 log = logging.getLogger(__name__)
+
+
+def one_line(text: str) -> str:
+    """`text` as one line of printable characters: newlines, carriage returns, escape
+    sequences and other controls are shown as escapes, so what a module logs cannot
+    pass for lines, prefixes or colours of the daemon's own."""
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+
 
 MAGIC = b"\0asm"
 HOST_MODULE = "rustaid"
@@ -262,7 +270,7 @@ class WasmPlugin:
             if ptr < 0 or length < 0 or ptr + length > size:
                 return
             text = bytes(memory.read(caller, ptr, ptr + min(length, MAX_LOG_BYTES)))
-            log.info("%s: %s", self.label, text.decode("utf-8", errors="replace"))
+            log.info("%s: %s", self.label, one_line(text.decode("utf-8", errors="replace")))
 
         i32 = wasmtime.ValType.i32()
         linker.define_func(
@@ -373,14 +381,12 @@ class WasmTool(Tool):
 
     def run(self, arguments: Mapping[str, Any]) -> Any:
         context = tool_context()
-        registry = getattr(context.daemon, "tools", None)
-        max_output = registry.config().max_result_bytes if registry is not None else 1 << 20
         raw = self.plugin.invoke(
             "tool_call",
             (self.name.encode(), json.dumps(arguments, separators=(",", ":")).encode()),
             self.limits,
             context.deadline,
-            max_output,
+            context.max_result_bytes,
         )
         try:
             reply = json.loads(raw.decode("utf-8"))

@@ -8,16 +8,21 @@
     max_bytes = 262144      # body bytes kept; the rest is cut (truncated: true)
     timeout_s = 10          # connect and each read; the call's own timeout also applies
     max_redirects = 3       # each redirect target must be allowed too
+    allow_private = false   # names may resolve to loopback, private, link-local addresses
 
 Only http and https; no credentials in URLs; no proxies (environment variables are
 ignored); the body is read in pieces, so a huge or endless response costs at most
-max_bytes of memory.
+max_bytes of memory. The check holds for the address connected to, not only the name:
+an allowed name is resolved once, every address it resolves to must be public (or
+itself listed, or `allow_private` set), and the connection goes to that checked
+address, so DNS cannot point an allowed name at the daemon's own machine or network.
 """
 
 from __future__ import annotations
 
 import base64
 import http.client
+import ipaddress
 import socket
 import ssl
 import time
@@ -29,7 +34,7 @@ from rustaid import __version__
 from rustaid.errors import InvalidArgument, PreconditionFailed
 from rustaid.providers import Tool, ToolError, tool_context
 from rustaid.tools.config import integer, number, strings
-from rustaid.tools.registry import SandboxTimeout
+from rustaid.tools.errors import SandboxTimeout
 
 CHUNK = 64 << 10
 TEXT_TYPES = ("text/", "application/json", "application/xml", "application/javascript")
@@ -49,6 +54,72 @@ def _allowed(host: str, port: int, allow: tuple[str, ...]) -> bool:
         if name.rstrip(".") == host and (not entry_port or entry_port == str(port)):
             return True
     return False
+
+
+def checked_addresses(
+    host: str, port: int, allow: tuple[str, ...], allow_private: bool
+) -> list[str]:
+    """The addresses to connect to for an allowed `host`: resolved once, each public
+    unless it is itself listed or `allow_private` is set (ToolError otherwise)."""
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except (socket.gaierror, UnicodeError) as e:
+        raise ToolError(f"cannot resolve {host}: {e}") from None
+    addresses = list(dict.fromkeys(str(info[4][0]) for info in infos))
+    for address in addresses:
+        ip = ipaddress.ip_address(address.split("%")[0])
+        if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+            ip = ip.ipv4_mapped
+        if ip.is_global or allow_private or _allowed(str(ip), port, allow):
+            continue
+        kind = (
+            "loopback" if ip.is_loopback
+            else "link-local" if ip.is_link_local
+            else "private" if ip.is_private
+            else "non-public"
+        )  # fmt: skip
+        raise ToolError(
+            f"host {host} resolves to {ip}, a {kind} address, which allow_hosts does not "
+            f"list; list {ip} (or set allow_private = true) in [tools.http_get] to allow it"
+        )
+    if not addresses:
+        raise ToolError(f"cannot resolve {host}: no address")
+    return addresses
+
+
+def _connect(addresses: list[str], port: int, timeout: float | None) -> socket.socket:
+    """The first of `addresses` that answers (each was checked: no new lookup)."""
+    error: OSError = OSError(f"no address to connect to on port {port}")
+    for address in addresses:
+        try:
+            return socket.create_connection((address, port), timeout)
+        except OSError as e:
+            error = e
+    raise error
+
+
+class _PinnedHTTP(http.client.HTTPConnection):
+    """Connects to checked addresses; Host header and everything else use the name."""
+
+    def __init__(self, host: str, port: int, addresses: list[str], timeout: float) -> None:
+        super().__init__(host, port, timeout=timeout)
+        self.addresses = addresses
+
+    def connect(self) -> None:
+        self.sock = _connect(self.addresses, self.port, self.timeout)
+
+
+class _PinnedHTTPS(http.client.HTTPSConnection):
+    """TLS to checked addresses; the certificate is checked against the name (SNI)."""
+
+    def __init__(self, host: str, port: int, addresses: list[str], timeout: float) -> None:
+        self.tls = ssl.create_default_context()
+        super().__init__(host, port, timeout=timeout, context=self.tls)
+        self.addresses = addresses
+
+    def connect(self) -> None:
+        sock = _connect(self.addresses, self.port, self.timeout)
+        self.sock = self.tls.wrap_socket(sock, server_hostname=self.host)
 
 
 class HttpGet(Tool):
@@ -88,9 +159,19 @@ class HttpGet(Tool):
             redirects,
         )
 
+    @staticmethod
+    def _allow_private() -> bool:
+        value = tool_context().settings.get("allow_private", False)
+        if not isinstance(value, bool):
+            raise InvalidArgument(
+                f"[tools.http_get] allow_private must be true or false (got {value!r})"
+            )
+        return value
+
     def check_available(self) -> None:
         try:
             allow, *_ = self._settings()
+            self._allow_private()
         except InvalidArgument as e:
             raise PreconditionFailed(
                 f"http_get is misconfigured: {e.message}", reason="TOOL_NOT_CONFIGURED"
@@ -153,14 +234,13 @@ class HttpGet(Tool):
                 f"host {host}:{port} is not allowed; allowed: {', '.join(allow)} "
                 "(allow_hosts in [tools.http_get])"
             )
+        addresses = checked_addresses(host, port, allow, self._allow_private())
         timeout = min(timeout_s, max(context.remaining, 0.001))
         conn: http.client.HTTPConnection
         if parts.scheme == "https":
-            conn = http.client.HTTPSConnection(
-                host, port, timeout=timeout, context=ssl.create_default_context()
-            )
+            conn = _PinnedHTTPS(host, port, addresses, timeout)
         else:
-            conn = http.client.HTTPConnection(host, port, timeout=timeout)
+            conn = _PinnedHTTP(host, port, addresses, timeout)
         path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
         try:
             conn.request(

@@ -11,6 +11,10 @@
     auto_apply = true            # scheduled checks also apply what they find
     min_battery = 30             # percent; refuse on battery below it
     report_url = "https://fleet.example.com/rustaid/report"
+    mirrors = ["https://mirror.example.org/rustaid"]   # redirects may go there too
+    download_timeout = "60s"     # no data for this long: stalled (and the rate's window)
+    download_min_rate = "4KiB"   # per second, over each download_timeout
+    download_deadline = "12h"    # one artifact's download, retries included
 
 A bad value raises InvalidArgument naming `updates.<key>`: the daemon does not start.
 """
@@ -126,6 +130,10 @@ class UpdatesConfig:
     max_artifact_bytes: int = 64 << 30
     max_metadata_bytes: int = 4 << 20
     download_timeout_s: float = 60.0
+    download_min_rate: int = 4 << 10
+    download_deadline_s: float = 12 * 3600.0
+    # Redirects go only to the repository's own origin or under one of these URLs.
+    mirrors: tuple[str, ...] = ()
     download_attempts: int = 5
     retry_backoff_s: float = 0.5
     health_timeout_s: float = 120.0
@@ -156,6 +164,9 @@ _KEYS = {
     "max_artifact_size",
     "max_metadata_size",
     "download_timeout",
+    "download_min_rate",
+    "download_deadline",
+    "mirrors",
     "download_attempts",
     "retry_backoff",
     "health_timeout",
@@ -257,6 +268,13 @@ def load_config(section: object, config_dir: Path) -> UpdatesConfig:
     device_id = s.get("device_id", "")
     if not isinstance(device_id, str) or len(device_id) > 256:
         raise _bad("device_id", "expected a string of at most 256 characters", device_id)
+    mirrors = s.get("mirrors", [])
+    if not isinstance(mirrors, list):
+        raise _bad("mirrors", "expected a list of http:// or https:// URLs", mirrors)
+    mirrors = [_http_url("mirrors", m) for m in mirrors]
+    if "" in mirrors:
+        raise _bad("mirrors", "expected a list of http:// or https:// URLs", mirrors)
+    min_rate = s.get("download_min_rate", "4KiB")
     prompt = s.get("health_prompt", "Hello")
     if not isinstance(prompt, str) or not prompt:
         raise _bad("health_prompt", "expected a non-empty string", prompt)
@@ -278,6 +296,11 @@ def load_config(section: object, config_dir: Path) -> UpdatesConfig:
         download_timeout_s=max(
             0.1, parse_duration(s.get("download_timeout", 60), "download_timeout")
         ),
+        download_min_rate=0 if min_rate == 0 else parse_size(min_rate, "download_min_rate"),
+        download_deadline_s=max(
+            1.0, parse_duration(s.get("download_deadline", "12h"), "download_deadline")
+        ),
+        mirrors=tuple(mirrors),
         download_attempts=number("download_attempts", 5, 1, 100),
         retry_backoff_s=parse_duration(s.get("retry_backoff", 0.5), "retry_backoff"),
         health_timeout_s=max(1.0, parse_duration(s.get("health_timeout", 120), "health_timeout")),

@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from rustaid.updates.config import THERMAL_STATES
+from rustaid.updates.config import THERMAL_STATES, UpdatesConfig
 
 PowerOk = Callable[[], tuple[bool, str]]
 
@@ -56,6 +56,19 @@ def gate_from_state(
         if state.thermal in THERMAL_STATES and THERMAL_STATES.index(state.thermal) >= limit:
             return False, f"thermal state is {state.thermal}: the device is too hot to update"
         return True, ""
+
+    return power_ok
+
+
+def gate_from_config(
+    read: Callable[[], PowerState], config: Callable[[], UpdatesConfig]
+) -> PowerOk:
+    """`gate_from_state` with the thresholds of the `[updates]` settings in force at each
+    call, so a reload that changes `min_battery` or `max_thermal` applies at once."""
+
+    def power_ok() -> tuple[bool, str]:
+        c = config()
+        return gate_from_state(read, min_battery=c.min_battery, max_thermal=c.max_thermal)()
 
     return power_ok
 

@@ -2,7 +2,7 @@
 
 The journal (`state/updates/journal.json`) holds the one update in flight and the step
 it has reached; it is rewritten atomically (temp file, fsync, rename, fsync of the
-folder) *before* each step starts. After a crash, `recover` in the manager reads it and
+folder) *before* each step starts. After a crash, recovery.py reads it and
 ends the update in the old version or the new one, never a mix:
 
     DOWNLOADING, VERIFYING   nothing is visible yet: drop the staging files
@@ -19,7 +19,9 @@ import contextlib
 import json
 import logging
 import os
+import secrets
 from dataclasses import asdict, dataclass, replace
+from datetime import UTC, datetime
 from enum import StrEnum
 from pathlib import Path
 
@@ -158,3 +160,8 @@ class History:
         data = "".join(json.dumps(asdict(r), ensure_ascii=False) + "\n" for r in keep)
         write_atomic(self.path, data.encode(), mode=0o600)
         fsync_dir(self.path.parent)
+
+
+def new_update_id() -> str:
+    """Sortable by time, unique enough for one device: 20261207T021500-a1b2c3."""
+    return datetime.now(UTC).strftime("%Y%m%dT%H%M%S") + "-" + secrets.token_hex(3)

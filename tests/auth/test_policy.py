@@ -76,15 +76,15 @@ def test_docs_table_matches_the_code() -> None:
     assert documented == classified_methods()
 
 
-def test_peer_credentials_default_on_for_the_system_service_only(tmp_path: Path) -> None:
+def test_peer_credentials_default_on_for_system_and_user_daemons(tmp_path: Path) -> None:
     assert load_settings(data_dir=tmp_path, system=True, environ={}).peer_credentials
-    assert not load_settings(data_dir=tmp_path, system=False, environ={}).peer_credentials
+    assert load_settings(data_dir=tmp_path, system=False, environ={}).peer_credentials
     off = load_settings(
         data_dir=tmp_path, system=True, environ={"RUSTAID_PEER_CREDENTIALS": "false"}
     )
     assert not off.peer_credentials
-    on = load_settings(data_dir=tmp_path, system=False, overrides={"peer_credentials": True})
-    assert on.peer_credentials
+    off = load_settings(data_dir=tmp_path, system=False, overrides={"peer_credentials": False})
+    assert not off.peer_credentials
 
 
 def test_security_settings_from_toml(tmp_path: Path) -> None:

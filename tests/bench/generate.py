@@ -1,8 +1,9 @@
 """Generation speed: the daemon (GenerateStream over its Unix socket) against
-llama-cpp-python called directly, in one run, on the same synthetic model.
+llama-cpp-python called directly, in one run, on the same model: a synthetic model with
+SmolLM2-135M's shapes, then the real SmolLM2-135M-Instruct (Q4_1).
 
     .venv/bin/python tests/bench/generate.py [--tokens 128] [--runs 5] [--threads 2]
-                                             [--json out.json]
+                                             [--model synthetic|real|both] [--json out.json]
 
 Arms, run one at a time in interleaved rounds (the order alternates every round so
 that drift in the machine's load hits every arm alike):
@@ -207,11 +208,14 @@ def daemon_client(model: Path, n_ctx: int, threads: int, profile: str = "") -> I
         data_dir = Path(tmp)
         (data_dir / "models").mkdir()
         (data_dir / "models" / model.name).symlink_to(model)
-        if profile:  # e.g. "performance": Balanced caps max_tokens at 1024
-            (data_dir / "config").mkdir()
-            (data_dir / "config" / "rustaid.toml").write_text(
-                f'[power]\ndefault_profile = "{profile}"\n'
-            )
+        # share_cpu off: the direct arm, in this process, would count as a busy
+        # neighbour and take a thread from the daemon; this measures the wrapper, not
+        # the policy. A profile, e.g. "performance": Balanced caps max_tokens at 1024.
+        power = "[power]\nshare_cpu = false\n"
+        if profile:
+            power += f'default_profile = "{profile}"\n'
+        (data_dir / "config").mkdir()
+        (data_dir / "config" / "rustaid.toml").write_text(power)
         env = common.child_env(
             RUSTAID_THREADS=str(threads),
             RUSTAID_MAX_CONTEXT_LENGTH=str(n_ctx),
@@ -301,6 +305,13 @@ def main(argv: list[str] | None = None) -> int:
         help="the daemon's default power profile (its own default, balanced, caps max_tokens "
         "at 1024: use performance for longer generations)",
     )
+    parser.add_argument(
+        "--model",
+        choices=["synthetic", "real", "both"],
+        default="both",
+        help="the synthetic SmolLM2-135M-shaped Q8_0 file, the real SmolLM2-135M-Instruct "
+        "Q4_1 (fetched once, see rustaid.testing.real_model), or both one after the other",
+    )
     parser.add_argument("--json", help="write the results here")
     args = common.parse_args(
         parser,
@@ -309,17 +320,47 @@ def main(argv: list[str] | None = None) -> int:
     )
 
     from rustaid.core.registry import model_id_for
+    from rustaid.testing import real_model
     from rustaid.testing.synthetic import SMOLLM2_135M
 
     shape = SMOLLM2_135M
     n_ctx = shape.context_length
-    model = common.synthetic_model(shape, MODEL_NAME, "Q8_0")
-    model_id = model_id_for(Path(model.name))
-    info: dict[str, Any] = {"machine_start": common.machine()}
+    results: list[dict[str, Any]] = []
+    if args.model in ("synthetic", "both"):
+        model = common.synthetic_model(shape, MODEL_NAME, "Q8_0")
+        about = {"file": model.name, "shape": asdict(shape), "file_type": "Q8_0"}
+        results.append(measure(args, model, model_id_for(Path(model.name)), n_ctx, about))
+    if args.model in ("real", "both"):
+        model = real_model.fetch(quiet=True)
+        about = {"file": model.name, "real": real_model.PACKAGE, "file_type": "Q4_1"}
+        results.append(measure(args, model, real_model.MODEL_ID, n_ctx, about))
+    result = results[0]
+    if len(results) > 1:
+        result["real_model"] = results[1]
+    if len(results) > 1:
+        print("\nsummary (daemon vs llama-cpp-python direct, same model and threads):")
+        rows = [
+            [
+                r["model"]["file"],
+                f"{r['ratio_tokens_per_s']:.3f}",
+                f"{r['ttft_overhead_ms']:+.1f}",
+                f"{r['ttft_cached_prompt_overhead_ms']:+.1f}",
+            ]
+            for r in results
+        ]
+        print(common.table(["model", "tok/s ratio", "TTFT +ms", "cached TTFT +ms"], rows))
+    common.write_json(args.json, result, figures(result))
+    return 0
 
+
+def measure(
+    args: argparse.Namespace, model: Path, model_id: str, n_ctx: int, about: dict[str, Any]
+) -> dict[str, Any]:
+    """One model: interleaved rounds of every arm; prints its tables, returns its result."""
+    info: dict[str, Any] = {"machine_start": common.machine()}
     print(
-        f"model {model.name} ({model.stat().st_size / 1e6:.0f} MB, Q8_0, SmolLM2-135M "
-        f"shapes), n_ctx {n_ctx}, {args.threads} threads, {args.tokens} tokens, "
+        f"model {model.name} ({model.stat().st_size / 1e6:.0f} MB, {about['file_type']}), "
+        f"n_ctx {n_ctx}, {args.threads} threads, {args.tokens} tokens, "
         f"{args.runs} clean rounds wanted",
         file=sys.stderr,
     )
@@ -422,7 +463,7 @@ def main(argv: list[str] | None = None) -> int:
     per_round = [r.samples["daemon"].tokens_per_s / r.samples["direct"].tokens_per_s for r in used]
     result: dict[str, Any] = {
         "benchmark": "generate",
-        "model": {"file": model.name, "shape": asdict(shape), "file_type": "Q8_0"},
+        "model": about,
         "settings": {
             "tokens": args.tokens,
             "runs": args.runs,
@@ -521,10 +562,9 @@ def main(argv: list[str] | None = None) -> int:
     adjusted = sorted({a for r in rounds for a in r.samples["daemon"].server["adjustments"]})
     if adjusted:
         print(f"WARNING: the daemon's policy adjusted the requests: {adjusted}")
-    common.write_json(args.json, result, figures(result))
     keys = ("ratio_tokens_per_s", "ttft_overhead_ms", "ttft_cached_prompt_overhead_ms")
-    print(json.dumps({k: round(result[k], 4) for k in keys}))
-    return 0
+    print(json.dumps({"model": model.name} | {k: round(result[k], 4) for k in keys}))
+    return result
 
 
 def figures(result: dict[str, Any]) -> list[dict[str, Any]]:
@@ -575,11 +615,13 @@ def figures(result: dict[str, Any]) -> list[dict[str, Any]]:
 
 def _busy_threads(pid: int) -> list[float]:
     """CPU seconds of the daemon's compute threads, busiest first: those with at least a
-    quarter of the busiest one's time (the event loop and gRPC threads use far less)."""
+    quarter of the busiest one's time. The main thread (the event loop, and start-up) is
+    not one: with llama.cpp's work split over two threads it passes that mark."""
     import psutil
 
     with contextlib.suppress(psutil.Error):
-        times = [t.user_time + t.system_time for t in psutil.Process(pid).threads()]
+        threads = psutil.Process(pid).threads()
+        times = [t.user_time + t.system_time for t in threads if t.id != pid]
         top = max(times, default=0.0)
         return sorted((t for t in times if t >= top / 4), reverse=True)
     return []

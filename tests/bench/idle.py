@@ -65,6 +65,9 @@ HEAVY_MODULES = (
     "cryptography",
     "dbus_next",
     "pyudev",
+    # The HTTP API's stack: only with http_listen set.
+    "starlette",
+    "uvicorn",
 )
 
 
@@ -204,6 +207,11 @@ def main(argv: list[str] | None = None) -> int:
             pass
         imports = parse_importtime(d.stderr())
 
+        # 4. The same idle daemon with the HTTP API on (Starlette and uvicorn loaded).
+        with started(root / "http", RUSTAID_HTTP_LISTEN="127.0.0.1:0") as (d, _):
+            time.sleep(0.1)
+            mem_http = memory(d.proc.pid)
+
     cpu_per_min = (cpu1 - cpu0) / elapsed * 60
     by_thread = sorted(
         (
@@ -223,6 +231,7 @@ def main(argv: list[str] | None = None) -> int:
         "startup_in_daemon_ms": common.spread(in_daemon_ms),
         "memory_at_ready": mem_ready,
         "memory_after_idle": mem_idle,
+        "memory_at_ready_http_on": mem_http,
         "idle_s": elapsed,
         "idle_cpu_s_per_min": cpu_per_min,
         "idle_context_switches_per_min": wakeups_per_min,
@@ -255,6 +264,7 @@ def main(argv: list[str] | None = None) -> int:
          f"{mem_idle.get('uss_mb', float('nan')):.1f} / {mem_idle.get('pss_mb', float('nan')):.1f}"
          " MB", "", ""],
         ["threads", f"{mem_idle['threads']:.0f}", "", ""],
+        ["RSS at READY=1, HTTP API on", f"{mem_http['rss_mb']:.1f} MB", "(reported)", ""],
         ["CPU time while idle", f"{cpu_per_min:.4f} s/min",
          f"<= {TARGET_IDLE_CPU_S_PER_MIN:g} s/min",
          "ok" if cpu_per_min <= TARGET_IDLE_CPU_S_PER_MIN else "MISSED"],

@@ -34,16 +34,20 @@ TITLES = {
     "generate": "Generation: the daemon against llama-cpp-python",
     "idle": "The idle daemon",
     "registry": "Model registry: landing, switching, session cache",
-    "monitor": "Resource monitor: the cost of watching",
+    "monitor": "Resource monitor: reaction time and the cost of watching",
+    "adaptive": "Adaptive inference: CPU and energy per token under a competing load",
     "rag": "RAG: embeddings, ingestion and search",
     "tools": "Tools: call overhead, WebAssembly against Python",
     "updates": "Updates: verification, switch, rollback, resume",
     "remote": "Remote engine against a plain streaming client",
     "dbus": "D-Bus against gRPC",
+    "http": "HTTP API against gRPC, llama-cpp-python and llama_cpp.server",
+    "concurrency": "Many clients at once: continuous batching against one at a time",
     "soak": "Soak: many clients for a long time",
     "admission": "Admission control and request context: the cost per request",
     "auth": "Peer credentials: the cost of the relay",
     "rag_churn": "Vector store under re-indexing churn: memory and disk",
+    "retrieval": "Retrieval quality: dense, keyword and hybrid search",
 }
 
 

@@ -2,6 +2,7 @@
 
     .venv/bin/python tests/bench/soak.py [--duration 600] [--clients 32] [--warmup 60]
                                          [--workers 1] [--channels 8] [--json out.json]
+                                         [--hostile]
 
 One `rustaid serve` child serves a small synthetic llama GGUF (4 layers, n_embd 256: a
 32-token generation takes tens of milliseconds), the real all-MiniLM-L6-v2 (int8) for
@@ -21,6 +22,10 @@ at random by the weights of --mix:
 | stream_cancel | GenerateStream, max_tokens 128, cancelled by the client after 2-6 chunks |
 | chat | GenerateService.ChatStream in a session of 3 turns (only the new message sent) |
 | ask | RagService.Ask, top_k 3, max_tokens 16 |
+| tool_bomb | ToolsService.ExecuteTool: code_exec running a fork bomb (hostile) |
+
+tool_bomb is not in the default mix: add it (`--mix ...,tool_bomb=2`). It turns
+code_exec on, whose sandbox needs the soak to run as root with the rustaid-tool user.
 
 Outcomes are counted by status code. RESOURCE_EXHAUSTED (admission control, a full
 queue) is expected under overload: it is counted apart, and the client waits the
@@ -38,6 +43,14 @@ are read from /proc/PID. Pass criteria (the exit status is 1 when one fails):
   answer), logged no tracebacks, and exits 0 on SIGTERM.
 Throughput, p50/p99 latency per kind (and time to the first chunk of streams) are for
 the period after warm-up.
+
+--hostile (needs root: the daemon's data goes on a tmpfs of its own): the measured
+period is split in two halves, quiet then hostile. In the hostile half a process of its
+own sends huge and costliest grammars and floods the socket with idle connections, and
+the disk fills up in the middle of it (tests/bench/hostile.py). Further pass criteria:
+the legitimate clients' p99 latency of each kind in the hostile half is within 2x of
+the quiet half's, and the hostile requests never got INTERNAL or UNKNOWN (the huge
+grammar always INVALID_ARGUMENT).
 """
 
 from __future__ import annotations
@@ -70,7 +83,10 @@ CHAT_TURNS = 3
 DEFAULT_MIX = (
     "list_models=8,embed=14,search=16,index=3,generate=14,stream=14,stream_cancel=10,chat=12,ask=6"
 )
-KINDS = tuple(k.split("=")[0] for k in DEFAULT_MIX.split(","))
+# Hostile kinds, added to the mix by name (e.g. --mix ...,tool_bomb=2).
+HOSTILE_KINDS = ("tool_bomb",)
+KINDS = tuple(k.split("=")[0] for k in DEFAULT_MIX.split(",")) + HOSTILE_KINDS
+FORK_BOMB = "import os\ntry:\n    while True:\n        os.fork()\nexcept OSError:\n    pass\n"
 # Outcomes that are not errors: RESOURCE_EXHAUSTED is admission control doing its job.
 OK = "OK"
 CLIENT_CANCELLED = "CANCELLED_BY_CLIENT"
@@ -163,6 +179,7 @@ class Client:
             generate_pb2_grpc,
             models_pb2_grpc,
             rag_pb2_grpc,
+            tools_pb2_grpc,
         )
         from tests.bench.rag import sentences
 
@@ -173,6 +190,7 @@ class Client:
         self.models = models_pb2_grpc.ModelsServiceStub(channel)
         self.gen = generate_pb2_grpc.GenerateServiceStub(channel)
         self.rag = rag_pb2_grpc.RagServiceStub(channel)
+        self.tools = tools_pb2_grpc.ToolsServiceStub(channel)
         self.texts = sentences(200, seed=3 + number)
         self.session = ""
         self.session_turns = 0
@@ -187,6 +205,7 @@ class Client:
             "stream_cancel": self.stream_cancel,
             "chat": self.chat,
             "ask": self.ask,
+            "tool_bomb": self.tool_bomb,
         }
 
     def params(self, max_tokens: int) -> Any:
@@ -334,6 +353,25 @@ class Client:
         t0 = time.perf_counter()
         return await self._read_stream(self.rag.Ask(request, timeout=self.plan.timeout_s), t0)
 
+    async def tool_bomb(self) -> tuple[str, float]:
+        """A fork bomb through code_exec: its sandbox must contain it, and the call must
+        end (at the process limit, or at its wall-time limit) without hurting others."""
+        import json
+
+        from rustaid.api.v1 import tools_pb2
+
+        request = tools_pb2.ExecuteToolRequest(
+            name="code_exec", arguments_json=json.dumps({"code": FORK_BOMB})
+        )
+        r = await self.tools.ExecuteTool(request, timeout=self.plan.timeout_s)
+        contained = (
+            tools_pb2.TOOL_CALL_STATUS_OK,
+            tools_pb2.TOOL_CALL_STATUS_LIMIT_EXCEEDED,
+            tools_pb2.TOOL_CALL_STATUS_TIMEOUT,
+        )
+        assert r.status in contained, f"code_exec: {r.status} {r.error}"
+        return OK, -1.0
+
     async def run(self) -> None:
         import grpc
 
@@ -449,8 +487,9 @@ def cpu_seconds(pid: int) -> float:
     return (int(stat[11]) + int(stat[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def setup_data_dir(root: Path, threads: int) -> tuple[Path, str]:
-    """models/ with the synthetic GGUF, the MiniLM folders, and the [rag] config."""
+def setup_data_dir(root: Path, threads: int, code_exec: bool = False) -> tuple[Path, str]:
+    """models/ with the synthetic GGUF, the MiniLM folders, the [rag] config, and
+    [tools] with code_exec when the mix has tool calls."""
     from rustaid.core.registry import model_id_for
     from tests.bench.rag import model_folders
 
@@ -463,6 +502,7 @@ def setup_data_dir(root: Path, threads: int) -> tuple[Path, str]:
         "[rag]\n"
         f'embedding_model = "embeddings/minilm-int8"\nembedding_threads = {threads}\n'
         "embedding_batch_size = 64\n"
+        + ('[tools]\nenable = ["code_exec"]\n[tools.code_exec]\nwall_s = 5\n' if code_exec else "")
     )
     return model, model_id_for(Path(model.name))
 
@@ -718,6 +758,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="a daemon setting (as RUSTAID_KEY), e.g. --set max_requests_per_client=32",
     )
     ap.add_argument("--seed", type=int, default=1)
+    ap.add_argument(
+        "--hostile",
+        action="store_true",
+        help="quiet half, then a hostile half (needs root); see the description",
+    )
+    ap.add_argument("--tmpfs-mb", type=int, default=1024, help="--hostile: the data's tmpfs")
     args = common.parse_args(
         ap, argv, quick={"duration": 30, "warmup": 15, "clients": 8, "chunks": 300}
     )
@@ -736,10 +782,21 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     from rustaid.testing.daemon import run_daemon
 
+    if args.hostile and os.geteuid() != 0:
+        raise SystemExit("--hostile needs root (it mounts a tmpfs to fill up)")
     machine_start = common.machine()
     root = Path(tempfile.mkdtemp(prefix="rustaid-bench-soak-"))
-    model, model_id = setup_data_dir(root, args.threads)
+    if args.hostile:
+        import subprocess
+
+        subprocess.run(
+            ["mount", "-t", "tmpfs", "-o", f"size={args.tmpfs_mb}m,mode=0700", "tmpfs", str(root)],
+            check=True,
+        )
+    model, model_id = setup_data_dir(root, args.threads, code_exec="tool_bomb" in mix)
     settings = {"threads": str(args.threads), "log_level": "warning"}
+    if args.hostile:  # the flood comes from another user (nobody), who may connect
+        settings["socket_mode"] = "0o666"
     settings["prompt_cache_mb"] = str(args.prompt_cache_mb)
     for item in args.set:
         key, sep, value = item.partition("=")
@@ -806,10 +863,27 @@ def main(argv: Sequence[str] | None = None) -> int:
                 f"{args.warmup:g} s warm-up + {args.duration:g} s measured",
                 file=sys.stderr,
             )
+            mid = start_at + args.warmup + args.duration / 2
+            hostile_proc = filler = None
+            if args.hostile:
+                from tests.bench.hostile import DiskFiller, hostile_main
+
+                d.socket_path.parent.chmod(0o711)  # nobody may reach the socket
+                plan_h = {"address": d.address, "model_id": model_id}
+                plan_h |= {"start_at": mid, "stop_at": stop_at}
+                parent, child = ctx.Pipe(duplex=False)
+                hp = ctx.Process(target=hostile_main, args=(plan_h, child), daemon=True)
+                hp.start()
+                child.close()
+                hostile_proc = (hp, parent)
+                half = args.duration / 2
+                filler = DiskFiller(root, mid + 0.25 * half, mid + 0.6 * half)
             cpu0 = {p.pid: cpu_seconds(p.pid) for p, _ in procs}
             next_print = start_at + 30
             while time.time() < stop_at + 1:
                 now = time.time()
+                if filler is not None:
+                    filler.tick(now)
                 if d.proc.poll() is not None:
                     crashed = True
                     print(f"DAEMON EXITED with {d.proc.returncode}", file=sys.stderr)
@@ -845,6 +919,21 @@ def main(argv: Sequence[str] | None = None) -> int:
                 p.join(10)
                 if p.is_alive():
                     p.kill()
+            if filler is not None:
+                filler.tick(float("inf"))  # freed, whatever happened
+            if hostile_proc is not None:
+                hp, conn = hostile_proc
+                if conn.poll(60):
+                    status, payload = conn.recv()
+                    if status == "ok":
+                        result["hostile"] = payload
+                    else:
+                        worker_errors.append(f"hostile: {payload}")
+                else:
+                    worker_errors.append("the hostile process sent nothing in 60 s")
+                hp.join(10)
+                if hp.is_alive():
+                    hp.kill()
             if crashed:
                 result["final"] = {"healthy": False, "health": "daemon exited"}
             else:
@@ -858,6 +947,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             result["daemon_exit_code"] = d.proc.returncode if crashed else exit_code
             result["log"] = log_problems(d.stderr())
     finally:
+        if args.hostile:
+            import subprocess
+
+            subprocess.run(["umount", "-l", str(root)], check=False)
         shutil.rmtree(root, ignore_errors=True)
     end = args.warmup + args.duration
     if crashed and samples:
@@ -897,6 +990,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         "no tracebacks logged": result["log"]["tracebacks"] == 0 if "log" in result else False,
         "exit 0 on SIGTERM": result.get("daemon_exit_code") == 0,
     }
+    if args.hostile:
+        checks |= hostile_checks(result, recs, args.warmup, args.warmup + args.duration / 2, end)
     result["checks"] = checks
     result["passed"] = all(checks.values())
 
@@ -965,6 +1060,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"final: {final}; log: {result['log']['tracebacks']} tracebacks, "
         f"{result['log']['error_lines']} error lines"
     )
+    if "hostile_p99" in result:
+        print("quiet half vs hostile half, legitimate clients' p99 (ms):")
+        rows_h = [
+            [k, f"{v['quiet']:.1f}", f"{v['hostile']:.1f}", f"{v['ratio']:.2f}",
+             f"{v['n_quiet']}/{v['n_hostile']}"]
+            for k, v in result["hostile_p99"].items()
+        ]  # fmt: skip
+        header = ["kind", "quiet p99", "hostile p99", "ratio", "ok quiet/hostile"]
+        print(common.table(header, rows_h))
+        print(f"hostile requests: {result.get('hostile', {}).get('codes')}")
+        held = result.get("hostile", {}).get("flood_held", [])
+        print(f"flood: connections it managed to open per round: {held[:10]}")
     for e in worker_errors:
         print(f"WORKER ERROR: {e}")
     for name, ok in checks.items():
@@ -972,6 +1079,37 @@ def main(argv: Sequence[str] | None = None) -> int:
     common.write_json(args.json, result, figures(result, args))
     print("PASS" if result["passed"] else "FAIL")
     return 0 if result["passed"] else 1
+
+
+def hostile_checks(
+    result: dict[str, Any], recs: list[Records], warmup: float, mid: float, end: float
+) -> dict[str, bool]:
+    """The legitimate clients' p99 per kind, quiet half against hostile half (kinds with
+    at least 20 answers in each), and what the hostile requests got."""
+    rows = [
+        (t, k, o, lat)
+        for r in recs
+        for t, k, o, lat in zip(r.t, r.kind, r.outcome, r.latency_ms, strict=True)
+        if o in (OK, CLIENT_CANCELLED)
+    ]
+    table: dict[str, dict[str, float]] = {}
+    for kind in sorted({k for _, k, _, _ in rows}):
+        quiet = [lat for t, k, _, lat in rows if k == kind and warmup <= t < mid]
+        hostile = [lat for t, k, _, lat in rows if k == kind and mid <= t < end]
+        if len(quiet) >= 20 and len(hostile) >= 20:
+            q, h = pct(quiet, 99), pct(hostile, 99)
+            table[kind] = {"quiet": q, "hostile": h, "ratio": h / q if q else float("nan")}
+            table[kind] |= {"n_quiet": len(quiet), "n_hostile": len(hostile)}
+    result["hostile_p99"] = table
+    codes = Counter(result.get("hostile", {}).get("codes", {}))
+    huge = {c.split(" ", 1)[1] for c in codes if c.startswith(("huge_grammar ", "dense_grammar "))}
+    return {
+        "hostile: legitimate p99 within 2x of quiet": bool(table)
+        and all(v["ratio"] <= 2.0 for v in table.values()),
+        "hostile: no INTERNAL/UNKNOWN": bool(codes)
+        and not any(c.split(" ", 1)[1] in BUG_CODES for c in codes),
+        "hostile: huge grammars refused (INVALID_ARGUMENT)": huge == {"INVALID_ARGUMENT"},
+    }
 
 
 def figures(result: dict[str, Any], args: argparse.Namespace) -> list[dict[str, Any]]:

@@ -268,6 +268,16 @@ def test_the_cases_cover_what_they_claim(model: LlamaModel) -> None:
     assert runs["temp1-seed0"].text != runs["temp1-seed1"].text
 
 
+def test_only_text_that_may_begin_a_stop_is_held_back() -> None:
+    scanner = StopScanner(["<|im_end|>", "###"])
+    assert scanner.feed("In") == ("In", False)  # cannot begin a stop: out at once
+    assert scanner.feed(" the <|") == (" the ", False)  # "<|" may: held
+    assert scanner.feed("b") == ("<|b", False)  # it was not one after all
+    assert scanner.feed("end #") == ("end ", False)
+    assert scanner.feed("##") == ("", True)
+    assert StopScanner([]).feed("<|") == ("<|", False)
+
+
 def test_no_stop_string_reaches_the_client(model: LlamaModel) -> None:
     params = CASES["multibyte-stop"]
     full = run_model(model, replace(params, stop=()))

@@ -2,7 +2,15 @@
 
 from __future__ import annotations
 
+import grp
 import json
+import os
+import pwd
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -19,6 +27,7 @@ from rustaid_client import (
 )
 
 from rustaid.api.v1 import common_pb2, generate_pb2, models_pb2, plugins_pb2
+from tests.accounts import temporary_accounts
 
 
 @pytest.fixture
@@ -228,12 +237,49 @@ def test_unreachable_daemon(unreachable: str) -> None:
     assert isinstance(error, RustaidError)
     assert error.code == grpc.StatusCode.UNAVAILABLE
     assert error.message == (
-        f"cannot reach the rustaid daemon at {unreachable}: is it running? "
-        "(start it with `rustaid serve`)"
+        f"cannot reach the rustaid daemon at {unreachable}: is it running? Start it with "
+        "`systemctl --user start rustaid` (`sudo systemctl start rustaid` for the system "
+        "service), or run `rustaid serve` in a terminal"
     )
     assert error.details  # gRPC's own words are kept
     with Client(unreachable, timeout=5) as c, pytest.raises(DaemonUnavailableError):
         list(c.generate_stream("hi"))
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="running a client as another user needs root")
+def test_a_socket_the_user_may_not_open_names_its_group() -> None:
+    """The hint names the group that owns the socket (the packaged service's `rustai`)."""
+    with temporary_accounts() as accounts:
+        accounts.group("rustai-t-sock")
+        accounts.user("rustaid-t-outsider")
+        outsider = pwd.getpwnam("rustaid-t-outsider")
+        folder = Path(tempfile.mkdtemp(prefix="rustaid-", dir="/tmp"))
+        try:
+            folder.chmod(0o755)
+            path = folder / "rustaid.sock"
+            with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as listener:
+                listener.bind(str(path))
+                listener.listen()
+                os.chown(path, 0, grp.getgrnam("rustai-t-sock").gr_gid)
+                path.chmod(0o660)
+                probe = (
+                    "import sys; from rustaid_client import Client, DaemonUnavailableError\n"
+                    "try:\n"
+                    "    Client(sys.argv[1], timeout=5).list_models()\n"
+                    "except DaemonUnavailableError as e:\n"
+                    "    print(e.message)\n"
+                )
+                out = subprocess.run(
+                    ["setpriv", f"--reuid={outsider.pw_uid}", f"--regid={outsider.pw_gid}",
+                     "--clear-groups", "--", sys.executable, "-c", probe, f"unix://{path}"],
+                    capture_output=True, text=True, timeout=60, check=True,
+                )  # fmt: skip
+        finally:
+            shutil.rmtree(folder, ignore_errors=True)
+    assert out.stdout.strip() == (
+        f"cannot reach the rustaid daemon at unix://{path}: permission denied "
+        "(is your user in the `rustai-t-sock` group?)"
+    ), out.stderr
 
 
 def test_bad_arguments_fail_before_the_call(client: Client) -> None:

@@ -204,7 +204,8 @@ async def daemon_with(
     tmp_path: Path, model_files: dict[str, Path], **settings: object
 ) -> AsyncIterator[object]:
     add_model(tmp_path, model_files["slow"])
-    async with running_daemon(isolated_settings(tmp_path, threads=1, **settings)) as daemon:
+    settings = {"threads": 1, "parallel": 1, **settings}  # one at a time: callers wait
+    async with running_daemon(isolated_settings(tmp_path, **settings)) as daemon:
         yield daemon
 
 
@@ -274,6 +275,8 @@ def test_settings_validation(tmp_path: Path) -> None:
         ("max_message_mb", 0, "max_message_mb must be between 1 and 2047"),
         ("max_message_mb", 4096, "max_message_mb must be between 1 and 2047"),
         ("max_message_mb", "big", "setting 'max_message_mb'"),
+        ("parallel", -1, r"parallel must be between 0 \(automatic\) and 64 \(got -1\)"),
+        ("parallel", 65, r"parallel must be between 0 \(automatic\) and 64 \(got 65\)"),
     ):
         with pytest.raises(InvalidArgument, match=message) as info:
             load(**{key: value})

@@ -58,7 +58,8 @@ def served(
     old = time.time() - 3600  # an aborted download lying there, not a file being copied
     os.utime(truncated, (old, old))
     write_config(data_dir, power_section(FakeDevice(data_dir / "device")))
-    with run_daemon(data_dir, env=session_bus.env()) as daemon:
+    # One request at a time: the queue properties see requests waiting.
+    with run_daemon(data_dir, env={**session_bus.env(), "RUSTAID_PARALLEL": "1"}) as daemon:
         yield daemon
 
 

@@ -31,6 +31,7 @@ REPO = Path(__file__).resolve().parents[2]
 POLICY = REPO / "systemd" / "dbus" / "system.d" / "org.rustai.Daemon1.conf"
 SYSUSERS = REPO / "systemd" / "sysusers.d" / "rustaid.conf"
 MEMBER, OUTSIDER = "rustai-test-member", "rustai-test-outsider"
+OTHER_MEMBER = "rustai-test-member2"
 
 pytestmark = pytest.mark.skipif(
     os.geteuid() != 0, reason="needs root to create test users and run callers as them"
@@ -58,6 +59,7 @@ def users() -> Iterator[Users]:
             for kind, name in missing:
                 accounts.created_by(kind, name)
         accounts.user(MEMBER, ["rustai"])
+        accounts.user(OTHER_MEMBER, ["rustai"])
         accounts.user(OUTSIDER)
         yield Users(pwd.getpwnam(MEMBER), pwd.getpwnam(OUTSIDER), grp.getgrnam("rustai").gr_gid)
 
@@ -169,6 +171,60 @@ def test_a_member_of_rustai_may_use_the_daemon(
     assert r.returncode == 0 and r.stdout.startswith("s "), r.stderr
 
 
+def test_detached_generations_belong_to_their_starter(
+    system_daemon: object, system_bus: PrivateBus, users: Users
+) -> None:
+    """A member starts a detached generation, lists and reads it; another member may read
+    it but not cancel or release it (the daemon says so: the bus lets both through)."""
+    other = pwd.getpwnam(OTHER_MEMBER)
+    start = call(
+        "StartGeneration",
+        "sa{sv}",
+        "Hello",
+        "3",
+        "max_tokens",
+        "u",
+        "2000",
+        "model",
+        "s",
+        "tiny",
+        "detach",
+        "b",
+        "true",
+    )
+    r = busctl_as(users.member, system_bus, *start)
+    assert r.returncode == 0, r.stderr
+    path = f"{OBJECT_PATH}/generations/{r.stdout.split()[1].strip(chr(34))}"
+    gen = "org.rustai.Daemon1.Generation"
+    r = busctl_as(
+        other,
+        system_bus,
+        "call",
+        BUS_NAME,
+        OBJECT_PATH,
+        "org.freedesktop.DBus.ObjectManager",
+        "GetManagedObjects",
+    )
+    assert r.returncode == 0 and path in r.stdout, r.stderr
+    r = busctl_as(other, system_bus, "get-property", BUS_NAME, path, gen, "Kind")
+    assert r.returncode == 0 and r.stdout.strip() == 's "generate"', r.stderr
+    for member in ("Cancel", "Release"):
+        r = busctl_as(other, system_bus, "call", BUS_NAME, path, gen, member)
+        assert r.returncode != 0 and f"started by user {users.member.pw_uid}" in r.stderr
+    r = busctl_as(users.member, system_bus, "call", BUS_NAME, path, gen, "Release")
+    assert r.returncode == 0, r.stderr
+    r = busctl_as(
+        None,
+        system_bus,
+        "call",
+        BUS_NAME,
+        OBJECT_PATH,
+        "org.freedesktop.DBus.ObjectManager",
+        "GetManagedObjects",
+    )
+    assert path not in r.stdout
+
+
 @pytest.mark.parametrize(
     "args",
     [
@@ -241,7 +297,7 @@ def test_a_changing_method_without_interface_is_denied_too(
     r = subprocess.run([python, "-c", code], capture_output=True, text=True, timeout=60)
     assert r.stdout.splitlines() == [
         "SetPowerProfile ok",
-        "CheckUpdates org.rustai.Error.PreconditionFailed",  # no repository configured
+        "CheckUpdates org.rustai.Daemon1.Error.PreconditionFailed",  # no repository configured
         "ListModels ok",
     ], r.stdout + r.stderr
 

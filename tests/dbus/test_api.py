@@ -107,7 +107,9 @@ def test_gdbus_introspection_matches_the_documented_xml(
     names = {m.get("name") for m in live}
     assert {
         "Generate",
+        "Chat",
         "StartGeneration",
+        "StartChat",
         "Cancel",
         "ListModels",
         "Search",
@@ -336,19 +338,22 @@ async def test_generate_bad_options(
     words: list[str],
 ) -> None:
     e = await error_of(client.call("Generate", "sa{sv}", "Hello", options))
-    assert e.type == f"org.rustai.Error.{name}"
+    assert e.type == f"org.rustai.Daemon1.Error.{name}"
     for word in words:
         assert word in e.text
 
 
 async def test_generate_empty_and_huge_prompts(served: DaemonProcess, client: Client) -> None:
     e = await error_of(client.call("Generate", "sa{sv}", "", {}))
-    assert (e.type, "prompt is empty" in e.text) == ("org.rustai.Error.InvalidArgument", True)
+    assert (e.type, "prompt is empty" in e.text) == (
+        "org.rustai.Daemon1.Error.InvalidArgument",
+        True,
+    )
     # 200 KB: more tokens than the model's context (512).
     e = await error_of(
         client.call("Generate", "sa{sv}", "word " * 40_000, {"model": Variant("s", "tiny")})
     )
-    assert e.type == "org.rustai.Error.InvalidArgument"
+    assert e.type == "org.rustai.Daemon1.Error.InvalidArgument"
     assert "context" in e.text
 
 
@@ -406,16 +411,16 @@ async def test_start_generation_errors(served: DaemonProcess, client: Client) ->
     e = await error_of(
         client.call("StartGeneration", "sa{sv}", "Hi", {"model": Variant("s", "missing")})
     )
-    assert e.type == "org.rustai.Error.NotFound"
+    assert e.type == "org.rustai.Daemon1.Error.NotFound"
     e = await error_of(client.call("StartGeneration", "sa{sv}", "Hi", {"top_k": Variant("d", 1.5)}))
-    assert e.type == "org.rustai.Error.InvalidArgument" and "'top_k'" in e.text
+    assert e.type == "org.rustai.Daemon1.Error.InvalidArgument" and "'top_k'" in e.text
     # A failure after the id was handed out arrives as Failed.
     (gen_id,) = await client.call(
         "StartGeneration", "sa{sv}", "word " * 40_000, {"model": Variant("s", "tiny")}
     )
     _, end = await client.until_finished(gen_id)
     assert end.member == "Failed"
-    assert end.body[1] == "org.rustai.Error.InvalidArgument" and "context" in end.body[2]
+    assert end.body[1] == "org.rustai.Daemon1.Error.InvalidArgument" and "context" in end.body[2]
 
 
 async def test_cancel_only_by_the_caller(served: DaemonProcess, connect: Any) -> None:
@@ -424,18 +429,18 @@ async def test_cancel_only_by_the_caller(served: DaemonProcess, connect: Any) ->
     (gen_id,) = await owner.call("StartGeneration", "sa{sv}", "Once upon a time", options)
     await owner.next_signal("Token")
     e = await error_of(intruder.call("Cancel", "s", gen_id))
-    assert e.type == "org.rustai.Error.PermissionDenied"
+    assert e.type == "org.rustai.Daemon1.Error.PermissionDenied"
     assert "another connection" in e.text
     e = await error_of(intruder.call("Cancel", "s", "0123456789abcdef"))
-    assert e.type == "org.rustai.Error.NotFound"
+    assert e.type == "org.rustai.Daemon1.Error.NotFound"
     t0 = time.monotonic()
     await owner.call("Cancel", "s", gen_id)
     _, end = await owner.until_finished(gen_id)
     assert end.member == "Failed"
-    assert end.body[1:] == ["org.rustai.Error.Cancelled", "cancelled by the caller"]
+    assert end.body[1:] == ["org.rustai.Daemon1.Error.Cancelled", "cancelled by the caller"]
     assert time.monotonic() - t0 < 5
     e = await error_of(owner.call("Cancel", "s", gen_id))  # already over
-    assert e.type == "org.rustai.Error.NotFound"
+    assert e.type == "org.rustai.Daemon1.Error.NotFound"
     # The model is free again: a new request is not stuck behind the cancelled one.
     (text,) = await owner.call(
         "Generate", "sa{sv}", "Hi", {"model": Variant("s", "slow"), "max_tokens": Variant("u", 4)}
@@ -569,6 +574,6 @@ async def test_subsystem_methods_without_data_answer_named_errors(
     """This daemon has no collection and no update repository: each method says what is
     missing with a named error (tests/dbus/test_subsystems.py has them with data)."""
     e = await error_of(client.call(method, signature, *args))
-    assert e.type == f"org.rustai.Error.{name}"
+    assert e.type == f"org.rustai.Daemon1.Error.{name}"
     for word in words:
         assert word in e.text

@@ -166,7 +166,10 @@ async def test_stop_fails_running_generations_with_unavailable(
         d.proc.send_signal(signal.SIGTERM)
         _, end = await client.until_finished(gen_id)
         assert end.member == "Failed"
-        assert end.body[1:] == ["org.rustai.Error.Unavailable", "the daemon is shutting down"]
+        assert end.body[1:] == [
+            "org.rustai.Daemon1.Error.Unavailable",
+            "the daemon is shutting down",
+        ]
         assert await asyncio.to_thread(d.proc.wait, 30) == 0
     states = [
         m.body[1]["State"].value
@@ -226,20 +229,20 @@ async def test_each_connection_has_its_own_request_limit(
         short = {"model": Variant("s", "slow"), "max_tokens": Variant("u", 2)}
         with pytest.raises(DBusError) as e:
             await busy.call("Generate", "sa{sv}", "Hi", short)
-        assert e.value.type == "org.rustai.Error.ResourceExhausted"
+        assert e.value.type == "org.rustai.Daemon1.Error.ResourceExhausted"
         assert f"caller 'dbus:{busy.name}' already has 1 requests in flight" in e.value.text
         with pytest.raises(DBusError) as e:  # Search counts too (refused before the RAG core)
             await busy.call("Search", "ssu", "docs", "x", 1)
-        assert e.value.type == "org.rustai.Error.ResourceExhausted"
+        assert e.value.type == "org.rustai.Daemon1.Error.ResourceExhausted"
         with pytest.raises(DBusError) as e:  # another connection: past admission
             await other.call("Search", "ssu", "docs", "x", 1)
-        assert e.value.type == "org.rustai.Error.NotFound"
+        assert e.value.type == "org.rustai.Daemon1.Error.NotFound"
         await busy.call("Cancel", "s", gen_id)
         _, end = await busy.until_finished(gen_id)
         assert end.member == "Failed"
         with pytest.raises(DBusError) as e:  # its place is free again
             await busy.call("Search", "ssu", "docs", "x", 1)
-        assert e.value.type == "org.rustai.Error.NotFound"
+        assert e.value.type == "org.rustai.Daemon1.Error.NotFound"
 
 
 async def test_reserved_methods_check_the_caller_on_the_system_bus(
@@ -254,7 +257,7 @@ async def test_reserved_methods_check_the_caller_on_the_system_bus(
         assert await client.prop("PowerProfile") == "performance"
         with pytest.raises(DBusError) as e:
             await client.call("CheckUpdates")  # past the check: no repository configured
-        assert e.value.type == "org.rustai.Error.PreconditionFailed"
+        assert e.value.type == "org.rustai.Daemon1.Error.PreconditionFailed"
         who = await daemon.dbus._caller(client.name)  # type: ignore[attr-defined]
         assert (who.key, who.transport, who.uid) == (f"dbus:{client.name}", "dbus", os.getuid())
         assert who.admin  # the daemon's own user (and root)
@@ -293,9 +296,9 @@ def test_every_domain_error_has_a_dbus_name() -> None:
     for cls in subclasses(errors.RustaidError) - {errors.RustaidError}:
         if cls.__module__ == "rustaid.errors":
             assert cls in NAMES, f"{cls.__name__} has no D-Bus error name"
-    assert error_name(errors.ResourceExhausted("x")) == "org.rustai.Error.ResourceExhausted"
-    assert error_name(errors.RustaidError("x")) == "org.rustai.Error.Failed"
-    assert all(n.startswith("org.rustai.Error.") for n in ALL_NAMES)
+    assert error_name(errors.ResourceExhausted("x")) == "org.rustai.Daemon1.Error.ResourceExhausted"
+    assert error_name(errors.RustaidError("x")) == "org.rustai.Daemon1.Error.Failed"
+    assert all(n.startswith("org.rustai.Daemon1.Error.") for n in ALL_NAMES)
     assert len(set(ALL_NAMES)) == len(ALL_NAMES)
 
 
@@ -411,3 +414,17 @@ def test_startup_import_cost_is_small() -> None:
     )
     assert float(r.stdout) < 0.25, r.stdout
     time.sleep(0)
+
+
+def test_search_mode_options() -> None:
+    from rustaid.dbus.options import ask_request, search_options
+    from rustaid.providers import SearchMode
+
+    assert ask_request("c", "q", {"mode": Variant("s", "keyword")}).mode is SearchMode.KEYWORD
+    assert ask_request("c", "q", {}).mode is None
+    found = search_options({"mode": Variant("s", "hybrid"), "top_k": Variant("u", 7)})
+    assert found.mode is SearchMode.HYBRID and found.top_k == 7
+    with pytest.raises(errors.InvalidArgument, match="dense, keyword or hybrid"):
+        search_options({"mode": Variant("s", "semantic")})
+    with pytest.raises(errors.InvalidArgument, match="unknown option 'max_tokens'"):
+        search_options({"max_tokens": Variant("u", 7)})

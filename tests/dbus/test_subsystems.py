@@ -217,7 +217,7 @@ async def test_search_bad_input(
     served: Served, client: Client, args: list[Any], name: str, words: list[str]
 ) -> None:
     e = await error_of(client.call("Search", "ssu", *args))
-    assert e.type == f"org.rustai.Error.{name}"
+    assert e.type == f"org.rustai.Daemon1.Error.{name}"
     for word in words:
         assert word in e.text
 
@@ -230,6 +230,39 @@ async def test_search_with_wrong_argument_types(served: Served) -> None:
     )  # fmt: skip
     assert r.returncode != 0
     assert "takes arguments of type (ssu), not (ssi)" in r.stderr
+
+
+KEYWORD_OPTIONS = "{'top_k': <uint32 3>, 'mode': <'keyword'>}"
+
+
+async def test_search_with_options_picks_the_mode(served: Served, client: Client) -> None:
+    keyword = {"mode": Variant("s", "keyword"), "top_k": Variant("u", 3)}
+    (hits,) = await client.call("SearchWithOptions", "ssa{sv}", "notes", "violin", keyword)
+    assert [values(h)["document_id"] for h in hits] == ["music"]  # the only one with the word
+    grpc_hits = (
+        await asyncio.to_thread(served.grpc.search, "notes", "violin", top_k=3, mode="keyword")
+    ).hits
+    assert [h.chunk_id for h in grpc_hits] == [values(h)["chunk_id"] for h in hits]
+    only_pets = {"filter": Variant("a{sv}", {"document_id": Variant("s", "pets")})}
+    (hits,) = await client.call("SearchWithOptions", "ssa{sv}", "notes", QUESTION, only_pets)
+    assert {values(h)["document_id"] for h in hits} == {"pets"}
+    # The command line of docs/dbus.md.
+    r = await tool(
+        served.bus,
+        *gdbus("SearchWithOptions", "notes", "violin", KEYWORD_OPTIONS),
+    )
+    assert r.returncode == 0, r.stderr
+    assert "'document_id': <'music'>" in r.stdout and "'pets'" not in r.stdout
+    e = await error_of(
+        client.call("SearchWithOptions", "ssa{sv}", "notes", "x", {"mode": Variant("s", "fuzzy")})
+    )
+    assert e.type == "org.rustai.Daemon1.Error.InvalidArgument"
+    assert "dense, keyword or hybrid" in e.text
+    e = await error_of(
+        client.call("SearchWithOptions", "ssa{sv}", "notes", "x", {"model": Variant("s", "m")})
+    )
+    assert e.type == "org.rustai.Daemon1.Error.InvalidArgument"
+    assert "unknown option 'model'" in e.text
 
 
 # -- Ask -----------------------------------------------------------------------------------
@@ -321,7 +354,7 @@ async def test_ask_bad_input(
     words: list[str],
 ) -> None:
     e = await error_of(client.call("Ask", "ssa{sv}", collection, question, options))
-    assert e.type == f"org.rustai.Error.{name}", e.text
+    assert e.type == f"org.rustai.Daemon1.Error.{name}", e.text
     for word in words:
         assert word in e.text
 
@@ -416,7 +449,7 @@ async def test_set_power_profile_bad_input(
 ) -> None:
     before = await client.prop("PowerProfile")
     e = await error_of(client.call("SetPowerProfile", "s", profile))
-    assert e.type == "org.rustai.Error.InvalidArgument"
+    assert e.type == "org.rustai.Daemon1.Error.InvalidArgument"
     for word in words:
         assert word in e.text
     assert len(e.text) < 400
@@ -488,5 +521,5 @@ async def test_check_updates_and_update_signals(
     metadata["signed"]["version"] += 1  # changed after signing
     served.publisher.write_metadata(metadata)
     e = await error_of(client.call("CheckUpdates"))
-    assert e.type == "org.rustai.Error.PreconditionFailed" and "signature" in e.text
+    assert e.type == "org.rustai.Daemon1.Error.PreconditionFailed" and "signature" in e.text
     assert [m.member for m in watcher.history].count("UpdateAvailable") == 2

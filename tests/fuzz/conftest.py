@@ -1,5 +1,5 @@
-"""Fuzzing fixtures: hypothesis profiles and one real daemon for the gRPC and D-Bus fuzz
-tests, sandboxed in a temporary data folder.
+"""Fuzzing fixtures: hypothesis profiles and one real daemon for the gRPC, D-Bus and HTTP
+fuzz tests, sandboxed in a temporary data folder.
 
 The daemon serves a synthetic llama.cpp model, a truncated (broken) one, the real
 all-MiniLM-L6-v2 embeddings (a tiny ONNX model when the shared folder is missing), a
@@ -224,6 +224,8 @@ def _data_dir(root: Path, allowed: Path) -> Path:
         link_embedding_model(data, write_model(root / "tiny-onnx", dim=16), "minilm")
     compile_wat(EXAMPLE_WAT.read_text(), data / "plugins" / WASM_TOOL_FILE)
     (data / "config" / "rustaid.toml").write_text(
+        # The HTTP API too (tests/fuzz/test_http.py), on a free loopback port.
+        'http_listen = ["127.0.0.1:0"]\n'
         "[rag]\n"
         f'embedding_model = "{EMBEDDINGS}"\n'
         f'allowed_folders = ["{allowed}"]\n'

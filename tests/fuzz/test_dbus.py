@@ -3,8 +3,8 @@ types, and random `a{sv}` options, to every method org.rustai.Daemon1 declares (
 from the daemon's introspection at test time, so new methods are fuzzed unlisted), and
 to the standard Properties interface.
 
-Every reply is a method return or an error with a name: org.rustai.Error.* (never
-org.rustai.Error.Internal, which means a bug) or one of the bus's standard errors for
+Every reply is a method return or an error with a name: org.rustai.Daemon1.Error.* (never
+org.rustai.Daemon1.Error.Internal, which means a bug) or one of the bus's standard errors for
 bad arguments, unknown members and read-only properties. The daemon never dies, and a
 call the client gives up on does not leave the daemon generating.
 """
@@ -30,14 +30,14 @@ from rustaid.dbus.interface import BUS_NAME, INTERFACE, OBJECT_PATH
 from rustaid.testing.proto_strategies import INTERESTING_STRINGS
 from tests.fuzz.conftest import COLLECTION, LLM, Target, examples, short
 
-# Named errors a client may get besides org.rustai.Error.* (from the daemon's dispatcher
+# Named errors a client may get besides org.rustai.Daemon1.Error.* (from the daemon's dispatcher
 # or from dbus-next for the standard interfaces).
 STANDARD_ERRORS = frozenset(
     f"org.freedesktop.DBus.Error.{n}"
     for n in ("InvalidArgs", "UnknownMethod", "UnknownInterface", "UnknownProperty",
               "PropertyReadOnly", "NotSupported", "AccessDenied")
 )  # fmt: skip
-BUG = "org.rustai.Error.Internal"
+BUG = "org.rustai.Daemon1.Error.Internal"
 CALL_TIMEOUT_S = 5.0
 # After a call the client gave up on (and left the bus), a one-token generation must get
 # through within this time: it would queue behind work the daemon failed to stop.
@@ -285,7 +285,7 @@ def check(target: Target, client: Client, member: str, reply: Message | None, wh
         assert error != BUG, (
             f"{name} failed with {error} ({text!r}) for {what}\n{target.log_tail()}"
         )
-        assert error.startswith("org.rustai.Error.") or error in STANDARD_ERRORS, (
+        assert error.startswith("org.rustai.Daemon1.Error.") or error in STANDARD_ERRORS, (
             f"{name} answered an unnamed or unexpected error {error} ({text!r}) for {what}"
         )
         assert text.strip(), f"{name}: {error} without a message"
@@ -312,13 +312,23 @@ def test_random_arguments(
     reply = client.call(member, signature, body)
     check(target, client, member, reply, f"({signature}) {short(body)}")
     if (
-        member == "StartGeneration"
+        member in ("StartGeneration", "StartChat")
         and reply is not None
         and reply.message_type is MessageType.METHOD_RETURN
     ):
-        # Do not let it run on: cancel it (it may have finished already).
-        cancel = client.call("Cancel", "s", [reply.body[0]])
-        check(target, client, "Cancel", cancel, "the id StartGeneration returned")
+        # Do not let it run on: cancel it (it may have finished already), or release it
+        # when it was detached (an object of its own, which Cancel does not know).
+        gen_id = reply.body[0]
+        cancel = client.call("Cancel", "s", [gen_id])
+        check(target, client, "Cancel", cancel, f"the id {member} returned")
+        release = client.call(
+            "Release",
+            "",
+            [],
+            path=f"{OBJECT_PATH}/generations/{gen_id}",
+            interface="org.rustai.Daemon1.Generation",
+        )
+        assert release is not None
 
 
 PROPERTIES = "org.freedesktop.DBus.Properties"

@@ -26,9 +26,9 @@ from rustaid.api.v1 import (
 from rustaid.builtin.llama_cpp import MAX_GRAMMAR_NESTING, grammar_nesting
 from rustaid.builtin.parsers import PDFParser
 from rustaid.core import gguf
+from rustaid.core.messages import MAX_STATUS_MESSAGE_BYTES, bounded
 from rustaid.core.models_toml import load_models_toml
 from rustaid.errors import InvalidArgument
-from rustaid.services.errors import MAX_STATUS_MESSAGE_BYTES, bounded
 from rustaid.tools.schema import load_json_object, schema_problem
 from rustaid.updates import metadata
 from tests.fuzz.conftest import COLLECTION, LLM, Target

@@ -17,6 +17,7 @@ from prometheus_client.openmetrics.parser import (
     text_string_to_metric_families as openmetrics_families,
 )
 
+from rustaid.addresses import parse_metrics_listen
 from rustaid.api.v1 import (
     common_pb2,
     generate_pb2,
@@ -27,7 +28,6 @@ from rustaid.api.v1 import (
 )
 from rustaid.config import load_settings
 from rustaid.errors import InvalidArgument
-from rustaid.observability.listen import parse_metrics_listen
 from rustaid.testing.daemon import run_daemon
 from rustaid.testing.synthetic import write_llama_gguf, write_truncated_copy
 from rustaid.updates.journal import History, UpdateRecord
@@ -65,7 +65,11 @@ def served(
     truncated.write_bytes(tiny[: len(tiny) // 2])
     old = time.time() - 3600  # an aborted download, not a file being copied
     os.utime(truncated, (old, old))
-    env = {"RUSTAID_METRICS_LISTEN": "127.0.0.1:0", "PYTHONPROFILEIMPORTTIME": "1"}
+    env = {
+        "RUSTAID_METRICS_LISTEN": "127.0.0.1:0",
+        "PYTHONPROFILEIMPORTTIME": "1",
+        "RUSTAID_PARALLEL": "1",  # one request at a time: the queue gauges see waiting ones
+    }
     with run_daemon(data_dir, env=env) as daemon:
         stubs = Served(daemon)
         stubs.port = metrics_port(daemon)

@@ -379,7 +379,7 @@ def test_package_contents(package: Path, unpacked: Path) -> None:
     site = next(venv.glob("lib/python3*/site-packages"))
     variants = sorted(p.name for p in (site / "llama_cpp" / "lib").glob("libggml-cpu-*.so"))
     assert len(variants) > 3, variants  # one CPU backend per instruction set
-    for name in ("rustaid/dbus/service.py", "rustaid_client/cli.py", "grpc/__init__.py"):
+    for name in ("rustaid/dbus/service.py", "rustaid_client/cli/__init__.py", "grpc/__init__.py"):
         assert (site / name).is_file(), name
 
 
@@ -406,12 +406,16 @@ def test_packaged_units_verify(unpacked: Path, tmp_path: Path) -> None:
 
 @contextlib.contextmanager
 def service_user() -> Iterator[pwd.struct_passwd | None]:
-    """The package's user rustaid (made with its sysusers.d file) when running as root."""
+    """The package's user rustaid (made with its sysusers.d file) when running as root;
+    the accounts it made are removed afterwards."""
     if os.geteuid() != 0 or shutil.which("setpriv") is None:
         yield None
         return
     made = []
-    for kind, name in (("group", "rustai"), ("user", "rustaid")):
+    # sysusers.d/rustaid.conf also makes code_exec's user rustaid-tool (and its group).
+    accounts = (("group", "rustai"), ("user", "rustaid"), ("group", "rustaid-tool"),
+                ("user", "rustaid-tool"))  # fmt: skip
+    for kind, name in accounts:
         try:
             (grp.getgrnam if kind == "group" else pwd.getpwnam)(name)
         except KeyError:

@@ -133,7 +133,7 @@ async def test_profile_follows_power_profiles_daemon(
     dev: FakeDevice, bus: Bus, upower: DbusMock, ppd: DbusMock
 ) -> None:
     _, driver = bus
-    driver.battery(15)  # would be PowerSaver by the battery rule
+    driver.battery(50)
     async with running_monitor(config_for(dev, bus[0].address)) as monitor:
         await until(lambda: monitor.snapshot.profile_source is ProfileSource.POWER_PROFILES_DAEMON,
                     3.0)  # fmt: skip
@@ -151,11 +151,43 @@ async def test_profile_follows_power_profiles_daemon(
         assert monitor.snapshot.power_profile is PowerProfile.ULTRA_SAVER
         monitor.clear_profile()
         assert monitor.snapshot.power_profile is PowerProfile.PERFORMANCE
+        # A low battery does not overrule performance, which the user chose...
+        driver.battery(15)
+        await asyncio.sleep(0.3)
+        assert monitor.snapshot.power_profile is PowerProfile.PERFORMANCE
+        # ...but it does overrule balanced, within a second of the system's change.
+        driver.system_profile("balanced")
+        took = await until(lambda: monitor.snapshot.power_profile is PowerProfile.POWER_SAVER)
+        assert took < 1.0 and monitor.snapshot.profile_source is ProfileSource.BATTERY
         # power-profiles-daemon leaves: the battery decides.
         ppd.stop()
-        await until(lambda: monitor.snapshot.profile_source is ProfileSource.BATTERY)
+        await until(lambda: "power-profiles-daemon" in monitor.snapshot.unavailable_sources)
+        assert monitor.snapshot.profile_source is ProfileSource.BATTERY
         assert monitor.snapshot.power_profile is PowerProfile.POWER_SAVER
-        assert "power-profiles-daemon" in monitor.snapshot.unavailable_sources
+
+
+async def test_plugging_in_publishes_one_consistent_state(
+    dev: FakeDevice, bus: Bus, upower: DbusMock
+) -> None:
+    """UPower tells a charger plug in several signals (State, then OnBattery): watchers
+    get one snapshot with all of it, never the mix in between, and get it at once."""
+    _, driver = bus
+    driver.battery(50)
+    async with running_monitor(config_for(dev, bus[0].address)) as monitor:
+        await until(lambda: monitor.snapshot.power.on_battery, 3.0)
+        async with monitor.events.subscribe() as changes:
+            driver.battery(50, discharging=False)
+            t0 = asyncio.get_running_loop().time()
+            first = await asyncio.wait_for(changes.get(), 2.0)
+            took = asyncio.get_running_loop().time() - t0
+            await asyncio.sleep(0.3)
+            later = []
+            with contextlib.suppress(asyncio.QueueEmpty):
+                while True:
+                    later.append(changes.get_nowait())
+        assert not first.power.on_battery and not first.power.discharging, first.power
+        assert later == [], [s.power for s in later]
+        assert took < 0.1
 
 
 async def test_upower_leaves_and_comes_back(dev: FakeDevice, bus: Bus, upower: DbusMock) -> None:

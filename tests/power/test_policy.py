@@ -110,6 +110,30 @@ def test_profile_follows_power_profiles_daemon_then_override(tmp_path: Path) -> 
     )
 
 
+@pytest.mark.parametrize(
+    ("power", "ppd", "profile", "source"),
+    [
+        # A low battery outranks the system's balanced profile...
+        (battery(5), "balanced", PowerProfile.ULTRA_SAVER, ProfileSource.BATTERY),
+        (battery(15), "balanced", PowerProfile.POWER_SAVER, ProfileSource.BATTERY),
+        (battery(5), "power-saver", PowerProfile.ULTRA_SAVER, ProfileSource.BATTERY),
+        # ...not a profile that saves as much, nor performance the user asked for...
+        (battery(15), "power-saver", PowerProfile.POWER_SAVER, ProfileSource.POWER_PROFILES_DAEMON),
+        (battery(5), "performance", PowerProfile.PERFORMANCE, ProfileSource.POWER_PROFILES_DAEMON),
+        # ...and only while it discharges.
+        (replace(battery(5), on_battery=False, battery_state=BatteryState.CHARGING),
+         "balanced", PowerProfile.BALANCED, ProfileSource.POWER_PROFILES_DAEMON),
+    ],
+)  # fmt: skip
+def test_low_battery_wins_over_the_system_profile_unless_performance(
+    power: PowerStatus, ppd: str, profile: PowerProfile, source: ProfileSource
+) -> None:
+    active = manager().resolve(power, ppd)
+    assert (active.profile, active.source) == (profile, source), active.reason
+    if source is ProfileSource.BATTERY:
+        assert f"over the system profile {ppd}" in active.reason
+
+
 def test_custom_profile_validation(tmp_path: Path) -> None:
     m = manager(tmp_path)
     good = ProfileParameters(3, False, True, 100, 16, 512, False, False)
@@ -181,7 +205,7 @@ def test_nothing_changes_on_a_healthy_device() -> None:
     assert a.adjustments == ()
     assert a.params.max_tokens == 400 and a.params.temperature == 0.5
     assert a.threads == 0  # the engine's own default stays
-    assert a.background_wait == ""
+    assert a.background_wait == "" and a.local_refused == ""
 
 
 def test_thermal_critical() -> None:
@@ -193,6 +217,8 @@ def test_thermal_critical() -> None:
         m.startswith("max_tokens 400 -> 50: thermal state critical (cpu-thermal") for m in messages
     )
     assert any(m.startswith("use_gpu yes -> no") for m in messages)
+    # Only remote models may start now.
+    assert a.local_refused.startswith("thermal state critical (cpu-thermal")
 
 
 def test_thermal_serious_keeps_small_requests() -> None:
@@ -201,6 +227,7 @@ def test_thermal_serious_keeps_small_requests() -> None:
     small = run(snap(ThermalState.SERIOUS), max_tokens=20, threads=1)
     assert small.params.max_tokens == 20 and small.threads == 1
     assert small.adjustments == ()
+    assert a.local_refused == small.local_refused == ""
 
 
 def test_default_max_tokens_is_capped_and_said_so() -> None:
@@ -241,6 +268,24 @@ def test_profile_caps() -> None:
     assert b.params.max_tokens == 50 and "thermal" in b.messages[0]
 
 
+def test_busy_neighbours_take_threads_away() -> None:
+    from rustaid.power.snapshot import CpuStatus
+
+    busy = replace(snap(), cpu=CpuStatus(cores=CORES, others_busy_cores=1.2))
+    a = run(busy)
+    assert a.threads == CORES - 1
+    assert any(
+        m.startswith(f"threads {CORES} -> {CORES - 1}: other processes busy (1.2 cores)")
+        for m in a.messages
+    ), a.messages
+    # A little background noise is not "busy".
+    quiet = replace(snap(), cpu=CpuStatus(cores=CORES, others_busy_cores=0.3))
+    assert run(quiet).threads == 0
+    # Never below one thread.
+    swamped = replace(snap(), cpu=CpuStatus(cores=CORES, others_busy_cores=CORES + 3.0))
+    assert run(swamped).threads == 1
+
+
 def test_background_requests_wait() -> None:
     bg = Priority.BACKGROUND
     assert run(snap(), priority=bg).background_wait == ""
@@ -259,6 +304,7 @@ class _T:
     def __init__(self, ttft: float, tps: float) -> None:
         self.time_to_first_token_ms = ttft
         self.tokens_per_second = tps
+        self.load_ms = 0.0
 
 
 def test_metrics() -> None:
@@ -305,6 +351,17 @@ def test_power_settings() -> None:
         assert e.value.field == field, bad
     with pytest.raises(InvalidArgument):
         power_config(["not", "a", "table"])
+
+
+def test_default_profile_in_either_spelling() -> None:
+    """power-profiles-daemon writes power-saver, our enum power_saver: both work."""
+    for name in ("power-saver", "power_saver"):
+        config = power_config({"default_profile": name})
+        manager = ProfileManager(config, CORES, None)
+        assert manager.resolve(PowerStatus(), "").profile is PowerProfile.POWER_SAVER
+    with pytest.raises(InvalidArgument) as e:
+        power_config({"default_profile": "turbo"})
+    assert "power-saver, ultra-saver (got 'turbo')" in e.value.message
 
 
 def test_bus_address_setting(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -54,7 +54,7 @@ def test_index_folder_with_progress_search_and_ask(
     # A terminal on stderr: the progress bar is drawn.
     err = io.StringIO()
     err.isatty = lambda: True  # type: ignore[method-assign]
-    monkeypatch.setattr(cli, "_stderr", lambda: err)
+    monkeypatch.setattr(cli.output, "stderr", lambda: err)
     code = main(
         ["--address", address, "rag", "index", str(docs), "-c", "clidocs", "--meta", "team=core"]
     )
@@ -66,7 +66,7 @@ def test_index_folder_with_progress_search_and_ask(
     assert "[" in progress and "4/4 files" in progress and "empty.txt" in progress
     assert "hidden" not in progress and "image.png" not in progress
     # Again: nothing changed. Other metadata is a change.
-    monkeypatch.setattr(cli, "_stderr", lambda: io.StringIO())
+    monkeypatch.setattr(cli.output, "stderr", lambda: io.StringIO())
     cats = ["--address", address, "rag", "index", str(docs / "cats.md"), "-c", "clidocs"]
     assert main([*cats, "--meta", "team=core"]) == 0
     assert "0 indexed (0 chunks), 1 unchanged" in capsys.readouterr().out
@@ -85,6 +85,13 @@ def test_index_folder_with_progress_search_and_ask(
     assert code == 0
     hits = json.loads(capsys.readouterr().out)["hits"]
     assert hits and all(h["metadata"]["team"] == "core" for h in hits)
+
+    code = main(["--address", address, "rag", "search", "milk", "-c", "clidocs", "--mode",
+                 "keyword", "--json"])  # fmt: skip
+    found = json.loads(capsys.readouterr().out)
+    assert code == 0 and found["mode"] == "SEARCH_MODE_KEYWORD"
+    assert found["hits"] and all("milk" in h["text"] for h in found["hits"])
+    assert main(["--address", address, "rag", "search", "x", "--mode", "fuzzy"]) == 2
 
     code = main(["--address", address, "rag", "ask", "What does the kitten drink?", "-c", "clidocs",
                  "-m", "chat", "-n", "6", "--seed", "1"])  # fmt: skip

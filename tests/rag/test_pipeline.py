@@ -5,7 +5,7 @@ them."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, TypeVar
@@ -16,7 +16,7 @@ from rustaid.builtin.onnx_embeddings import OnnxEmbeddingProvider
 from rustaid.builtin.parsers import PARSERS
 from rustaid.builtin.qdrant_edge import QdrantEdgeStore
 from rustaid.providers import Distance, EmbeddingOptions, FieldMatch, Filter, LoadedEmbedder
-from rustaid.rag.pipeline import Chunking, DocumentInput, Indexer, _Prepared
+from rustaid.rag.pipeline import UPSERT_BATCH, Chunking, DocumentInput, Indexer, _Prepared
 from tests.rag.models import write_model
 
 T = TypeVar("T")
@@ -30,6 +30,19 @@ class OneModel:
 
     async def run(self, model_id: str, fn: Callable[[LoadedEmbedder], T]) -> T:
         return fn(self.embedder)
+
+    tokenize = run
+
+    async def embed_background(
+        self,
+        model_id: str,
+        texts: Sequence[str],
+        progress: Callable[[int], None] | None = None,
+    ) -> list[list[float]]:
+        vectors = self.embedder.embed(texts)
+        if progress is not None:
+            progress(len(texts))
+        return vectors
 
 
 @pytest.fixture
@@ -110,3 +123,56 @@ def test_a_crash_after_writing_before_cleaning_up(indexer: Indexer) -> None:
     result = asyncio.run(indexer.index(V2))
     assert result.unchanged  # v2 is complete: nothing to embed again...
     assert len(chunks_of(indexer, "d")) == v2  # ...and the old version is gone
+
+
+class CountingStore:
+    """The real store, counting the calls the indexer makes on it."""
+
+    def __init__(self, store: Any) -> None:
+        self.store = store
+        self.calls: dict[str, int] = {}
+
+    def __getattr__(self, name: str) -> Any:
+        method = getattr(self.store, name)
+
+        def call(*args: Any, **kwargs: Any) -> Any:
+            self.calls[name] = self.calls.get(name, 0) + 1
+            return method(*args, **kwargs)
+
+        return call
+
+
+async def stream(docs: list[DocumentInput]) -> Any:
+    for i, doc in enumerate(docs):
+        yield i, doc
+
+
+def test_small_documents_of_a_stream_share_store_calls(indexer: Indexer) -> None:
+    counting = CountingStore(indexer.store)
+    indexer.store = counting  # type: ignore[assignment]
+    docs = [DocumentInput(id=f"line{i}", text=f"Line number {i} of the log.") for i in range(40)]
+    summary = asyncio.run(indexer.index_stream(stream(docs)))
+    assert summary.indexed == 40 and summary.replaced == 0
+    assert counting.store.count("c") == summary.chunks
+    # Upserts of UPSERT_BATCH points shared by the 40 documents, and two counts to know
+    # none had an old version (plus the one count per document that tells whether it is
+    # already indexed).
+    assert counting.calls["upsert"] == -(-summary.chunks // UPSERT_BATCH) < 40
+    assert counting.calls["count"] == 40 + 2
+    assert "delete" not in counting.calls
+
+
+def test_a_stale_chunk_carrying_another_documents_hash_is_still_removed(indexer: Indexer) -> None:
+    text_x = "The cat sat. The dog ran."
+    asyncio.run(indexer.index(DocumentInput(id="a", text=text_x)))
+    old = chunks_of(indexer, "a")
+    # "b" gets the content "a" had (so the same hash); "a" gets new content.
+    docs = [
+        DocumentInput(id="a", text="Paris is in France."),
+        DocumentInput(id="b", text=text_x),
+    ]
+    summary = asyncio.run(indexer.index_stream(stream(docs)))
+    assert summary.indexed == 2 and summary.replaced == 1
+    stored = chunks_of(indexer, "a")
+    assert {c["content_hash"] for c in stored} != {old[0]["content_hash"]}
+    assert all("Paris" in c["text"] for c in stored)

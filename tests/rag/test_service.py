@@ -419,7 +419,8 @@ def test_search_ranks_and_filters(rag_daemon: RagStubs, searchable: str) -> None
     for name, f in only.items():
         found = {h.document_id for h in search(rag_daemon, searchable, "the", top_k=10, filter=f)}
         assert found == expected[name], name
-    high = search(rag_daemon, searchable, "the capital of france", score_threshold=0.99)
+    dense = rag_pb2.SEARCH_MODE_DENSE
+    high = search(rag_daemon, searchable, "the capital of france", score_threshold=0.99, mode=dense)
     assert all(h.score >= 0.99 for h in high)
 
 

@@ -17,7 +17,7 @@ from rustaid.api.v1 import common_pb2, generate_pb2, models_pb2
 from rustaid.core.admission import RETRY_MIN_S
 from rustaid.testing.daemon import run_daemon
 from tests.conftest import Stubs, add_model
-from tests.registry.test_hot_reload import wait_until
+from tests.helpers import wait_until
 from tests.services.test_limits import retry_delay_s
 
 # tiny: 0.6 MB weights + KV cache + 32 MiB engine overhead = about 33 MiB each.

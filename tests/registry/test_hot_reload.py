@@ -16,6 +16,7 @@ import pytest
 from rustaid.api.v1 import common_pb2, generate_pb2, models_pb2
 from rustaid.testing.daemon import run_daemon
 from tests.conftest import Stubs
+from tests.helpers import listed, wait_until
 
 
 @pytest.fixture
@@ -24,19 +25,6 @@ def daemon(tmp_path: Path) -> Iterator[Stubs]:
         stubs = Stubs(d)
         yield stubs
         stubs.channel.close()
-
-
-def listed(stubs: Stubs) -> dict[str, models_pb2.Model]:
-    return {m.id: m for m in stubs.models.ListModels(models_pb2.ListModelsRequest()).models}
-
-
-def wait_until(predicate: object, timeout: float = 5.0) -> float:
-    t0 = time.monotonic()
-    while not predicate():  # type: ignore[operator]
-        if time.monotonic() - t0 > timeout:
-            raise AssertionError(f"condition not met within {timeout} s")
-        time.sleep(0.02)
-    return time.monotonic() - t0
 
 
 def test_new_file_is_listed_within_a_second_and_removal_too(

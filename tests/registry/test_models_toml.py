@@ -12,7 +12,7 @@ from rustaid.api.v1 import common_pb2, generate_pb2, models_pb2
 from rustaid.core.models_toml import load_models_toml, parse_duration, parse_size
 from rustaid.testing.daemon import run_daemon
 from tests.conftest import Stubs, add_model
-from tests.registry.test_hot_reload import wait_until
+from tests.helpers import wait_until
 
 GOOD = """
 [[model]]
@@ -81,6 +81,19 @@ def test_bad_entries_name_file_line_and_reason(tmp_path: Path) -> None:
         messages[1].startswith("models.toml:11:") and "priority must be an integer" in messages[1]
     )
     assert messages[2].startswith("models.toml:16:") and "exactly one of path" in messages[2]
+
+
+def test_parallel_is_read_and_checked(tmp_path: Path) -> None:
+    (tmp_path / "models.toml").write_text(
+        '[[model]]\nid = "a"\npath = "a.gguf"\nparallel = 3\n\n'
+        '[[model]]\nid = "b"\npath = "b.gguf"\nparallel = 65\n\n'
+        '[[model]]\nid = "c"\npath = "c.gguf"\nparallel = -1\n'
+    )
+    entries, problems = load_models_toml(tmp_path / "models.toml", tmp_path, ["llama.cpp"])
+    assert [(e.id, e.config.parallel) for e in entries] == [("a", 3)]
+    messages = [p.message(tmp_path / "models.toml") for p in problems]
+    assert "parallel must be at most 64 (got 65)" in messages[0]
+    assert "parallel must be an integer >= 0 (got -1)" in messages[1]
 
 
 def test_syntax_error_is_reported_with_its_line(tmp_path: Path) -> None:

@@ -4,6 +4,7 @@ SSE, a stalled response, a connection lost mid-stream, connection refused)."""
 
 from __future__ import annotations
 
+import base64
 import ipaddress
 import json
 import logging
@@ -239,6 +240,31 @@ def test_401_is_unauthenticated_and_the_key_never_shows(
         complete(model)
     no_secret(info.value, caplog)
     assert len(loopback.posts()) == 1  # not retried
+
+
+def test_echoes_of_the_key_in_another_case_spaced_or_base64_never_show(
+    loopback: LoopbackServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    basic = base64.b64encode(f"user:{KEY}".encode()).decode()
+    echoes = {
+        "upper": KEY.upper(),
+        "spaced": " ".join(KEY),
+        "grouped": " ".join(KEY[i : i + 4] for i in range(0, len(KEY), 4)),
+        "basic": basic,
+        "base64": base64.b64encode(KEY.encode()).decode(),
+        "urlsafe": base64.urlsafe_b64encode(b"k=" + KEY.encode()).decode(),
+    }
+    echo = "Incorrect API key provided. " + "; ".join(f"{k}: {v}" for k, v in echoes.items())
+    loopback.routes[("GET", "/v1/models")] = json_answer(401, {"error": {"message": echo}})
+    with pytest.raises(Unauthenticated) as info:
+        load(loopback)
+    assert "Incorrect API key provided" in info.value.message
+    for text in (info.value.message, caplog.text):
+        for name, value in echoes.items():
+            assert value not in text, name
+        assert KEY[4:12].upper() not in text.upper()
+    no_secret(info.value, caplog)
 
 
 def test_missing_or_unusable_key(loopback: LoopbackServer, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -495,6 +521,9 @@ def test_retry_after_and_redaction_helpers() -> None:
     secret = "sk-abcdefgh12345678XYZ"
     out = redact(f"got {secret}; key sk-a***8XYZ; prefix {secret[:9]}...", secret)
     assert "abcdefgh" not in out and "8XYZ" not in out and out.startswith("got [redacted]")
+    assert (
+        redact("model gpt-4o is overloaded, retry", secret) == "model gpt-4o is overloaded, retry"
+    )
 
 
 # --- TLS ------------------------------------------------------------------------------

@@ -1,5 +1,6 @@
 """Every message of the served services has its converter (the qdrant-client
-completeness check): a new field or message cannot be forgotten.
+completeness check): a new message cannot be forgotten. That the converters keep every
+field, both ways, is checked by round trips in test_convert_roundtrip.py.
 
 Messages of common/generate/models/plugins.proto convert in rustaid.services.convert;
 those of another X.proto in rustaid.services.convert.X. Add a proto module to SERVED
@@ -24,6 +25,8 @@ from rustaid.api.v1 import (
     updates_pb2,
 )
 from rustaid.services import convert
+from rustaid.services.convert.tools import tool_call_to_pb
+from rustaid.tools.calling import ToolCall
 
 SERVED: list[ModuleType] = [
     common_pb2,
@@ -39,8 +42,9 @@ SERVED: list[ModuleType] = [
 # Request/response wrappers are unpacked by the servicers, except these streamed events.
 WRAPPER = re.compile(r".*(Request|Response)$")
 CONVERTED_WRAPPERS = {"WatchModelsResponse", "SelectModelResponse"}
-# Read by servicers field by field (no domain type of their own).
-HANDLED_INLINE = {"TokenChunk"}
+# Read by servicers field by field (no domain type of their own), or, for Embedding,
+# written straight to the wire by embed_response_to_pb (vectors packed as floats).
+HANDLED_INLINE = {"TokenChunk", "Embedding"}
 
 
 def snake(name: str) -> str:
@@ -73,3 +77,10 @@ def test_generation_params_keep_unset_fields_unset() -> None:
     assert p.temperature == 0.0  # explicitly greedy, not "default"
     assert p.max_tokens is None and p.top_p is None and p.seed is None
     assert p.stop == ("\n",)
+
+
+def test_a_tool_call_with_half_a_surrogate_pair_still_converts() -> None:
+    call = ToolCall("c1", "rag_search", {"query": "a\udae3b"})
+    pb = tool_call_to_pb(call)  # before: UnicodeEncodeError, an INTERNAL RunAgent
+    assert pb.name == "rag_search" and "\ufffd" in pb.arguments_json
+    pb.SerializeToString()

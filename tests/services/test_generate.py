@@ -196,6 +196,16 @@ def test_bad_generation_input_is_invalid_argument(
     assert served.generate.Generate(gen(max_tokens=2)).usage.completion_tokens >= 1
 
 
+def test_every_bad_parameter_is_reported_at_once(served: Stubs) -> None:
+    request = gen(temperature=-1, top_p=2, min_p=3, stop=[""], max_tokens=0)
+    err = error_of(lambda: served.generate.Generate(request))
+    assert err.code() == grpc.StatusCode.INVALID_ARGUMENT
+    fields = ["max_tokens", "temperature", "top_p", "min_p", "stop"]
+    assert field_violations(err) == [f"params.{f}" for f in fields]
+    for f in fields:  # the message names each, so a person sees them all too
+        assert f"params.{f} " in err.details()
+
+
 def test_bad_chat_and_token_input(served: Stubs) -> None:
     cases = [
         (lambda: served.generate.Chat(generate_pb2.ChatRequest(model_id="tiny")), "messages"),

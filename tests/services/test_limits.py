@@ -25,6 +25,7 @@ from rustaid.api.v1 import (
     models_pb2,
     models_pb2_grpc,
 )
+from rustaid.auth.tokens import add_token
 from rustaid.core.admission import RETRY_MAX_S, RETRY_MIN_S
 from rustaid.testing.daemon import DaemonProcess, run_daemon
 from tests.conftest import Stubs, add_model
@@ -75,6 +76,23 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+class _Bearer(grpc.UnaryUnaryClientInterceptor, grpc.UnaryStreamClientInterceptor):  # type: ignore[misc]
+    """Sends `authorization: Bearer TOKEN` with every call."""
+
+    def __init__(self, token: str) -> None:
+        self.token = token
+
+    def _add(self, details: Any) -> Any:
+        metadata = [*(details.metadata or ()), ("authorization", f"Bearer {self.token}")]
+        return details._replace(metadata=metadata)
+
+    def intercept_unary_unary(self, continuation: Any, details: Any, request: Any) -> Any:
+        return continuation(self._add(details), request)
+
+    def intercept_unary_stream(self, continuation: Any, details: Any, request: Any) -> Any:
+        return continuation(self._add(details), request)
+
+
 @dataclass
 class Limited:
     daemon: DaemonProcess
@@ -82,12 +100,21 @@ class Limited:
     channels: list[grpc.Channel] = field(default_factory=list)
 
     def client(self, address: str = "") -> generate_pb2_grpc.GenerateServiceStub:
-        """A client with a connection of its own (over TCP each is a distinct caller)."""
+        """A client with a connection of its own; over TCP with a token of its own, so
+        each is a distinct caller (without tokens, TCP clients of a host share one)."""
+        channel = self.plain(address)
+        if not address:
+            name = f"client-{len(self.channels)}"
+            token, _ = add_token(self.daemon.data_dir / "config" / "tokens.json", name)
+            channel = grpc.intercept_channel(channel, _Bearer(token))
+        return generate_pb2_grpc.GenerateServiceStub(channel)
+
+    def plain(self, address: str = "") -> grpc.Channel:
         channel = grpc.insecure_channel(
             address or self.tcp, options=[("grpc.use_local_subchannel_pool", 1)]
         )
         self.channels.append(channel)
-        return generate_pb2_grpc.GenerateServiceStub(channel)
+        return channel
 
 
 @pytest.fixture(scope="module")
@@ -101,6 +128,8 @@ def limited(
     env = {
         "RUSTAID_MAX_REQUESTS_PER_CLIENT": "2",
         "RUSTAID_MAX_QUEUE_PER_MODEL": "3",
+        # One request at a time per model: these tests are about the ones that wait.
+        "RUSTAID_PARALLEL": "1",
         "RUSTAID_MAX_MESSAGE_MB": "1",
         "RUSTAID_MAX_PROMPT_BYTES": "65536",
         # Plain TCP on loopback: each connection is a distinct caller without credentials.
@@ -222,12 +251,28 @@ def test_a_client_over_its_limit_is_refused_with_retry_info(limited: Limited) ->
         assert error_of(lambda: list(a.GenerateStream(stream))).code() == CODE.RESOURCE_EXHAUSTED
         models = models_pb2_grpc.ModelsServiceStub(limited.channels[-1])
         assert models.ListModels(models_pb2.ListModelsRequest()).models
-        # Another client (another TCP connection: another caller key) is not affected.
+        # Another client (another token: another caller key) is not affected.
         b = limited.client()
         assert b.Generate(short()).usage.completion_tokens == 2
     # Once its requests end, the client gets its places back.
     r = until_admitted(lambda: a.Generate(short()))
     assert r.usage.completion_tokens == 2  # type: ignore[attr-defined]
+
+
+def test_tcp_clients_without_a_token_share_their_hosts_limit(limited: Limited) -> None:
+    """More connections earn no more places: 2 of them used to admit 2 each."""
+    first, second, third = (
+        generate_pb2_grpc.GenerateServiceStub(limited.plain()) for _ in range(3)
+    )
+    one = long_stream(first).started()
+    two = long_stream(second).started()
+    with cancelling(one, two):
+        err = error_of(lambda: third.Generate(short()))
+        assert err.code() == CODE.RESOURCE_EXHAUSTED
+        assert "caller 'peer:ipv4:127.0.0.1' already has 2 requests in flight" in err.details()
+        assert "give each a token of its own, `rustaid token add NAME`" in err.details()
+        # A client with a token of its own has its own share.
+        assert limited.client().Generate(short()).usage.completion_tokens == 2
 
 
 def test_connections_of_one_local_user_share_one_limit(limited: Limited) -> None:

@@ -49,6 +49,7 @@ def test_load_and_unload(served: Stubs) -> None:
     assert r.model.state == models_pb2.MODEL_STATE_LOADED
     assert r.model.context_length == 256
     assert r.model.threads == 1
+    assert r.model.parallel >= 1
     assert r.load_ms > 0
     again = served.models.LoadModel(models_pb2.LoadModelRequest(id="tiny"))
     assert again.load_ms == 0  # already loaded: no-op
@@ -57,6 +58,8 @@ def test_load_and_unload(served: Stubs) -> None:
     u = served.models.UnloadModel(models_pb2.UnloadModelRequest(id="tiny"))
     assert u.model.state == models_pb2.MODEL_STATE_AVAILABLE
     assert u.model.memory_bytes == 0
+    # What it was loaded with is gone with it.
+    assert (u.model.context_length, u.model.threads, u.model.parallel) == (0, 0, 0)
     # Generation loads it again on demand.
     g = served.generate.Generate(
         generate_pb2.GenerateRequest(

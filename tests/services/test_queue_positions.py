@@ -70,7 +70,8 @@ def daemon(
         data_dir,
         '[rag]\nembedding_model = "embeddings/tiny"\n[rag.stores.qdrant]\npath = "qdrant-local"\n',
     )
-    with run_daemon(data_dir) as process:
+    # One request at a time per model: these tests are about the ones that wait.
+    with run_daemon(data_dir, env={"RUSTAID_PARALLEL": "1"}) as process:
         d = Daemon(process)
         rag = d.rag()
         rag.CreateCollection(rag_pb2.CreateCollectionRequest(name="facts"))
@@ -190,7 +191,7 @@ def test_rustaictl_agent_says_it_is_waiting(
 ) -> None:
     err = io.StringIO()
     err.isatty = lambda: True  # type: ignore[method-assign]
-    monkeypatch.setattr(cli, "_stderr", lambda: err)
+    monkeypatch.setattr(cli.output, "stderr", lambda: err)
     holder = long_stream(daemon.generate()).running()
     codes: list[int] = []
     argv = [

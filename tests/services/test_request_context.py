@@ -11,6 +11,7 @@ import functools
 import io
 import json
 import logging
+import os
 import re
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -105,9 +106,9 @@ def test_the_clients_request_id_comes_back_and_names_the_log_lines(
     # The model load (logged in the model's worker thread) and the RPC's own line.
     assert any("loaded tiny.gguf" in line for line in lines), lines
     assert any("GenerateService/Generate OK" in line for line in lines), lines
-    # Without peer credentials, every Unix-socket client is "peer:unix:" (or as the
-    # authentication layer names it).
-    assert all(re.search(r"caller=peer:unix:?\]", line) for line in lines), lines
+    # The daemon's own user's processes are told apart: the caller is this process.
+    me = rf"uid:{os.geteuid()}/pid:{os.getpid()}:\d+"
+    assert all(re.search(rf"caller={me}\]", line) for line in lines), lines
     # Errors carry it too, in the initial metadata of the failed call.
     with pytest.raises(grpc.RpcError) as info:
         models.GetModel(
@@ -116,7 +117,7 @@ def test_the_clients_request_id_comes_back_and_names_the_log_lines(
     assert info.value.code() == CODE.NOT_FOUND
     assert returned_id(info.value.initial_metadata()) == "lookup.7:a_b"  # type: ignore[attr-defined]
     line = log_lines(text_daemon, "GetModel NOT_FOUND")[0]
-    assert re.search(r" \[request_id=lookup\.7:a_b caller=peer:unix:?\]$", line), line
+    assert re.search(rf" \[request_id=lookup\.7:a_b caller={me}\]$", line), line
 
 
 def test_without_a_well_formed_id_the_daemon_makes_one(text_daemon: DaemonProcess) -> None:
@@ -176,7 +177,7 @@ def test_json_lines_follow_the_opentelemetry_log_data_model(json_daemon: DaemonP
         assert attributes["rpc.system"] == "grpc"
         assert attributes["rpc.service"] == "rustaid.api.v1.GenerateService"
         assert attributes["rpc.method"] == "Generate"
-        assert attributes["rustaid.caller.key"].startswith("peer:unix")
+        assert attributes["rustaid.caller.key"].startswith(f"uid:{os.geteuid()}/pid:")
     untraced = [r for r in records if r["Attributes"].get("rustaid.request.id") == "untraced-1"]
     assert untraced and not any("TraceId" in r for r in untraced)
     failed = [r for r in records if r["Attributes"].get("rustaid.request.id") == "e1"]

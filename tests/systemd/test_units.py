@@ -147,6 +147,10 @@ def test_sysusers_and_tmpfiles_make_user_group_and_directories(tmp_path: Path) -
     assert user[3] == groups["rustai"][2]  # primary group rustai
     assert user[5:] == ["/var/lib/rustaid", "/usr/sbin/nologin"]
     assert int(user[2]) < 1000  # a system user
+    # code_exec's user: its own group, none of the daemon's.
+    tool = passwd["rustaid-tool"]
+    assert tool[3] == groups["rustaid-tool"][2] and tool[3] != groups["rustai"][2]
+    assert tool[6] == "/usr/sbin/nologin" and "rustaid-tool" not in groups["rustai"][3]
     (tmp_path / "etc" / "rustaid").mkdir()
     (tmp_path / "etc" / "rustaid" / "rustaid.toml").write_text("")
     r = subprocess.run(

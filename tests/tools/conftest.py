@@ -3,6 +3,7 @@ daemons, and WebAssembly modules compiled from the text format at test time."""
 
 from __future__ import annotations
 
+import os
 import shutil
 import textwrap
 from collections.abc import Callable, Iterator
@@ -19,6 +20,8 @@ from rustaid.api.v1 import (
 )
 from rustaid.testing.daemon import DaemonProcess, run_daemon
 from rustaid.testing.synthetic import ModelShape, write_llama_gguf
+from rustaid.tools.subprocess import DEFAULT_USER
+from tests.accounts import temporary_accounts
 
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLE_WAT = ROOT / "rustaid" / "tools" / "examples" / "word_count.wat"
@@ -92,3 +95,14 @@ def start_daemon(tmp_path: Path) -> Iterator[StartDaemon]:
     for context, stubs in reversed(running):
         stubs.close()
         context.__exit__(None, None, None)  # type: ignore[attr-defined]
+
+
+@pytest.fixture(scope="session", autouse=True)
+def sandbox_user() -> Iterator[str]:
+    """code_exec's dedicated user (what systemd-sysusers creates on a real system)."""
+    if os.geteuid() != 0:
+        yield DEFAULT_USER
+        return
+    with temporary_accounts() as accounts:
+        accounts.user(DEFAULT_USER)
+        yield DEFAULT_USER

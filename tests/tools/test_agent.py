@@ -128,6 +128,19 @@ def test_tools_run_and_results_are_fed_back(stubs: ToolStubs) -> None:
     assert done.generation.usage.prompt_tokens > 3 * 600
 
 
+def test_a_repeated_failing_call_ends_the_run(stubs: ToolStubs) -> None:
+    """The same failing call a third time stops the agent, with its own stop reason,
+    instead of using up every step."""
+    call = {"tool": "calculator", "arguments": {"expression": "1/0"}}
+    events = run(stubs, agent(max_steps=8, params=common_pb2.GenerationParams(
+        grammar=grammar_for(call), max_tokens=100)))  # fmt: skip
+    results = [e.tool_result for e in events if e.HasField("tool_result")]
+    assert [r.status for r in results] == [tools_pb2.TOOL_CALL_STATUS_ERROR] * 3
+    done = events[-1].done
+    assert done.stop_reason == tools_pb2.AGENT_STOP_REASON_REPEATED_FAILURE
+    assert (done.steps, done.answer) == (3, "")
+
+
 def test_the_answer_is_streamed(stubs: ToolStubs) -> None:
     answer = {"answer": 'It is 42 - "exactly" 42.'}
     events = run(stubs, agent(params=common_pb2.GenerationParams(

@@ -3,6 +3,7 @@ rag_search, and http_get against a real HTTP server on loopback."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import threading
 import time
@@ -171,7 +172,8 @@ class _Handler(BaseHTTPRequestHandler):
         self.send_header("Content-Type", content_type)
         self.send_header("Content-Length", str(len(body)))
         self.end_headers()
-        self.wfile.write(body)
+        with contextlib.suppress(OSError):  # the client gave up (the /slow case)
+            self.wfile.write(body)
 
     def _redirect(self, location: str) -> None:
         self.send_response(302)
@@ -262,3 +264,34 @@ async def test_http_get_refuses_what_is_not_allowed(
     registry = web_registry(tmp_path, web)
     url = path.format(web=web, port=port)
     assert message.format(port=port) in await error_of(registry, "http_get", {"url": url})
+
+
+async def test_http_get_checks_the_address_a_name_resolves_to(tmp_path: Path, web: str) -> None:
+    # "localhost" is allowed by name, but it resolves to the daemon's own machine.
+    port = web.rsplit(":", 1)[1]
+    allowed = f'allow_hosts = ["localhost:{port}", "127.0.0.1:1"]'
+    registry = registry_of(
+        tmp_path,
+        HttpGet(),
+        toml=f'[tools]\nenable = ["http_get"]\n[tools.http_get]\n{allowed}\n',
+    )
+    message = await error_of(registry, "http_get", {"url": f"http://localhost:{port}/hello"})
+    assert "host localhost resolves to 127.0.0.1, a loopback address" in message
+    assert "list 127.0.0.1 (or set allow_private = true)" in message
+    # Listing the address itself (any port here would not do) or allow_private opens it.
+    listed = registry_of(
+        tmp_path / "listed",
+        HttpGet(),
+        toml=f'[tools]\nenable = ["http_get"]\n[tools.http_get]\n'
+        f'allow_hosts = ["localhost:{port}", "127.0.0.1:{port}"]\n',
+    )
+    out = await run(listed, "http_get", {"url": f"http://localhost:{port}/hello"})
+    assert out["body"] == "hello été"
+    private = registry_of(
+        tmp_path / "private",
+        HttpGet(),
+        toml=f'[tools]\nenable = ["http_get"]\n[tools.http_get]\n'
+        f'allow_hosts = ["localhost:{port}"]\nallow_private = true\n',
+    )
+    out = await run(private, "http_get", {"url": f"http://localhost:{port}/hello"})
+    assert out["status"] == 200

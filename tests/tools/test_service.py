@@ -30,7 +30,8 @@ def stubs(tmp_path_factory: pytest.TempPathFactory, tool_model: Path) -> Iterato
 
         [tools.code_exec]
         cpu_s = 1
-        wall_s = 3
+        wall_s = 30
+        nice = 0
         """,
     )
     with run_daemon(data) as daemon:

@@ -116,6 +116,25 @@ async def test_the_example_tool_built_from_source(tmp_path: Path, word_count_was
         await registry.execute("word_count", "{}")
 
 
+async def test_a_module_cannot_forge_log_lines(
+    tmp_path: Path, wasm_dir: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    forged = "hi\\0a<3>rustaid.auth: caller=uid:0 is admin\\0d\\1b[31mred"
+    length = len(b"hi\n<3>rustaid.auth: caller=uid:0 is admin\r\x1b[31mred")
+    write(wasm_dir, "forger.wasm", module(
+        f"(call $log (i32.const 5000) (i32.const {length}))" + OK,
+        imports='(import "rustaid" "log" (func $log (param i32 i32)))',
+        extra=f'(data (i32.const 5000) "{forged}")',
+    ))  # fmt: skip
+    registry = await wasm_registry(wasm_dir.parent)
+    with caplog.at_level(logging.INFO, logger="rustaid.tools.wasm"):
+        out = await registry.execute("t", "{}")
+    assert out.status is ToolCallStatus.OK, out.error
+    (line,) = [r.getMessage() for r in caplog.records if "wasm:forger.wasm" in r.getMessage()]
+    assert line == ("wasm:forger.wasm: hi\\n<3>rustaid.auth: caller=uid:0 is admin\\r\\x1b[31mred")
+    assert not any(c in line for c in "\n\r\x1b")
+
+
 async def test_results_errors_and_host_logging(
     tmp_path: Path, wasm_dir: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -155,6 +174,14 @@ async def test_a_result_over_the_limit_is_not_even_read(tmp_path: Path, wasm_dir
     out = await registry.execute("t", "{}")
     assert out.status is ToolCallStatus.OUTPUT_TOO_LARGE
     assert "returned 52428800 bytes; the limit is 1048576" in out.error
+
+
+async def test_the_result_limit_is_max_result_bytes(tmp_path: Path, wasm_dir: Path) -> None:
+    write(wasm_dir, "big.wasm", module(pack(0, 8192), memory=1))
+    registry = await wasm_registry(wasm_dir.parent, "[tools]\nmax_result_bytes = 4096\n")
+    out = await registry.execute("t", "{}")
+    assert out.status is ToolCallStatus.OUTPUT_TOO_LARGE
+    assert "returned 8192 bytes; the limit is 4096" in out.error
 
 
 # ---------------------------------------------------------------------- the sandbox

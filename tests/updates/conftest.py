@@ -4,7 +4,10 @@ a real HTTP server on 127.0.0.1."""
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
+import subprocess
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -162,3 +165,25 @@ def write_config(data_dir: Path, section: dict[str, Any]) -> Path:
     lines = ["[updates]", *(f"{k} = {toml(v)}" for k, v in section.items())]
     path.write_text("\n".join(lines) + "\n")
     return path
+
+
+@contextlib.contextmanager
+def small_disk(path: Path, size: str) -> Iterator[Path]:
+    """A real tmpfs of `size` (e.g. "2m") mounted on `path`, to fill up (root only)."""
+    if os.geteuid() != 0:
+        pytest.skip("mounting a tmpfs needs root")
+    path.mkdir(parents=True, exist_ok=True)
+    subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)], check=True)
+    try:
+        yield path
+    finally:
+        subprocess.run(["umount", "-l", str(path)], check=False)
+
+
+def fill(path: Path) -> Path:
+    """Write a file in `path` until its file system is full."""
+    filler = path / "filler"
+    with filler.open("ab", buffering=0) as f, contextlib.suppress(OSError):
+        while True:
+            f.write(bytes(1 << 16))
+    return filler

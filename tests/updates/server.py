@@ -23,12 +23,15 @@ class Fault:
     """kind: truncate (send `value` bytes of the body, then close), flip (invert the byte
     at offset `value`), stall (send `value` bytes, then nothing), status (answer HTTP
     `value`), content_length (announce `value` bytes, send the real body), endless
-    (no Content-Length, the body then zeros forever), no_range (ignore Range).
+    (no Content-Length, the body then zeros forever), no_range (ignore Range), trickle
+    (`value` bytes every 0.1 s), hold (send `value` bytes, then wait for `release`),
+    redirect (HTTP 302 to `location`).
     `times`: how many requests it applies to (-1: all)."""
 
     kind: str
     value: int = 0
     times: int = 1
+    location: str = ""  # redirect: where to
 
 
 @dataclass
@@ -47,10 +50,15 @@ class RepoServer:
     requests: list[Request] = field(default_factory=list)
     reports: list[dict[str, Any]] = field(default_factory=list)
     stopping: threading.Event = field(default_factory=threading.Event)
+    # hold: set while a response waits; the test sets `release` to let it go on.
+    holding: threading.Event = field(default_factory=threading.Event)
+    release: threading.Event = field(default_factory=threading.Event)
     url: str = ""
 
-    def fault(self, path: str, kind: str, value: int = 0, times: int = 1) -> None:
-        self.faults[path.lstrip("/")] = Fault(kind, value, times)
+    def fault(
+        self, path: str, kind: str, value: int = 0, times: int = 1, location: str = ""
+    ) -> None:
+        self.faults[path.lstrip("/")] = Fault(kind, value, times, location)
 
     def requests_for(self, path: str) -> list[Request]:
         return [r for r in self.requests if r.path.lstrip("/") == path.lstrip("/")]
@@ -106,6 +114,13 @@ def _handler(server: RepoServer) -> type[http.server.BaseHTTPRequestHandler]:
                 self.send_error(fault.value)
                 self._record(fault.value, 0)
                 return
+            if fault is not None and fault.kind == "redirect":
+                self.send_response(302)
+                self.send_header("Location", fault.location)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+                self._record(302, 0)
+                return
             if not target.is_relative_to(server.root.resolve()) or not target.is_file():
                 self.send_error(404)
                 self._record(404, 0)
@@ -148,6 +163,20 @@ def _handler(server: RepoServer) -> type[http.server.BaseHTTPRequestHandler]:
                     sent = len(part)
                     if fault.kind == "stall":
                         server.stopping.wait(30)
+                elif fault is not None and fault.kind == "trickle":
+                    for i in range(0, len(body), fault.value):
+                        if server.stopping.wait(0.1):
+                            break
+                        self.wfile.write(body[i : i + fault.value])
+                        self.wfile.flush()
+                        sent += len(body[i : i + fault.value])
+                elif fault is not None and fault.kind == "hold":
+                    self.wfile.write(body[: fault.value])
+                    self.wfile.flush()
+                    server.holding.set()
+                    server.release.wait(30)
+                    self.wfile.write(body[fault.value :])
+                    sent = len(body)
                 elif fault is not None and fault.kind == "endless":
                     self.wfile.write(body)
                     sent = len(body)

@@ -2,8 +2,8 @@
 state tests do: the device ends in the old or the new version, whole, never a mix,
 and nothing is left in staging.
 
-The daemon stops at a state through its test hook RUSTAID_UPDATES_PAUSE_AT=<state>
-(it writes state/updates/paused-at-<state> and waits there), then gets SIGKILL."""
+The daemon, started through rustaid.testing.update_pause, stops at a state (it writes
+a marker file and waits there), then gets SIGKILL."""
 
 from __future__ import annotations
 
@@ -17,8 +17,8 @@ import pytest
 from rustaid.api.v1 import common_pb2, generate_pb2, generate_pb2_grpc, updates_pb2
 from rustaid.api.v1 import updates_pb2_grpc as updates_grpc
 from rustaid.testing.daemon import isolated_settings, run_daemon, running_daemon
+from rustaid.testing.update_pause import pause_marker
 from rustaid.updates.download import sha256_file
-from rustaid.updates.manager import PAUSE_ENV
 from tests.updates.conftest import Publisher, updates_config, write_config
 
 # Where the device must end up after the restart.
@@ -57,8 +57,8 @@ def test_kill_9_inside_each_update_state(
     if state == "download":  # a slow server, so the kill lands mid-file
         publisher.server.fault(publisher.artifact_path("2.0"), "stall", 100_000)
 
-    marker = data / "state" / "updates" / f"paused-at-{state}"
-    with run_daemon(data, env={PAUSE_ENV: state}) as d:
+    marker = pause_marker(data, state)
+    with run_daemon(data, pause_update_at=state) as d:
         channel = grpc.insecure_channel(d.address)
         updates = updates_grpc.UpdatesServiceStub(channel)
         updates.ApplyUpdate(updates_pb2.ApplyUpdateRequest())  # returns once started

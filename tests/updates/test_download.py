@@ -10,14 +10,16 @@ from pathlib import Path
 
 import pytest
 
-from rustaid.errors import Unavailable
+from rustaid.errors import PreconditionFailed, Unavailable
 from rustaid.updates.download import (
     Cancelled,
     DownloadFailed,
+    MetadataTooLarge,
     download,
     fetch_bytes,
     sha256_file,
 )
+from tests.updates.conftest import small_disk
 from tests.updates.server import RepoServer, serve
 
 SIZE = 3 * (1 << 20) + 12345  # a few chunks, not a multiple of the chunk size
@@ -186,7 +188,11 @@ def test_fetch_bytes_caps_metadata_and_maps_errors(
     blob_server: tuple[RepoServer, bytes], tmp_path: Path
 ) -> None:
     server, _ = blob_server
-    with pytest.raises(DownloadFailed, match="is more than the 1000 allowed"):
+    with pytest.raises(MetadataTooLarge, match="more than the 1000 bytes max_metadata_size") as e:
+        fetch_bytes(f"{server.url}/{PATH}", max_bytes=1000, timeout=5)
+    assert e.value.reason == "METADATA_TOO_LARGE"
+    server.fault(PATH, "endless")  # no Content-Length: cut at the limit while reading
+    with pytest.raises(MetadataTooLarge, match="the document is more than the 1000 bytes"):
         fetch_bytes(f"{server.url}/{PATH}", max_bytes=1000, timeout=5)
     assert fetch_bytes(f"{server.url}/missing.json", max_bytes=1000, timeout=5) is None
     server.fault("metadata.json", "status", 503)
@@ -194,3 +200,59 @@ def test_fetch_bytes_caps_metadata_and_maps_errors(
         fetch_bytes(f"{server.url}/metadata.json", max_bytes=1000, timeout=5)
     with pytest.raises(Unavailable, match="cannot fetch"):
         fetch_bytes("http://127.0.0.1:9/metadata.json", max_bytes=1000, timeout=5)
+
+
+def test_a_trickle_under_the_minimum_rate_is_cut_off(
+    blob_server: tuple[RepoServer, bytes], tmp_path: Path
+) -> None:
+    server, _ = blob_server
+    server.fault(PATH, "trickle", 1000, times=-1)  # 10 kB/s, never a stall
+    with pytest.raises(DownloadFailed, match="too slow") as e:
+        fetch(server, tmp_path / "out.part", timeout=0.5, min_rate=100_000, attempts=2)
+    assert e.value.reason == "DOWNLOAD_TOO_SLOW" and "gave up after 2 attempts" in e.value.message
+
+
+def test_the_whole_download_has_a_deadline(
+    blob_server: tuple[RepoServer, bytes], tmp_path: Path
+) -> None:
+    server, _ = blob_server
+    server.fault(PATH, "trickle", 20_000, times=-1)  # 200 kB/s: fast enough, never done
+    with pytest.raises(DownloadFailed, match="not finished by the download deadline") as e:
+        fetch(server, tmp_path / "out.part", timeout=1, min_rate=1000, deadline_s=1.0)
+    assert e.value.reason == "DOWNLOAD_DEADLINE"
+    assert len(server.requests_for(PATH)) == 1  # not retried
+
+
+def test_redirects_stay_on_the_origin_or_go_to_a_listed_mirror(
+    blob_server: tuple[RepoServer, bytes], tmp_path: Path
+) -> None:
+    server, data = blob_server
+    server.fault("old/blob.gguf", "redirect", times=-1, location=f"/{PATH}")
+    url = f"{server.url}/old/blob.gguf"
+    download(url, tmp_path / "same.part", SIZE, timeout=5)
+    assert (tmp_path / "same.part").read_bytes() == data
+    with serve(server.root) as mirror:
+        server.fault("moved/blob.gguf", "redirect", times=-1, location=f"{mirror.url}/{PATH}")
+        url = f"{server.url}/moved/blob.gguf"
+        with pytest.raises(DownloadFailed, match="add its URL to `mirrors`") as e:
+            download(url, tmp_path / "other.part", SIZE, timeout=5)
+        assert e.value.reason == "REDIRECT_REFUSED" and mirror.requests == []
+        download(url, tmp_path / "mirror.part", SIZE, timeout=5, mirrors=[f"{mirror.url}/"])
+        assert (tmp_path / "mirror.part").read_bytes() == data
+        # A mirror is a URL prefix, not a whole host.
+        with pytest.raises(DownloadFailed, match="outside"):
+            download(url, tmp_path / "o.part", SIZE, timeout=5, mirrors=[f"{mirror.url}/x"])
+        server.fault("metadata.json", "redirect", location=f"{mirror.url}/{PATH}")
+        with pytest.raises(PreconditionFailed) as refused:
+            fetch_bytes(f"{server.url}/metadata.json", max_bytes=SIZE, timeout=5)
+        assert refused.value.reason == "REDIRECT_REFUSED"
+
+
+def test_a_full_disk_is_an_error_with_its_reason(
+    blob_server: tuple[RepoServer, bytes], tmp_path: Path
+) -> None:
+    server, _ = blob_server
+    with small_disk(tmp_path / "disk", "1m") as disk:
+        with pytest.raises(DownloadFailed, match="the disk is full") as e:
+            fetch(server, disk / "out.part")
+        assert e.value.reason == "DISK_FULL" and not e.value.transient

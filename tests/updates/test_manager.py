@@ -585,3 +585,54 @@ async def test_restart_after_an_interrupted_manual_rollback_keeps_both_versions(
         last = d.updates.list_history(1)[0]
         assert last.update_id == "manual-1" and last.outcome == "rolled_back"
         assert "rolled back to 2.0" in last.message
+
+
+def _with_device(data: Path, dev: Any) -> None:
+    """Point the daemon at a fake sysfs tree (no system bus): heat is all it knows."""
+    path = data / "config" / "rustaid.toml"
+    path.write_text(path.read_text() + f"[power]\n{dev.toml()}dbus = false\n")
+
+
+async def test_the_power_gate_reads_the_device_now_not_an_old_reading(
+    tmp_path: Path, publisher: Publisher, models: dict[str, Path]
+) -> None:
+    from tests.power.fakesys import FakeDevice
+
+    dev = FakeDevice(tmp_path / "device")
+    dev.zone(0, "cpu-thermal", 50.0, [("passive", 80), ("critical", 100)])
+    data = tmp_path / "data"
+    publisher.release(models["v1"], "1.0")
+    write_config(data, updates_config(publisher.url, publisher.keys[:1]))
+    _with_device(data, dev)
+    async with running_daemon(isolated_settings(data)) as d:
+        assert isinstance(d, Daemon)
+        dev.temp(0, 85.0)  # serious, an instant before the request: no poll has seen it
+        with pytest.raises(PreconditionFailed) as e:
+            await d.updates.apply(wait=True)
+        assert e.value.reason == "POWER_GATE" and "thermal state is serious" in e.value.message
+        assert d.updates.installed() == []
+
+
+async def test_a_deferred_update_starts_when_the_device_cools_down(
+    tmp_path: Path, publisher: Publisher, models: dict[str, Path]
+) -> None:
+    from tests.power.fakesys import FakeDevice
+
+    dev = FakeDevice(tmp_path / "device")
+    dev.zone(0, "cpu-thermal", 85.0, [("passive", 80), ("critical", 100)])  # serious
+    data = tmp_path / "data"
+    publisher.release(models["v1"], "1.0")
+    write_config(
+        data,
+        updates_config(publisher.url, publisher.keys[:1], check_interval="1h", jitter=0,
+                       retry_interval="1h"),
+    )  # fmt: skip
+    _with_device(data, dev)
+    async with running_daemon(isolated_settings(data)) as d:
+        assert isinstance(d, Daemon)
+        await wait_for(lambda: d.updates.status().phase is Phase.DEFERRED)
+        assert "thermal state is serious" in d.updates.status().message
+        assert d.updates.status().next_check - time.time() > 3000  # the retry interval
+        dev.temp(0, 50.0)  # cooled down: the quick read sees it within a second
+        await wait_for(lambda: [r.outcome for r in d.updates.list_history(5)][:1] == ["committed"])
+        assert serving(data) == sha256_file(models["v1"])

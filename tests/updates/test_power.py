@@ -234,3 +234,45 @@ def test_state_from_the_resource_monitor_snapshot() -> None:
     assert state_from_snapshot(snapshot_module.ResourceSnapshot()) == PowerState(
         False, None, "nominal"
     )
+
+
+async def test_the_first_scheduled_check_waits_for_upower(
+    upower: str, tmp_path: Path, publisher: Publisher, models: dict[str, Path]
+) -> None:
+    """A check due at start-up must not act before UPower was read: on battery at 15 %
+    it is deferred, though the daemon's own default (no battery) would have let it go."""
+    data = tmp_path / "data"
+    section = updates_config(
+        publisher.url, publisher.keys[:1], min_battery=30, check_interval="1h", jitter=0
+    )
+    write_config(data, section)
+    config = data / "config" / "rustaid.toml"
+    config.write_text(config.read_text() + f'[power]\nsystem_bus_address = "{upower}"\n')
+    publisher.release(models["v1"], "1.0")
+    await set_battery(upower, on_battery=True, percent=15.0)
+    async with running_daemon(isolated_settings(data)) as d:
+        deadline = time.monotonic() + 30
+        while d.updates.status().phase.value not in ("deferred", "committed"):  # type: ignore[attr-defined]
+            assert time.monotonic() < deadline, d.updates.status()  # type: ignore[attr-defined]
+            await asyncio.sleep(0.05)
+        status = d.updates.status()  # type: ignore[attr-defined]
+        assert "on battery at 15 %, below the 30 %" in status.message, status
+        assert d.updates.installed() == []  # type: ignore[attr-defined]
+
+
+async def test_a_forced_update_on_a_low_battery_is_health_checked_at_once(
+    upower: str, tmp_path: Path, publisher: Publisher, models: dict[str, Path]
+) -> None:
+    """The policy holds background work on a low battery; the health check of an update
+    forced past the gate is not background work, so it runs and the update commits."""
+    data = tmp_path / "data"
+    write_config(data, updates_config(publisher.url, publisher.keys[:1], health_timeout=20))
+    config = data / "config" / "rustaid.toml"
+    config.write_text(config.read_text() + f'[power]\nsystem_bus_address = "{upower}"\n')
+    publisher.release(models["v1"], "1.0")
+    await set_battery(upower, on_battery=True, percent=12.0)
+    async with running_daemon(isolated_settings(data)) as d:
+        await d.resources.fresh_snapshot()  # type: ignore[attr-defined]
+        assert d.resources.policy.background_wait()  # type: ignore[attr-defined]
+        _, (record,) = await d.updates.apply(force=True, wait=True)  # type: ignore[attr-defined]
+        assert record.outcome == "committed", record

@@ -140,9 +140,15 @@ def test_config_parsing(tmp_path: Path) -> None:
             "threshold": 2,
             "max_artifact_size": "2GiB",
             "artifacts": ["chat"],
+            "mirrors": ["https://mirror.example.org/rustaid/"],
+            "download_min_rate": "1MiB",
+            "download_deadline": "2h",
         },
         tmp_path,
     )
+    assert config.mirrors == ("https://mirror.example.org/rustaid",)
+    assert config.download_min_rate == 1 << 20 and config.download_deadline_s == 7200
+    assert load_config({"download_min_rate": 0}, tmp_path).download_min_rate == 0
     assert config.repository == "https://updates.example.com/rustaid"
     assert config.trust is not None and config.trust.threshold == 2 and len(config.trust.keys) == 2
     assert config.max_artifact_bytes == 2 << 30 and config.artifacts == ("chat",)
@@ -154,6 +160,10 @@ def test_config_parsing(tmp_path: Path) -> None:
         ({"artifacts": ["../x"]}, "updates.artifacts"),
         ({"auto_apply": "yes"}, "updates.auto_apply"),
         ({"report_url": "file:///tmp/x"}, "updates.report_url"),
+        ({"mirrors": "https://m.example.org"}, "updates.mirrors"),
+        ({"mirrors": ["file:///srv/mirror"]}, "updates.mirrors"),
+        ({"download_min_rate": "fast"}, "updates.download_min_rate"),
+        ({"download_deadline": "soon"}, "updates.download_deadline"),
     ):
         with pytest.raises(InvalidArgument) as e:
             load_config(section, tmp_path)

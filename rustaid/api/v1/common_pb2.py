@@ -25,21 +25,21 @@ _sym_db = _symbol_database.Default()
 from google.protobuf import duration_pb2 as google_dot_protobuf_dot_duration__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1brustaid/api/v1/common.proto\x12\x0erustaid.api.v1\x1a\x1egoogle/protobuf/duration.proto\"\xa1\x01\n\x11SelectionCriteria\x12\x14\n\x0cprefer_local\x18\x01 \x01(\x08\x12\x14\n\x0cprefer_speed\x18\x02 \x01(\x08\x12\x16\n\x0eprefer_quality\x18\x03 \x01(\x08\x12\x19\n\x11\x62\x61ttery_sensitive\x18\x04 \x01(\x08\x12\x16\n\x0emax_latency_ms\x18\x05 \x01(\r\x12\x15\n\rrequired_tags\x18\x06 \x03(\t\"\xbe\x02\n\x10GenerationParams\x12\x17\n\nmax_tokens\x18\x01 \x01(\rH\x00\x88\x01\x01\x12\x18\n\x0btemperature\x18\x02 \x01(\x02H\x01\x88\x01\x01\x12\x12\n\x05top_p\x18\x03 \x01(\x02H\x02\x88\x01\x01\x12\x12\n\x05top_k\x18\x04 \x01(\rH\x03\x88\x01\x01\x12\x12\n\x05min_p\x18\x05 \x01(\x02H\x04\x88\x01\x01\x12\x1b\n\x0erepeat_penalty\x18\x06 \x01(\x02H\x05\x88\x01\x01\x12\x11\n\x04seed\x18\x07 \x01(\rH\x06\x88\x01\x01\x12\x0c\n\x04stop\x18\x08 \x03(\t\x12\x0f\n\x07grammar\x18\t \x01(\t\x12\x13\n\x0bjson_schema\x18\n \x01(\tB\r\n\x0b_max_tokensB\x0e\n\x0c_temperatureB\x08\n\x06_top_pB\x08\n\x06_top_kB\x08\n\x06_min_pB\x11\n\x0f_repeat_penaltyB\x07\n\x05_seed\"O\n\x05Usage\x12\x15\n\rprompt_tokens\x18\x01 \x01(\r\x12\x19\n\x11\x63ompletion_tokens\x18\x02 \x01(\r\x12\x14\n\x0ctotal_tokens\x18\x03 \x01(\r\"\xa8\x01\n\x07Timings\x12\x10\n\x08queue_ms\x18\x01 \x01(\x01\x12\x0f\n\x07load_ms\x18\x02 \x01(\x01\x12\x16\n\x0eprompt_eval_ms\x18\x03 \x01(\x01\x12\x15\n\rgeneration_ms\x18\x04 \x01(\x01\x12\x1e\n\x16time_to_first_token_ms\x18\x05 \x01(\x01\x12\x19\n\x11tokens_per_second\x18\x06 \x01(\x01\x12\x10\n\x08total_ms\x18\x07 \x01(\x01\")\n\nTokenChunk\x12\x0c\n\x04text\x18\x01 \x01(\t\x12\r\n\x05index\x18\x02 \x01(\r\"\xbc\x01\n\x0eGenerationDone\x12\x10\n\x08model_id\x18\x01 \x01(\t\x12\x33\n\rfinish_reason\x18\x02 \x01(\x0e\x32\x1c.rustaid.api.v1.FinishReason\x12$\n\x05usage\x18\x03 \x01(\x0b\x32\x15.rustaid.api.v1.Usage\x12(\n\x07timings\x18\x04 \x01(\x0b\x32\x17.rustaid.api.v1.Timings\x12\x13\n\x0b\x61\x64justments\x18\x14 \x03(\t\"1\n\x0bQueueStatus\x12\x10\n\x08position\x18\x01 \x01(\r\x12\x10\n\x08model_id\x18\x02 \x01(\t\"\xbb\x01\n\x14ResourceRequirements\x12\x18\n\x10min_memory_bytes\x18\x01 \x01(\x04\x12 \n\x18recommended_memory_bytes\x18\x02 \x01(\x04\x12\r\n\x05\x63ores\x18\x03 \x01(\r\x12\x0b\n\x03gpu\x18\x04 \x01(\x08\x12\x17\n\x0f\x62\x61ttery_draw_mw\x18\x05 \x01(\r\x12\x16\n\x0ethermal_impact\x18\x06 \x01(\r\x12\x1a\n\x12\x62\x61\x63kground_capable\x18\x07 \x01(\x08\"I\n\tKeepAlive\x12+\n\x08\x64uration\x18\x01 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x0f\n\x07\x66orever\x18\x02 \x01(\x08*W\n\x08Priority\x12\x18\n\x14PRIORITY_UNSPECIFIED\x10\x00\x12\x18\n\x14PRIORITY_INTERACTIVE\x10\x01\x12\x17\n\x13PRIORITY_BACKGROUND\x10\x02*i\n\tModelKind\x12\x1a\n\x16MODEL_KIND_UNSPECIFIED\x10\x00\x12\x12\n\x0eMODEL_KIND_LLM\x10\x01\x12\x18\n\x14MODEL_KIND_EMBEDDING\x10\x02\x12\x12\n\x0eMODEL_KIND_NLU\x10\x03*\xc0\x01\n\x0cPowerProfile\x12\x1d\n\x19POWER_PROFILE_UNSPECIFIED\x10\x00\x12\x1d\n\x19POWER_PROFILE_PERFORMANCE\x10\x01\x12\x1a\n\x16POWER_PROFILE_BALANCED\x10\x02\x12\x1d\n\x19POWER_PROFILE_POWER_SAVER\x10\x03\x12\x1d\n\x19POWER_PROFILE_ULTRA_SAVER\x10\x04\x12\x18\n\x14POWER_PROFILE_CUSTOM\x10\x05*\x9d\x01\n\x0c\x46inishReason\x12\x1d\n\x19\x46INISH_REASON_UNSPECIFIED\x10\x00\x12\x16\n\x12\x46INISH_REASON_STOP\x10\x01\x12\x18\n\x14\x46INISH_REASON_LENGTH\x10\x02\x12\x1f\n\x1b\x46INISH_REASON_STOP_SEQUENCE\x10\x03\x12\x1b\n\x17\x46INISH_REASON_CANCELLED\x10\x04\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1brustaid/api/v1/common.proto\x12\x0erustaid.api.v1\x1a\x1egoogle/protobuf/duration.proto\"\xa1\x01\n\x11SelectionCriteria\x12\x14\n\x0cprefer_local\x18\x01 \x01(\x08\x12\x14\n\x0cprefer_speed\x18\x02 \x01(\x08\x12\x16\n\x0eprefer_quality\x18\x03 \x01(\x08\x12\x19\n\x11\x62\x61ttery_sensitive\x18\x04 \x01(\x08\x12\x16\n\x0emax_latency_ms\x18\x05 \x01(\r\x12\x15\n\rrequired_tags\x18\x06 \x03(\t\"\xbe\x02\n\x10GenerationParams\x12\x17\n\nmax_tokens\x18\x01 \x01(\rH\x00\x88\x01\x01\x12\x18\n\x0btemperature\x18\x02 \x01(\x02H\x01\x88\x01\x01\x12\x12\n\x05top_p\x18\x03 \x01(\x02H\x02\x88\x01\x01\x12\x12\n\x05top_k\x18\x04 \x01(\rH\x03\x88\x01\x01\x12\x12\n\x05min_p\x18\x05 \x01(\x02H\x04\x88\x01\x01\x12\x1b\n\x0erepeat_penalty\x18\x06 \x01(\x02H\x05\x88\x01\x01\x12\x11\n\x04seed\x18\x07 \x01(\rH\x06\x88\x01\x01\x12\x0c\n\x04stop\x18\x08 \x03(\t\x12\x0f\n\x07grammar\x18\t \x01(\t\x12\x13\n\x0bjson_schema\x18\n \x01(\tB\r\n\x0b_max_tokensB\x0e\n\x0c_temperatureB\x08\n\x06_top_pB\x08\n\x06_top_kB\x08\n\x06_min_pB\x11\n\x0f_repeat_penaltyB\x07\n\x05_seed\"O\n\x05Usage\x12\x15\n\rprompt_tokens\x18\x01 \x01(\r\x12\x19\n\x11\x63ompletion_tokens\x18\x02 \x01(\r\x12\x14\n\x0ctotal_tokens\x18\x03 \x01(\r\"\xa8\x01\n\x07Timings\x12\x10\n\x08queue_ms\x18\x01 \x01(\x01\x12\x0f\n\x07load_ms\x18\x02 \x01(\x01\x12\x16\n\x0eprompt_eval_ms\x18\x03 \x01(\x01\x12\x15\n\rgeneration_ms\x18\x04 \x01(\x01\x12\x1e\n\x16time_to_first_token_ms\x18\x05 \x01(\x01\x12\x19\n\x11tokens_per_second\x18\x06 \x01(\x01\x12\x10\n\x08total_ms\x18\x07 \x01(\x01\")\n\nTokenChunk\x12\x0c\n\x04text\x18\x01 \x01(\t\x12\r\n\x05index\x18\x02 \x01(\r\"\xec\x01\n\x0eGenerationDone\x12\x10\n\x08model_id\x18\x01 \x01(\t\x12\x33\n\rfinish_reason\x18\x02 \x01(\x0e\x32\x1c.rustaid.api.v1.FinishReason\x12$\n\x05usage\x18\x03 \x01(\x0b\x32\x15.rustaid.api.v1.Usage\x12(\n\x07timings\x18\x04 \x01(\x0b\x32\x17.rustaid.api.v1.Timings\x12\x13\n\x0b\x61\x64justments\x18\x14 \x03(\t\x12.\n\x06\x65nergy\x18\x05 \x01(\x0b\x32\x1e.rustaid.api.v1.EnergyEstimate\"/\n\x0e\x45nergyEstimate\x12\x0e\n\x06joules\x18\x01 \x01(\x01\x12\r\n\x05\x62\x61sis\x18\x02 \x01(\t\"1\n\x0bQueueStatus\x12\x10\n\x08position\x18\x01 \x01(\r\x12\x10\n\x08model_id\x18\x02 \x01(\t\"\xbb\x01\n\x14ResourceRequirements\x12\x18\n\x10min_memory_bytes\x18\x01 \x01(\x04\x12 \n\x18recommended_memory_bytes\x18\x02 \x01(\x04\x12\r\n\x05\x63ores\x18\x03 \x01(\r\x12\x0b\n\x03gpu\x18\x04 \x01(\x08\x12\x17\n\x0f\x62\x61ttery_draw_mw\x18\x05 \x01(\r\x12\x16\n\x0ethermal_impact\x18\x06 \x01(\r\x12\x1a\n\x12\x62\x61\x63kground_capable\x18\x07 \x01(\x08\"I\n\tKeepAlive\x12+\n\x08\x64uration\x18\x01 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x0f\n\x07\x66orever\x18\x02 \x01(\x08*W\n\x08Priority\x12\x18\n\x14PRIORITY_UNSPECIFIED\x10\x00\x12\x18\n\x14PRIORITY_INTERACTIVE\x10\x01\x12\x17\n\x13PRIORITY_BACKGROUND\x10\x02*i\n\tModelKind\x12\x1a\n\x16MODEL_KIND_UNSPECIFIED\x10\x00\x12\x12\n\x0eMODEL_KIND_LLM\x10\x01\x12\x18\n\x14MODEL_KIND_EMBEDDING\x10\x02\x12\x12\n\x0eMODEL_KIND_NLU\x10\x03*\xc0\x01\n\x0cPowerProfile\x12\x1d\n\x19POWER_PROFILE_UNSPECIFIED\x10\x00\x12\x1d\n\x19POWER_PROFILE_PERFORMANCE\x10\x01\x12\x1a\n\x16POWER_PROFILE_BALANCED\x10\x02\x12\x1d\n\x19POWER_PROFILE_POWER_SAVER\x10\x03\x12\x1d\n\x19POWER_PROFILE_ULTRA_SAVER\x10\x04\x12\x18\n\x14POWER_PROFILE_CUSTOM\x10\x05*\x9d\x01\n\x0c\x46inishReason\x12\x1d\n\x19\x46INISH_REASON_UNSPECIFIED\x10\x00\x12\x16\n\x12\x46INISH_REASON_STOP\x10\x01\x12\x18\n\x14\x46INISH_REASON_LENGTH\x10\x02\x12\x1f\n\x1b\x46INISH_REASON_STOP_SEQUENCE\x10\x03\x12\x1b\n\x17\x46INISH_REASON_CANCELLED\x10\x04\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'rustaid.api.v1.common_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_PRIORITY']._serialized_start=1366
-  _globals['_PRIORITY']._serialized_end=1453
-  _globals['_MODELKIND']._serialized_start=1455
-  _globals['_MODELKIND']._serialized_end=1560
-  _globals['_POWERPROFILE']._serialized_start=1563
-  _globals['_POWERPROFILE']._serialized_end=1755
-  _globals['_FINISHREASON']._serialized_start=1758
-  _globals['_FINISHREASON']._serialized_end=1915
+  _globals['_PRIORITY']._serialized_start=1463
+  _globals['_PRIORITY']._serialized_end=1550
+  _globals['_MODELKIND']._serialized_start=1552
+  _globals['_MODELKIND']._serialized_end=1657
+  _globals['_POWERPROFILE']._serialized_start=1660
+  _globals['_POWERPROFILE']._serialized_end=1852
+  _globals['_FINISHREASON']._serialized_start=1855
+  _globals['_FINISHREASON']._serialized_end=2012
   _globals['_SELECTIONCRITERIA']._serialized_start=80
   _globals['_SELECTIONCRITERIA']._serialized_end=241
   _globals['_GENERATIONPARAMS']._serialized_start=244
@@ -51,11 +51,13 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_TOKENCHUNK']._serialized_start=816
   _globals['_TOKENCHUNK']._serialized_end=857
   _globals['_GENERATIONDONE']._serialized_start=860
-  _globals['_GENERATIONDONE']._serialized_end=1048
-  _globals['_QUEUESTATUS']._serialized_start=1050
-  _globals['_QUEUESTATUS']._serialized_end=1099
-  _globals['_RESOURCEREQUIREMENTS']._serialized_start=1102
-  _globals['_RESOURCEREQUIREMENTS']._serialized_end=1289
-  _globals['_KEEPALIVE']._serialized_start=1291
-  _globals['_KEEPALIVE']._serialized_end=1364
+  _globals['_GENERATIONDONE']._serialized_end=1096
+  _globals['_ENERGYESTIMATE']._serialized_start=1098
+  _globals['_ENERGYESTIMATE']._serialized_end=1145
+  _globals['_QUEUESTATUS']._serialized_start=1147
+  _globals['_QUEUESTATUS']._serialized_end=1196
+  _globals['_RESOURCEREQUIREMENTS']._serialized_start=1199
+  _globals['_RESOURCEREQUIREMENTS']._serialized_end=1386
+  _globals['_KEEPALIVE']._serialized_start=1388
+  _globals['_KEEPALIVE']._serialized_end=1461
 # @@protoc_insertion_point(module_scope)

@@ -135,18 +135,28 @@ class TokenChunk(_message.Message):
     def __init__(self, text: _Optional[str] = ..., index: _Optional[int] = ...) -> None: ...
 
 class GenerationDone(_message.Message):
-    __slots__ = ("model_id", "finish_reason", "usage", "timings", "adjustments")
+    __slots__ = ("model_id", "finish_reason", "usage", "timings", "adjustments", "energy")
     MODEL_ID_FIELD_NUMBER: _ClassVar[int]
     FINISH_REASON_FIELD_NUMBER: _ClassVar[int]
     USAGE_FIELD_NUMBER: _ClassVar[int]
     TIMINGS_FIELD_NUMBER: _ClassVar[int]
     ADJUSTMENTS_FIELD_NUMBER: _ClassVar[int]
+    ENERGY_FIELD_NUMBER: _ClassVar[int]
     model_id: str
     finish_reason: FinishReason
     usage: Usage
     timings: Timings
     adjustments: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, model_id: _Optional[str] = ..., finish_reason: _Optional[_Union[FinishReason, str]] = ..., usage: _Optional[_Union[Usage, _Mapping]] = ..., timings: _Optional[_Union[Timings, _Mapping]] = ..., adjustments: _Optional[_Iterable[str]] = ...) -> None: ...
+    energy: EnergyEstimate
+    def __init__(self, model_id: _Optional[str] = ..., finish_reason: _Optional[_Union[FinishReason, str]] = ..., usage: _Optional[_Union[Usage, _Mapping]] = ..., timings: _Optional[_Union[Timings, _Mapping]] = ..., adjustments: _Optional[_Iterable[str]] = ..., energy: _Optional[_Union[EnergyEstimate, _Mapping]] = ...) -> None: ...
+
+class EnergyEstimate(_message.Message):
+    __slots__ = ("joules", "basis")
+    JOULES_FIELD_NUMBER: _ClassVar[int]
+    BASIS_FIELD_NUMBER: _ClassVar[int]
+    joules: float
+    basis: str
+    def __init__(self, joules: _Optional[float] = ..., basis: _Optional[str] = ...) -> None: ...
 
 class QueueStatus(_message.Message):
     __slots__ = ("position", "model_id")

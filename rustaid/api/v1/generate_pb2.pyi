@@ -43,7 +43,7 @@ class GenerateRequest(_message.Message):
     def __init__(self, model_id: _Optional[str] = ..., prompt: _Optional[str] = ..., params: _Optional[_Union[_common_pb2.GenerationParams, _Mapping]] = ..., selection: _Optional[_Union[_common_pb2.SelectionCriteria, _Mapping]] = ..., priority: _Optional[_Union[_common_pb2.Priority, str]] = ..., keep_alive: _Optional[_Union[_common_pb2.KeepAlive, _Mapping]] = ..., tools: _Optional[_Iterable[_Union[_tools_pb2.Tool, _Mapping]]] = ..., tool_choice: _Optional[_Union[_tools_pb2.ToolChoice, _Mapping]] = ...) -> None: ...
 
 class GenerateResponse(_message.Message):
-    __slots__ = ("text", "model_id", "finish_reason", "usage", "timings", "tool_calls", "adjustments")
+    __slots__ = ("text", "model_id", "finish_reason", "usage", "timings", "tool_calls", "adjustments", "energy")
     TEXT_FIELD_NUMBER: _ClassVar[int]
     MODEL_ID_FIELD_NUMBER: _ClassVar[int]
     FINISH_REASON_FIELD_NUMBER: _ClassVar[int]
@@ -51,6 +51,7 @@ class GenerateResponse(_message.Message):
     TIMINGS_FIELD_NUMBER: _ClassVar[int]
     TOOL_CALLS_FIELD_NUMBER: _ClassVar[int]
     ADJUSTMENTS_FIELD_NUMBER: _ClassVar[int]
+    ENERGY_FIELD_NUMBER: _ClassVar[int]
     text: str
     model_id: str
     finish_reason: _common_pb2.FinishReason
@@ -58,7 +59,8 @@ class GenerateResponse(_message.Message):
     timings: _common_pb2.Timings
     tool_calls: _containers.RepeatedCompositeFieldContainer[_tools_pb2.ToolCall]
     adjustments: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, text: _Optional[str] = ..., model_id: _Optional[str] = ..., finish_reason: _Optional[_Union[_common_pb2.FinishReason, str]] = ..., usage: _Optional[_Union[_common_pb2.Usage, _Mapping]] = ..., timings: _Optional[_Union[_common_pb2.Timings, _Mapping]] = ..., tool_calls: _Optional[_Iterable[_Union[_tools_pb2.ToolCall, _Mapping]]] = ..., adjustments: _Optional[_Iterable[str]] = ...) -> None: ...
+    energy: _common_pb2.EnergyEstimate
+    def __init__(self, text: _Optional[str] = ..., model_id: _Optional[str] = ..., finish_reason: _Optional[_Union[_common_pb2.FinishReason, str]] = ..., usage: _Optional[_Union[_common_pb2.Usage, _Mapping]] = ..., timings: _Optional[_Union[_common_pb2.Timings, _Mapping]] = ..., tool_calls: _Optional[_Iterable[_Union[_tools_pb2.ToolCall, _Mapping]]] = ..., adjustments: _Optional[_Iterable[str]] = ..., energy: _Optional[_Union[_common_pb2.EnergyEstimate, _Mapping]] = ...) -> None: ...
 
 class GenerateStreamRequest(_message.Message):
     __slots__ = ("model_id", "prompt", "params", "selection", "priority", "keep_alive", "tools", "tool_choice")
@@ -129,20 +131,22 @@ class ChatRequest(_message.Message):
     def __init__(self, model_id: _Optional[str] = ..., messages: _Optional[_Iterable[_Union[ChatMessage, _Mapping]]] = ..., params: _Optional[_Union[_common_pb2.GenerationParams, _Mapping]] = ..., selection: _Optional[_Union[_common_pb2.SelectionCriteria, _Mapping]] = ..., priority: _Optional[_Union[_common_pb2.Priority, str]] = ..., keep_alive: _Optional[_Union[_common_pb2.KeepAlive, _Mapping]] = ..., session_id: _Optional[str] = ..., tools: _Optional[_Iterable[_Union[_tools_pb2.Tool, _Mapping]]] = ..., tool_choice: _Optional[_Union[_tools_pb2.ToolChoice, _Mapping]] = ...) -> None: ...
 
 class ChatResponse(_message.Message):
-    __slots__ = ("message", "model_id", "finish_reason", "usage", "timings", "adjustments")
+    __slots__ = ("message", "model_id", "finish_reason", "usage", "timings", "adjustments", "energy")
     MESSAGE_FIELD_NUMBER: _ClassVar[int]
     MODEL_ID_FIELD_NUMBER: _ClassVar[int]
     FINISH_REASON_FIELD_NUMBER: _ClassVar[int]
     USAGE_FIELD_NUMBER: _ClassVar[int]
     TIMINGS_FIELD_NUMBER: _ClassVar[int]
     ADJUSTMENTS_FIELD_NUMBER: _ClassVar[int]
+    ENERGY_FIELD_NUMBER: _ClassVar[int]
     message: ChatMessage
     model_id: str
     finish_reason: _common_pb2.FinishReason
     usage: _common_pb2.Usage
     timings: _common_pb2.Timings
     adjustments: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, message: _Optional[_Union[ChatMessage, _Mapping]] = ..., model_id: _Optional[str] = ..., finish_reason: _Optional[_Union[_common_pb2.FinishReason, str]] = ..., usage: _Optional[_Union[_common_pb2.Usage, _Mapping]] = ..., timings: _Optional[_Union[_common_pb2.Timings, _Mapping]] = ..., adjustments: _Optional[_Iterable[str]] = ...) -> None: ...
+    energy: _common_pb2.EnergyEstimate
+    def __init__(self, message: _Optional[_Union[ChatMessage, _Mapping]] = ..., model_id: _Optional[str] = ..., finish_reason: _Optional[_Union[_common_pb2.FinishReason, str]] = ..., usage: _Optional[_Union[_common_pb2.Usage, _Mapping]] = ..., timings: _Optional[_Union[_common_pb2.Timings, _Mapping]] = ..., adjustments: _Optional[_Iterable[str]] = ..., energy: _Optional[_Union[_common_pb2.EnergyEstimate, _Mapping]] = ...) -> None: ...
 
 class ChatStreamRequest(_message.Message):
     __slots__ = ("model_id", "messages", "params", "selection", "priority", "keep_alive", "session_id", "tools", "tool_choice")

@@ -26,7 +26,11 @@ if _version_not_supported:
 
 
 class GenerateServiceStub:
-    """Text generation and chat with the local (or remote) language models.
+    """Text generation and chat with the local (or remote) language models. Every
+    generation RPC validates the request, picks and loads the model, waits for the
+    model's turn and generates; cancelling the call or passing its deadline stops the
+    generation within one token. Errors (every one with its code and reason) are listed
+    in docs/grpc-api.md.
     """
 
     def __init__(self, channel):
@@ -68,43 +72,55 @@ class GenerateServiceStub:
 
 
 class GenerateServiceServicer:
-    """Text generation and chat with the local (or remote) language models.
+    """Text generation and chat with the local (or remote) language models. Every
+    generation RPC validates the request, picks and loads the model, waits for the
+    model's turn and generates; cancelling the call or passing its deadline stops the
+    generation within one token. Errors (every one with its code and reason) are listed
+    in docs/grpc-api.md.
     """
 
     def Generate(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """Continues `prompt` and returns the whole text at once.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def GenerateStream(self, request, context):
-        """Streams text chunks as they are produced, then one GenerationDone.
+        """Continues `prompt`, streaming: QueueStatus messages while the request waits for a
+        busy model, TokenChunks as the text is produced, then exactly one GenerationDone.
+        The chunks joined are the text Generate returns for the same request.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def Chat(self, request, context):
-        """Chat with the model's own chat template.
+        """Replies to `messages` with the model's own chat template; returns the whole reply.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def ChatStream(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """Replies to `messages`, streaming as GenerateStream does.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def Tokenize(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """The model's token ids for `text`, with the text of each token. Loads the model if
+        needed and takes a turn on its queue (interactive priority).
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def CountTokens(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """How many tokens `text` or `messages` take on a model, and its loaded context
+        length. Loads the model if needed and takes a turn on its queue.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
@@ -151,7 +167,11 @@ def add_GenerateServiceServicer_to_server(servicer, server):
 
  # This class is part of an EXPERIMENTAL API.
 class GenerateService:
-    """Text generation and chat with the local (or remote) language models.
+    """Text generation and chat with the local (or remote) language models. Every
+    generation RPC validates the request, picks and loads the model, waits for the
+    model's turn and generates; cancelling the call or passing its deadline stops the
+    generation within one token. Errors (every one with its code and reason) are listed
+    in docs/grpc-api.md.
     """
 
     @staticmethod

@@ -26,47 +26,57 @@ from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__
 from rustaid.api.v1 import common_pb2 as rustaid_dot_api_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1brustaid/api/v1/models.proto\x12\x0erustaid.api.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1brustaid/api/v1/common.proto\"\xd4\x01\n\rModelMetadata\x12\x14\n\x0c\x61rchitecture\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x16\n\x0e\x63ontext_length\x18\x03 \x01(\r\x12\x17\n\x0fparameter_count\x18\x04 \x01(\x04\x12\x14\n\x0cquantization\x18\x05 \x01(\t\x12\x15\n\rchat_template\x18\x06 \x01(\t\x12\x18\n\x10\x65mbedding_length\x18\x07 \x01(\r\x12\x13\n\x0b\x62lock_count\x18\x08 \x01(\r\x12\x12\n\nvocab_size\x18\t \x01(\r\"\xb1\x03\n\x05Model\x12\n\n\x02id\x18\x01 \x01(\t\x12\'\n\x04kind\x18\x02 \x01(\x0e\x32\x19.rustaid.api.v1.ModelKind\x12\x10\n\x08provider\x18\x03 \x01(\t\x12\x0c\n\x04path\x18\x04 \x01(\t\x12)\n\x05state\x18\x05 \x01(\x0e\x32\x1a.rustaid.api.v1.ModelState\x12\r\n\x05\x65rror\x18\x06 \x01(\t\x12\x12\n\nsize_bytes\x18\x07 \x01(\x04\x12/\n\x08metadata\x18\x08 \x01(\x0b\x32\x1d.rustaid.api.v1.ModelMetadata\x12\x0c\n\x04tags\x18\t \x03(\t\x12\x10\n\x08priority\x18\n \x01(\x05\x12\x31\n\rmodified_time\x18\x0b \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x32\n\x0elast_used_time\x18\x0c \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x14\n\x0cmemory_bytes\x18\r \x01(\x04\x12\x0e\n\x06pinned\x18\x0e \x01(\x08\x12\x16\n\x0e\x63ontext_length\x18\x0f \x01(\r\x12\x0f\n\x07threads\x18\x10 \x01(\r\"Q\n\x11ListModelsRequest\x12\'\n\x04kind\x18\x01 \x01(\x0e\x32\x19.rustaid.api.v1.ModelKind\x12\x13\n\x0bloaded_only\x18\x02 \x01(\x08\";\n\x12ListModelsResponse\x12%\n\x06models\x18\x01 \x03(\x0b\x32\x15.rustaid.api.v1.Model\"\x1d\n\x0fGetModelRequest\x12\n\n\x02id\x18\x01 \x01(\t\"8\n\x10GetModelResponse\x12$\n\x05model\x18\x01 \x01(\x0b\x32\x15.rustaid.api.v1.Model\"\x83\x01\n\x10LoadModelRequest\x12\n\n\x02id\x18\x01 \x01(\t\x12\x16\n\x0e\x63ontext_length\x18\x02 \x01(\r\x12\x0f\n\x07threads\x18\x03 \x01(\r\x12-\n\nkeep_alive\x18\x04 \x01(\x0b\x32\x19.rustaid.api.v1.KeepAlive\x12\x0b\n\x03pin\x18\x05 \x01(\x08\"J\n\x11LoadModelResponse\x12$\n\x05model\x18\x01 \x01(\x0b\x32\x15.rustaid.api.v1.Model\x12\x0f\n\x07load_ms\x18\x02 \x01(\x01\" \n\x12UnloadModelRequest\x12\n\n\x02id\x18\x01 \x01(\t\";\n\x13UnloadModelResponse\x12$\n\x05model\x18\x01 \x01(\x0b\x32\x15.rustaid.api.v1.Model\".\n\x12WatchModelsRequest\x12\x18\n\x10include_existing\x18\x01 \x01(\x08\"\x93\x01\n\x13WatchModelsResponse\x12,\n\x04type\x18\x01 \x01(\x0e\x32\x1e.rustaid.api.v1.ModelEventType\x12$\n\x05model\x18\x02 \x01(\x0b\x32\x15.rustaid.api.v1.Model\x12(\n\x04time\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"r\n\x12SelectModelRequest\x12\x33\n\x08\x63riteria\x18\x01 \x01(\x0b\x32!.rustaid.api.v1.SelectionCriteria\x12\'\n\x04kind\x18\x02 \x01(\x0e\x32\x19.rustaid.api.v1.ModelKind\"T\n\x0eModelCandidate\x12\x10\n\x08model_id\x18\x01 \x01(\t\x12\r\n\x05score\x18\x02 \x01(\x01\x12\x0f\n\x07reasons\x18\x03 \x03(\t\x12\x10\n\x08\x65xcluded\x18\x04 \x01(\x08\"[\n\x13SelectModelResponse\x12\x10\n\x08model_id\x18\x01 \x01(\t\x12\x32\n\ncandidates\x18\x02 \x03(\x0b\x32\x1e.rustaid.api.v1.ModelCandidate*\x8c\x01\n\nModelState\x12\x1b\n\x17MODEL_STATE_UNSPECIFIED\x10\x00\x12\x19\n\x15MODEL_STATE_AVAILABLE\x10\x01\x12\x17\n\x13MODEL_STATE_LOADING\x10\x02\x12\x16\n\x12MODEL_STATE_LOADED\x10\x03\x12\x15\n\x11MODEL_STATE_ERROR\x10\x04*\xe3\x01\n\x0eModelEventType\x12 \n\x1cMODEL_EVENT_TYPE_UNSPECIFIED\x10\x00\x12\x1a\n\x16MODEL_EVENT_TYPE_ADDED\x10\x01\x12\x1c\n\x18MODEL_EVENT_TYPE_CHANGED\x10\x02\x12\x1c\n\x18MODEL_EVENT_TYPE_REMOVED\x10\x03\x12\x1b\n\x17MODEL_EVENT_TYPE_LOADED\x10\x04\x12\x1d\n\x19MODEL_EVENT_TYPE_UNLOADED\x10\x05\x12\x1b\n\x17MODEL_EVENT_TYPE_FAILED\x10\x06\x32\x8f\x04\n\rModelsService\x12S\n\nListModels\x12!.rustaid.api.v1.ListModelsRequest\x1a\".rustaid.api.v1.ListModelsResponse\x12M\n\x08GetModel\x12\x1f.rustaid.api.v1.GetModelRequest\x1a .rustaid.api.v1.GetModelResponse\x12P\n\tLoadModel\x12 .rustaid.api.v1.LoadModelRequest\x1a!.rustaid.api.v1.LoadModelResponse\x12V\n\x0bUnloadModel\x12\".rustaid.api.v1.UnloadModelRequest\x1a#.rustaid.api.v1.UnloadModelResponse\x12X\n\x0bWatchModels\x12\".rustaid.api.v1.WatchModelsRequest\x1a#.rustaid.api.v1.WatchModelsResponse0\x01\x12V\n\x0bSelectModel\x12\".rustaid.api.v1.SelectModelRequest\x1a#.rustaid.api.v1.SelectModelResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1brustaid/api/v1/models.proto\x12\x0erustaid.api.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1brustaid/api/v1/common.proto\"\xd4\x01\n\rModelMetadata\x12\x14\n\x0c\x61rchitecture\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x16\n\x0e\x63ontext_length\x18\x03 \x01(\r\x12\x17\n\x0fparameter_count\x18\x04 \x01(\x04\x12\x14\n\x0cquantization\x18\x05 \x01(\t\x12\x15\n\rchat_template\x18\x06 \x01(\t\x12\x18\n\x10\x65mbedding_length\x18\x07 \x01(\r\x12\x13\n\x0b\x62lock_count\x18\x08 \x01(\r\x12\x12\n\nvocab_size\x18\t \x01(\r\"\xc3\x03\n\x05Model\x12\n\n\x02id\x18\x01 \x01(\t\x12\'\n\x04kind\x18\x02 \x01(\x0e\x32\x19.rustaid.api.v1.ModelKind\x12\x10\n\x08provider\x18\x03 \x01(\t\x12\x0c\n\x04path\x18\x04 \x01(\t\x12)\n\x05state\x18\x05 \x01(\x0e\x32\x1a.rustaid.api.v1.ModelState\x12\r\n\x05\x65rror\x18\x06 \x01(\t\x12\x12\n\nsize_bytes\x18\x07 \x01(\x04\x12/\n\x08metadata\x18\x08 \x01(\x0b\x32\x1d.rustaid.api.v1.ModelMetadata\x12\x0c\n\x04tags\x18\t \x03(\t\x12\x10\n\x08priority\x18\n \x01(\x05\x12\x31\n\rmodified_time\x18\x0b \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x32\n\x0elast_used_time\x18\x0c \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x14\n\x0cmemory_bytes\x18\r \x01(\x04\x12\x0e\n\x06pinned\x18\x0e \x01(\x08\x12\x16\n\x0e\x63ontext_length\x18\x0f \x01(\r\x12\x0f\n\x07threads\x18\x10 \x01(\r\x12\x10\n\x08parallel\x18\x11 \x01(\r\"x\n\x11ListModelsRequest\x12\'\n\x04kind\x18\x01 \x01(\x0e\x32\x19.rustaid.api.v1.ModelKind\x12\x13\n\x0bloaded_only\x18\x02 \x01(\x08\x12\x11\n\tpage_size\x18\x03 \x01(\x05\x12\x12\n\npage_token\x18\x04 \x01(\t\"T\n\x12ListModelsResponse\x12%\n\x06models\x18\x01 \x03(\x0b\x32\x15.rustaid.api.v1.Model\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"\x1d\n\x0fGetModelRequest\x12\n\n\x02id\x18\x01 \x01(\t\"8\n\x10GetModelResponse\x12$\n\x05model\x18\x01 \x01(\x0b\x32\x15.rustaid.api.v1.Model\"\x83\x01\n\x10LoadModelRequest\x12\n\n\x02id\x18\x01 \x01(\t\x12\x16\n\x0e\x63ontext_length\x18\x02 \x01(\r\x12\x0f\n\x07threads\x18\x03 \x01(\r\x12-\n\nkeep_alive\x18\x04 \x01(\x0b\x32\x19.rustaid.api.v1.KeepAlive\x12\x0b\n\x03pin\x18\x05 \x01(\x08\"J\n\x11LoadModelResponse\x12$\n\x05model\x18\x01 \x01(\x0b\x32\x15.rustaid.api.v1.Model\x12\x0f\n\x07load_ms\x18\x02 \x01(\x01\" \n\x12UnloadModelRequest\x12\n\n\x02id\x18\x01 \x01(\t\";\n\x13UnloadModelResponse\x12$\n\x05model\x18\x01 \x01(\x0b\x32\x15.rustaid.api.v1.Model\".\n\x12WatchModelsRequest\x12\x18\n\x10include_existing\x18\x01 \x01(\x08\"\xa3\x01\n\x13WatchModelsResponse\x12,\n\x04type\x18\x01 \x01(\x0e\x32\x1e.rustaid.api.v1.ModelEventType\x12$\n\x05model\x18\x02 \x01(\x0b\x32\x15.rustaid.api.v1.Model\x12(\n\x04time\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0e\n\x06reason\x18\x04 \x01(\t\"r\n\x12SelectModelRequest\x12\x33\n\x08\x63riteria\x18\x01 \x01(\x0b\x32!.rustaid.api.v1.SelectionCriteria\x12\'\n\x04kind\x18\x02 \x01(\x0e\x32\x19.rustaid.api.v1.ModelKind\"T\n\x0eModelCandidate\x12\x10\n\x08model_id\x18\x01 \x01(\t\x12\r\n\x05score\x18\x02 \x01(\x01\x12\x0f\n\x07reasons\x18\x03 \x03(\t\x12\x10\n\x08\x65xcluded\x18\x04 \x01(\x08\"[\n\x13SelectModelResponse\x12\x10\n\x08model_id\x18\x01 \x01(\t\x12\x32\n\ncandidates\x18\x02 \x03(\x0b\x32\x1e.rustaid.api.v1.ModelCandidate\"d\n\x10PullModelRequest\x12\x11\n\treference\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x10\n\x08revision\x18\x03 \x01(\t\x12\x0e\n\x06sha256\x18\x04 \x01(\t\x12\r\n\x05\x66orce\x18\x05 \x01(\x08\"\xce\x01\n\x11PullModelResponse\x12(\n\x05stage\x18\x01 \x01(\x0e\x32\x19.rustaid.api.v1.PullStage\x12\x17\n\x0f\x63ompleted_bytes\x18\x02 \x01(\x04\x12\x13\n\x0btotal_bytes\x18\x03 \x01(\x04\x12\x18\n\x10\x62ytes_per_second\x18\x04 \x01(\x01\x12\x11\n\tfile_name\x18\x05 \x01(\t\x12\x0e\n\x06sha256\x18\x06 \x01(\t\x12$\n\x05model\x18\x07 \x01(\x0b\x32\x15.rustaid.api.v1.Model\" \n\x12\x44\x65leteModelRequest\x12\n\n\x02id\x18\x01 \x01(\t\";\n\x13\x44\x65leteModelResponse\x12$\n\x05model\x18\x01 \x01(\x0b\x32\x15.rustaid.api.v1.Model*\x8c\x01\n\nModelState\x12\x1b\n\x17MODEL_STATE_UNSPECIFIED\x10\x00\x12\x19\n\x15MODEL_STATE_AVAILABLE\x10\x01\x12\x17\n\x13MODEL_STATE_LOADING\x10\x02\x12\x16\n\x12MODEL_STATE_LOADED\x10\x03\x12\x15\n\x11MODEL_STATE_ERROR\x10\x04*\xe3\x01\n\x0eModelEventType\x12 \n\x1cMODEL_EVENT_TYPE_UNSPECIFIED\x10\x00\x12\x1a\n\x16MODEL_EVENT_TYPE_ADDED\x10\x01\x12\x1c\n\x18MODEL_EVENT_TYPE_CHANGED\x10\x02\x12\x1c\n\x18MODEL_EVENT_TYPE_REMOVED\x10\x03\x12\x1b\n\x17MODEL_EVENT_TYPE_LOADED\x10\x04\x12\x1d\n\x19MODEL_EVENT_TYPE_UNLOADED\x10\x05\x12\x1b\n\x17MODEL_EVENT_TYPE_FAILED\x10\x06*\xa6\x01\n\tPullStage\x12\x1a\n\x16PULL_STAGE_UNSPECIFIED\x10\x00\x12\x18\n\x14PULL_STAGE_RESOLVING\x10\x01\x12\x1a\n\x16PULL_STAGE_DOWNLOADING\x10\x02\x12\x18\n\x14PULL_STAGE_VERIFYING\x10\x03\x12\x18\n\x14PULL_STAGE_UNPACKING\x10\x04\x12\x13\n\x0fPULL_STAGE_DONE\x10\x05\x32\xbb\x05\n\rModelsService\x12S\n\nListModels\x12!.rustaid.api.v1.ListModelsRequest\x1a\".rustaid.api.v1.ListModelsResponse\x12M\n\x08GetModel\x12\x1f.rustaid.api.v1.GetModelRequest\x1a .rustaid.api.v1.GetModelResponse\x12P\n\tLoadModel\x12 .rustaid.api.v1.LoadModelRequest\x1a!.rustaid.api.v1.LoadModelResponse\x12V\n\x0bUnloadModel\x12\".rustaid.api.v1.UnloadModelRequest\x1a#.rustaid.api.v1.UnloadModelResponse\x12X\n\x0bWatchModels\x12\".rustaid.api.v1.WatchModelsRequest\x1a#.rustaid.api.v1.WatchModelsResponse0\x01\x12V\n\x0bSelectModel\x12\".rustaid.api.v1.SelectModelRequest\x1a#.rustaid.api.v1.SelectModelResponse\x12R\n\tPullModel\x12 .rustaid.api.v1.PullModelRequest\x1a!.rustaid.api.v1.PullModelResponse0\x01\x12V\n\x0b\x44\x65leteModel\x12\".rustaid.api.v1.DeleteModelRequest\x1a#.rustaid.api.v1.DeleteModelResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'rustaid.api.v1.models_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_MODELSTATE']._serialized_start=1792
-  _globals['_MODELSTATE']._serialized_end=1932
-  _globals['_MODELEVENTTYPE']._serialized_start=1935
-  _globals['_MODELEVENTTYPE']._serialized_end=2162
+  _globals['_MODELSTATE']._serialized_start=2296
+  _globals['_MODELSTATE']._serialized_end=2436
+  _globals['_MODELEVENTTYPE']._serialized_start=2439
+  _globals['_MODELEVENTTYPE']._serialized_end=2666
+  _globals['_PULLSTAGE']._serialized_start=2669
+  _globals['_PULLSTAGE']._serialized_end=2835
   _globals['_MODELMETADATA']._serialized_start=110
   _globals['_MODELMETADATA']._serialized_end=322
   _globals['_MODEL']._serialized_start=325
-  _globals['_MODEL']._serialized_end=758
-  _globals['_LISTMODELSREQUEST']._serialized_start=760
-  _globals['_LISTMODELSREQUEST']._serialized_end=841
-  _globals['_LISTMODELSRESPONSE']._serialized_start=843
-  _globals['_LISTMODELSRESPONSE']._serialized_end=902
-  _globals['_GETMODELREQUEST']._serialized_start=904
-  _globals['_GETMODELREQUEST']._serialized_end=933
-  _globals['_GETMODELRESPONSE']._serialized_start=935
-  _globals['_GETMODELRESPONSE']._serialized_end=991
-  _globals['_LOADMODELREQUEST']._serialized_start=994
-  _globals['_LOADMODELREQUEST']._serialized_end=1125
-  _globals['_LOADMODELRESPONSE']._serialized_start=1127
-  _globals['_LOADMODELRESPONSE']._serialized_end=1201
-  _globals['_UNLOADMODELREQUEST']._serialized_start=1203
-  _globals['_UNLOADMODELREQUEST']._serialized_end=1235
-  _globals['_UNLOADMODELRESPONSE']._serialized_start=1237
-  _globals['_UNLOADMODELRESPONSE']._serialized_end=1296
-  _globals['_WATCHMODELSREQUEST']._serialized_start=1298
-  _globals['_WATCHMODELSREQUEST']._serialized_end=1344
-  _globals['_WATCHMODELSRESPONSE']._serialized_start=1347
-  _globals['_WATCHMODELSRESPONSE']._serialized_end=1494
-  _globals['_SELECTMODELREQUEST']._serialized_start=1496
-  _globals['_SELECTMODELREQUEST']._serialized_end=1610
-  _globals['_MODELCANDIDATE']._serialized_start=1612
-  _globals['_MODELCANDIDATE']._serialized_end=1696
-  _globals['_SELECTMODELRESPONSE']._serialized_start=1698
-  _globals['_SELECTMODELRESPONSE']._serialized_end=1789
-  _globals['_MODELSSERVICE']._serialized_start=2165
-  _globals['_MODELSSERVICE']._serialized_end=2692
+  _globals['_MODEL']._serialized_end=776
+  _globals['_LISTMODELSREQUEST']._serialized_start=778
+  _globals['_LISTMODELSREQUEST']._serialized_end=898
+  _globals['_LISTMODELSRESPONSE']._serialized_start=900
+  _globals['_LISTMODELSRESPONSE']._serialized_end=984
+  _globals['_GETMODELREQUEST']._serialized_start=986
+  _globals['_GETMODELREQUEST']._serialized_end=1015
+  _globals['_GETMODELRESPONSE']._serialized_start=1017
+  _globals['_GETMODELRESPONSE']._serialized_end=1073
+  _globals['_LOADMODELREQUEST']._serialized_start=1076
+  _globals['_LOADMODELREQUEST']._serialized_end=1207
+  _globals['_LOADMODELRESPONSE']._serialized_start=1209
+  _globals['_LOADMODELRESPONSE']._serialized_end=1283
+  _globals['_UNLOADMODELREQUEST']._serialized_start=1285
+  _globals['_UNLOADMODELREQUEST']._serialized_end=1317
+  _globals['_UNLOADMODELRESPONSE']._serialized_start=1319
+  _globals['_UNLOADMODELRESPONSE']._serialized_end=1378
+  _globals['_WATCHMODELSREQUEST']._serialized_start=1380
+  _globals['_WATCHMODELSREQUEST']._serialized_end=1426
+  _globals['_WATCHMODELSRESPONSE']._serialized_start=1429
+  _globals['_WATCHMODELSRESPONSE']._serialized_end=1592
+  _globals['_SELECTMODELREQUEST']._serialized_start=1594
+  _globals['_SELECTMODELREQUEST']._serialized_end=1708
+  _globals['_MODELCANDIDATE']._serialized_start=1710
+  _globals['_MODELCANDIDATE']._serialized_end=1794
+  _globals['_SELECTMODELRESPONSE']._serialized_start=1796
+  _globals['_SELECTMODELRESPONSE']._serialized_end=1887
+  _globals['_PULLMODELREQUEST']._serialized_start=1889
+  _globals['_PULLMODELREQUEST']._serialized_end=1989
+  _globals['_PULLMODELRESPONSE']._serialized_start=1992
+  _globals['_PULLMODELRESPONSE']._serialized_end=2198
+  _globals['_DELETEMODELREQUEST']._serialized_start=2200
+  _globals['_DELETEMODELREQUEST']._serialized_end=2232
+  _globals['_DELETEMODELRESPONSE']._serialized_start=2234
+  _globals['_DELETEMODELRESPONSE']._serialized_end=2293
+  _globals['_MODELSSERVICE']._serialized_start=2838
+  _globals['_MODELSSERVICE']._serialized_end=3537
 # @@protoc_insertion_point(module_scope)

@@ -28,6 +28,15 @@ class ModelEventType(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     MODEL_EVENT_TYPE_LOADED: _ClassVar[ModelEventType]
     MODEL_EVENT_TYPE_UNLOADED: _ClassVar[ModelEventType]
     MODEL_EVENT_TYPE_FAILED: _ClassVar[ModelEventType]
+
+class PullStage(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    PULL_STAGE_UNSPECIFIED: _ClassVar[PullStage]
+    PULL_STAGE_RESOLVING: _ClassVar[PullStage]
+    PULL_STAGE_DOWNLOADING: _ClassVar[PullStage]
+    PULL_STAGE_VERIFYING: _ClassVar[PullStage]
+    PULL_STAGE_UNPACKING: _ClassVar[PullStage]
+    PULL_STAGE_DONE: _ClassVar[PullStage]
 MODEL_STATE_UNSPECIFIED: ModelState
 MODEL_STATE_AVAILABLE: ModelState
 MODEL_STATE_LOADING: ModelState
@@ -40,6 +49,12 @@ MODEL_EVENT_TYPE_REMOVED: ModelEventType
 MODEL_EVENT_TYPE_LOADED: ModelEventType
 MODEL_EVENT_TYPE_UNLOADED: ModelEventType
 MODEL_EVENT_TYPE_FAILED: ModelEventType
+PULL_STAGE_UNSPECIFIED: PullStage
+PULL_STAGE_RESOLVING: PullStage
+PULL_STAGE_DOWNLOADING: PullStage
+PULL_STAGE_VERIFYING: PullStage
+PULL_STAGE_UNPACKING: PullStage
+PULL_STAGE_DONE: PullStage
 
 class ModelMetadata(_message.Message):
     __slots__ = ("architecture", "name", "context_length", "parameter_count", "quantization", "chat_template", "embedding_length", "block_count", "vocab_size")
@@ -64,7 +79,7 @@ class ModelMetadata(_message.Message):
     def __init__(self, architecture: _Optional[str] = ..., name: _Optional[str] = ..., context_length: _Optional[int] = ..., parameter_count: _Optional[int] = ..., quantization: _Optional[str] = ..., chat_template: _Optional[str] = ..., embedding_length: _Optional[int] = ..., block_count: _Optional[int] = ..., vocab_size: _Optional[int] = ...) -> None: ...
 
 class Model(_message.Message):
-    __slots__ = ("id", "kind", "provider", "path", "state", "error", "size_bytes", "metadata", "tags", "priority", "modified_time", "last_used_time", "memory_bytes", "pinned", "context_length", "threads")
+    __slots__ = ("id", "kind", "provider", "path", "state", "error", "size_bytes", "metadata", "tags", "priority", "modified_time", "last_used_time", "memory_bytes", "pinned", "context_length", "threads", "parallel")
     ID_FIELD_NUMBER: _ClassVar[int]
     KIND_FIELD_NUMBER: _ClassVar[int]
     PROVIDER_FIELD_NUMBER: _ClassVar[int]
@@ -81,6 +96,7 @@ class Model(_message.Message):
     PINNED_FIELD_NUMBER: _ClassVar[int]
     CONTEXT_LENGTH_FIELD_NUMBER: _ClassVar[int]
     THREADS_FIELD_NUMBER: _ClassVar[int]
+    PARALLEL_FIELD_NUMBER: _ClassVar[int]
     id: str
     kind: _common_pb2.ModelKind
     provider: str
@@ -97,21 +113,28 @@ class Model(_message.Message):
     pinned: bool
     context_length: int
     threads: int
-    def __init__(self, id: _Optional[str] = ..., kind: _Optional[_Union[_common_pb2.ModelKind, str]] = ..., provider: _Optional[str] = ..., path: _Optional[str] = ..., state: _Optional[_Union[ModelState, str]] = ..., error: _Optional[str] = ..., size_bytes: _Optional[int] = ..., metadata: _Optional[_Union[ModelMetadata, _Mapping]] = ..., tags: _Optional[_Iterable[str]] = ..., priority: _Optional[int] = ..., modified_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., last_used_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., memory_bytes: _Optional[int] = ..., pinned: _Optional[bool] = ..., context_length: _Optional[int] = ..., threads: _Optional[int] = ...) -> None: ...
+    parallel: int
+    def __init__(self, id: _Optional[str] = ..., kind: _Optional[_Union[_common_pb2.ModelKind, str]] = ..., provider: _Optional[str] = ..., path: _Optional[str] = ..., state: _Optional[_Union[ModelState, str]] = ..., error: _Optional[str] = ..., size_bytes: _Optional[int] = ..., metadata: _Optional[_Union[ModelMetadata, _Mapping]] = ..., tags: _Optional[_Iterable[str]] = ..., priority: _Optional[int] = ..., modified_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., last_used_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., memory_bytes: _Optional[int] = ..., pinned: _Optional[bool] = ..., context_length: _Optional[int] = ..., threads: _Optional[int] = ..., parallel: _Optional[int] = ...) -> None: ...
 
 class ListModelsRequest(_message.Message):
-    __slots__ = ("kind", "loaded_only")
+    __slots__ = ("kind", "loaded_only", "page_size", "page_token")
     KIND_FIELD_NUMBER: _ClassVar[int]
     LOADED_ONLY_FIELD_NUMBER: _ClassVar[int]
+    PAGE_SIZE_FIELD_NUMBER: _ClassVar[int]
+    PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
     kind: _common_pb2.ModelKind
     loaded_only: bool
-    def __init__(self, kind: _Optional[_Union[_common_pb2.ModelKind, str]] = ..., loaded_only: _Optional[bool] = ...) -> None: ...
+    page_size: int
+    page_token: str
+    def __init__(self, kind: _Optional[_Union[_common_pb2.ModelKind, str]] = ..., loaded_only: _Optional[bool] = ..., page_size: _Optional[int] = ..., page_token: _Optional[str] = ...) -> None: ...
 
 class ListModelsResponse(_message.Message):
-    __slots__ = ("models",)
+    __slots__ = ("models", "next_page_token")
     MODELS_FIELD_NUMBER: _ClassVar[int]
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
     models: _containers.RepeatedCompositeFieldContainer[Model]
-    def __init__(self, models: _Optional[_Iterable[_Union[Model, _Mapping]]] = ...) -> None: ...
+    next_page_token: str
+    def __init__(self, models: _Optional[_Iterable[_Union[Model, _Mapping]]] = ..., next_page_token: _Optional[str] = ...) -> None: ...
 
 class GetModelRequest(_message.Message):
     __slots__ = ("id",)
@@ -166,14 +189,16 @@ class WatchModelsRequest(_message.Message):
     def __init__(self, include_existing: _Optional[bool] = ...) -> None: ...
 
 class WatchModelsResponse(_message.Message):
-    __slots__ = ("type", "model", "time")
+    __slots__ = ("type", "model", "time", "reason")
     TYPE_FIELD_NUMBER: _ClassVar[int]
     MODEL_FIELD_NUMBER: _ClassVar[int]
     TIME_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
     type: ModelEventType
     model: Model
     time: _timestamp_pb2.Timestamp
-    def __init__(self, type: _Optional[_Union[ModelEventType, str]] = ..., model: _Optional[_Union[Model, _Mapping]] = ..., time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+    reason: str
+    def __init__(self, type: _Optional[_Union[ModelEventType, str]] = ..., model: _Optional[_Union[Model, _Mapping]] = ..., time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., reason: _Optional[str] = ...) -> None: ...
 
 class SelectModelRequest(_message.Message):
     __slots__ = ("criteria", "kind")
@@ -202,3 +227,47 @@ class SelectModelResponse(_message.Message):
     model_id: str
     candidates: _containers.RepeatedCompositeFieldContainer[ModelCandidate]
     def __init__(self, model_id: _Optional[str] = ..., candidates: _Optional[_Iterable[_Union[ModelCandidate, _Mapping]]] = ...) -> None: ...
+
+class PullModelRequest(_message.Message):
+    __slots__ = ("reference", "name", "revision", "sha256", "force")
+    REFERENCE_FIELD_NUMBER: _ClassVar[int]
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    REVISION_FIELD_NUMBER: _ClassVar[int]
+    SHA256_FIELD_NUMBER: _ClassVar[int]
+    FORCE_FIELD_NUMBER: _ClassVar[int]
+    reference: str
+    name: str
+    revision: str
+    sha256: str
+    force: bool
+    def __init__(self, reference: _Optional[str] = ..., name: _Optional[str] = ..., revision: _Optional[str] = ..., sha256: _Optional[str] = ..., force: _Optional[bool] = ...) -> None: ...
+
+class PullModelResponse(_message.Message):
+    __slots__ = ("stage", "completed_bytes", "total_bytes", "bytes_per_second", "file_name", "sha256", "model")
+    STAGE_FIELD_NUMBER: _ClassVar[int]
+    COMPLETED_BYTES_FIELD_NUMBER: _ClassVar[int]
+    TOTAL_BYTES_FIELD_NUMBER: _ClassVar[int]
+    BYTES_PER_SECOND_FIELD_NUMBER: _ClassVar[int]
+    FILE_NAME_FIELD_NUMBER: _ClassVar[int]
+    SHA256_FIELD_NUMBER: _ClassVar[int]
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    stage: PullStage
+    completed_bytes: int
+    total_bytes: int
+    bytes_per_second: float
+    file_name: str
+    sha256: str
+    model: Model
+    def __init__(self, stage: _Optional[_Union[PullStage, str]] = ..., completed_bytes: _Optional[int] = ..., total_bytes: _Optional[int] = ..., bytes_per_second: _Optional[float] = ..., file_name: _Optional[str] = ..., sha256: _Optional[str] = ..., model: _Optional[_Union[Model, _Mapping]] = ...) -> None: ...
+
+class DeleteModelRequest(_message.Message):
+    __slots__ = ("id",)
+    ID_FIELD_NUMBER: _ClassVar[int]
+    id: str
+    def __init__(self, id: _Optional[str] = ...) -> None: ...
+
+class DeleteModelResponse(_message.Message):
+    __slots__ = ("model",)
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    model: Model
+    def __init__(self, model: _Optional[_Union[Model, _Mapping]] = ...) -> None: ...

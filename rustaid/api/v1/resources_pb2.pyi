@@ -83,16 +83,18 @@ class MemoryStatus(_message.Message):
     def __init__(self, total_bytes: _Optional[int] = ..., available_bytes: _Optional[int] = ..., used_bytes: _Optional[int] = ..., pressure: _Optional[_Union[PressureLevel, str]] = ..., psi_some_avg10: _Optional[float] = ..., psi_full_avg10: _Optional[float] = ..., reason: _Optional[str] = ...) -> None: ...
 
 class CpuStatus(_message.Message):
-    __slots__ = ("usage_percent", "frequency_mhz", "max_frequency_mhz", "cores")
+    __slots__ = ("usage_percent", "frequency_mhz", "max_frequency_mhz", "cores", "others_busy_cores")
     USAGE_PERCENT_FIELD_NUMBER: _ClassVar[int]
     FREQUENCY_MHZ_FIELD_NUMBER: _ClassVar[int]
     MAX_FREQUENCY_MHZ_FIELD_NUMBER: _ClassVar[int]
     CORES_FIELD_NUMBER: _ClassVar[int]
+    OTHERS_BUSY_CORES_FIELD_NUMBER: _ClassVar[int]
     usage_percent: float
     frequency_mhz: float
     max_frequency_mhz: float
     cores: int
-    def __init__(self, usage_percent: _Optional[float] = ..., frequency_mhz: _Optional[float] = ..., max_frequency_mhz: _Optional[float] = ..., cores: _Optional[int] = ...) -> None: ...
+    others_busy_cores: float
+    def __init__(self, usage_percent: _Optional[float] = ..., frequency_mhz: _Optional[float] = ..., max_frequency_mhz: _Optional[float] = ..., cores: _Optional[int] = ..., others_busy_cores: _Optional[float] = ...) -> None: ...
 
 class TripPoint(_message.Message):
     __slots__ = ("type", "temperature_c")
@@ -135,16 +137,20 @@ class ThrottlingStatus(_message.Message):
     def __init__(self, under_voltage: _Optional[bool] = ..., frequency_capped: _Optional[bool] = ..., throttled: _Optional[bool] = ..., soft_temperature_limit: _Optional[bool] = ..., under_voltage_occurred: _Optional[bool] = ..., frequency_capped_occurred: _Optional[bool] = ..., throttled_occurred: _Optional[bool] = ..., soft_temperature_limit_occurred: _Optional[bool] = ...) -> None: ...
 
 class ThermalStatus(_message.Message):
-    __slots__ = ("state", "zones", "throttling", "reason")
+    __slots__ = ("state", "zones", "throttling", "reason", "rising_state", "rising_reason")
     STATE_FIELD_NUMBER: _ClassVar[int]
     ZONES_FIELD_NUMBER: _ClassVar[int]
     THROTTLING_FIELD_NUMBER: _ClassVar[int]
     REASON_FIELD_NUMBER: _ClassVar[int]
+    RISING_STATE_FIELD_NUMBER: _ClassVar[int]
+    RISING_REASON_FIELD_NUMBER: _ClassVar[int]
     state: ThermalState
     zones: _containers.RepeatedCompositeFieldContainer[ThermalZone]
     throttling: ThrottlingStatus
     reason: str
-    def __init__(self, state: _Optional[_Union[ThermalState, str]] = ..., zones: _Optional[_Iterable[_Union[ThermalZone, _Mapping]]] = ..., throttling: _Optional[_Union[ThrottlingStatus, _Mapping]] = ..., reason: _Optional[str] = ...) -> None: ...
+    rising_state: ThermalState
+    rising_reason: str
+    def __init__(self, state: _Optional[_Union[ThermalState, str]] = ..., zones: _Optional[_Iterable[_Union[ThermalZone, _Mapping]]] = ..., throttling: _Optional[_Union[ThrottlingStatus, _Mapping]] = ..., reason: _Optional[str] = ..., rising_state: _Optional[_Union[ThermalState, str]] = ..., rising_reason: _Optional[str] = ...) -> None: ...
 
 class PowerStatus(_message.Message):
     __slots__ = ("battery_present", "on_battery", "ac_online", "battery_percent", "battery_state", "time_to_empty", "power_draw_watts", "warning_level", "source", "energy_full_wh")

@@ -26,7 +26,8 @@ if _version_not_supported:
 
 
 class ResourcesServiceStub:
-    """The device's state (memory, heat, battery) and how inference adapts to it.
+    """The device's state (memory, heat, battery) and how inference adapts to it
+    (docs/power.md).
     """
 
     def __init__(self, channel):
@@ -73,50 +74,67 @@ class ResourcesServiceStub:
 
 
 class ResourcesServiceServicer:
-    """The device's state (memory, heat, battery) and how inference adapts to it.
+    """The device's state (memory, heat, battery) and how inference adapts to it
+    (docs/power.md).
     """
 
     def GetSnapshot(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """The device's state now (sources older than `max_age_s`, 1 s, are read again
+        first).
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def WatchSnapshots(self, request, context):
-        """Streams a snapshot whenever the state changes (at most one per min_interval).
+        """The snapshot now, then one whenever the state changes (thermal state or a zone's
+        whole degree, pressure level, battery state or whole percent, AC, throttling,
+        profile, available sources), at most one per min_interval, until the client
+        cancels. Errors: INVALID_ARGUMENT (min_interval negative, malformed or over a
+        day).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def GetPowerProfile(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """The active power profile, which rule chose it and why, and its parameters.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def SetPowerProfile(self, request, context):
-        """Overrides the automatic profile until cleared.
+        """Overrides the automatic profile until cleared (kept across restarts). Returns the
+        profile now active. Errors: INVALID_ARGUMENT (profile unset without
+        clear_override or unknown; clear_override with a profile; custom missing for
+        POWER_PROFILE_CUSTOM or given for another profile; a custom parameter out of range).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def EstimateCost(self, request, context):
-        """Expected time and energy for a request on this device now.
+        """Expected time and energy for a request on this device now, as a request would be
+        capped. Errors: INVALID_ARGUMENT (model_id empty or not a language model;
+        max_tokens over `max_tokens_limit`; prompt_tokens over 2^24), NOT_FOUND (model_id,
+        the message lists the known ids).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def GetMetrics(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """Requests, errors, tokens, speed and energy since the daemon started or the last
+        ResetMetrics.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def ResetMetrics(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """Starts the metrics over.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
@@ -168,7 +186,8 @@ def add_ResourcesServiceServicer_to_server(servicer, server):
 
  # This class is part of an EXPERIMENTAL API.
 class ResourcesService:
-    """The device's state (memory, heat, battery) and how inference adapts to it.
+    """The device's state (memory, heat, battery) and how inference adapts to it
+    (docs/power.md).
     """
 
     @staticmethod

@@ -27,19 +27,19 @@ from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__
 from rustaid.api.v1 import common_pb2 as rustaid_dot_api_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1arustaid/api/v1/tools.proto\x12\x0erustaid.api.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1brustaid/api/v1/common.proto\"\xf8\x01\n\x0bToolMetrics\x12\r\n\x05\x63\x61lls\x18\x01 \x01(\x04\x12\n\n\x02ok\x18\x02 \x01(\x04\x12\x10\n\x08\x66\x61ilures\x18\x03 \x01(\x04\x12\x10\n\x08timeouts\x18\x04 \x01(\x04\x12\x31\n\x0etotal_duration\x18\x05 \x01(\x0b\x32\x19.google.protobuf.Duration\x12/\n\x0cmax_duration\x18\x06 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x12\n\nlast_error\x18\x07 \x01(\t\x12\x32\n\x0elast_call_time\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\xef\x01\n\x04Tool\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x02 \x01(\t\x12\x19\n\x11parameters_schema\x18\x03 \x01(\t\x12\x15\n\rresult_schema\x18\x04 \x01(\t\x12\x0e\n\x06plugin\x18\x05 \x01(\t\x12\x0f\n\x07\x65nabled\x18\x06 \x01(\x08\x12\x17\n\x0f\x64isabled_reason\x18\x07 \x01(\t\x12*\n\x07timeout\x18\x08 \x01(\x0b\x32\x19.google.protobuf.Duration\x12,\n\x07metrics\x18\t \x01(\x0b\x32\x1b.rustaid.api.v1.ToolMetrics\"H\n\nWasmModule\x12\x0c\n\x04path\x18\x01 \x01(\t\x12\r\n\x05tools\x18\x02 \x03(\t\x12\r\n\x05\x65rror\x18\x03 \x01(\t\x12\x0e\n\x06sha256\x18\x04 \x01(\t\"\x12\n\x10ListToolsRequest\"j\n\x11ListToolsResponse\x12#\n\x05tools\x18\x01 \x03(\x0b\x32\x14.rustaid.api.v1.Tool\x12\x30\n\x0cwasm_modules\x18\x02 \x03(\x0b\x32\x1a.rustaid.api.v1.WasmModule\"f\n\x12\x45xecuteToolRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x16\n\x0e\x61rguments_json\x18\x02 \x01(\t\x12*\n\x07timeout\x18\x03 \x01(\x0b\x32\x19.google.protobuf.Duration\"\x96\x01\n\x13\x45xecuteToolResponse\x12\x13\n\x0boutput_json\x18\x01 \x01(\t\x12\r\n\x05\x65rror\x18\x02 \x01(\t\x12+\n\x08\x64uration\x18\x03 \x01(\x0b\x32\x19.google.protobuf.Duration\x12.\n\x06status\x18\x04 \x01(\x0e\x32\x1e.rustaid.api.v1.ToolCallStatus\"\xd4\x01\n\x0fRunAgentRequest\x12\x0e\n\x06prompt\x18\x01 \x01(\t\x12\r\n\x05tools\x18\x02 \x03(\t\x12\x10\n\x08model_id\x18\x03 \x01(\t\x12\x11\n\tmax_steps\x18\x04 \x01(\r\x12\x30\n\x06params\x18\x05 \x01(\x0b\x32 .rustaid.api.v1.GenerationParams\x12\x34\n\tselection\x18\x06 \x01(\x0b\x32!.rustaid.api.v1.SelectionCriteria\x12\x15\n\rsystem_prompt\x18\x07 \x01(\t\"H\n\nToolChoice\x12,\n\x04mode\x18\x01 \x01(\x0e\x32\x1e.rustaid.api.v1.ToolChoiceMode\x12\x0c\n\x04name\x18\x02 \x01(\t\"<\n\x08ToolCall\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x16\n\x0e\x61rguments_json\x18\x03 \x01(\t\"\xac\x01\n\nToolResult\x12\x0f\n\x07\x63\x61ll_id\x18\x01 \x01(\t\x12\x13\n\x0boutput_json\x18\x02 \x01(\t\x12\r\n\x05\x65rror\x18\x03 \x01(\t\x12.\n\x06status\x18\x04 \x01(\x0e\x32\x1e.rustaid.api.v1.ToolCallStatus\x12\x0c\n\x04name\x18\x05 \x01(\t\x12+\n\x08\x64uration\x18\x06 \x01(\x0b\x32\x19.google.protobuf.Duration\"\x94\x01\n\tAgentDone\x12\x0e\n\x06\x61nswer\x18\x01 \x01(\t\x12\r\n\x05steps\x18\x02 \x01(\r\x12\x32\n\ngeneration\x18\x03 \x01(\x0b\x32\x1e.rustaid.api.v1.GenerationDone\x12\x34\n\x0bstop_reason\x18\x04 \x01(\x0e\x32\x1f.rustaid.api.v1.AgentStopReason\"\x91\x02\n\x10RunAgentResponse\x12-\n\ttool_call\x18\x01 \x01(\x0b\x32\x18.rustaid.api.v1.ToolCallH\x00\x12\x31\n\x0btool_result\x18\x02 \x01(\x0b\x32\x1a.rustaid.api.v1.ToolResultH\x00\x12+\n\x05\x63hunk\x18\x03 \x01(\x0b\x32\x1a.rustaid.api.v1.TokenChunkH\x00\x12)\n\x04\x64one\x18\x04 \x01(\x0b\x32\x19.rustaid.api.v1.AgentDoneH\x00\x12-\n\x06queued\x18\x06 \x01(\x0b\x32\x1b.rustaid.api.v1.QueueStatusH\x00\x12\x0c\n\x04turn\x18\x05 \x01(\rB\x06\n\x04step*\xe2\x02\n\x0eToolCallStatus\x12 \n\x1cTOOL_CALL_STATUS_UNSPECIFIED\x10\x00\x12\x17\n\x13TOOL_CALL_STATUS_OK\x10\x01\x12\x1a\n\x16TOOL_CALL_STATUS_ERROR\x10\x02\x12\x1c\n\x18TOOL_CALL_STATUS_TIMEOUT\x10\x03\x12#\n\x1fTOOL_CALL_STATUS_LIMIT_EXCEEDED\x10\x04\x12#\n\x1fTOOL_CALL_STATUS_INVALID_OUTPUT\x10\x05\x12%\n!TOOL_CALL_STATUS_OUTPUT_TOO_LARGE\x10\x06\x12 \n\x1cTOOL_CALL_STATUS_NOT_ALLOWED\x10\x07\x12&\n\"TOOL_CALL_STATUS_INVALID_ARGUMENTS\x10\x08\x12 \n\x1cTOOL_CALL_STATUS_UNAVAILABLE\x10\t*\x87\x01\n\x0eToolChoiceMode\x12 \n\x1cTOOL_CHOICE_MODE_UNSPECIFIED\x10\x00\x12\x19\n\x15TOOL_CHOICE_MODE_AUTO\x10\x01\x12\x19\n\x15TOOL_CHOICE_MODE_NONE\x10\x02\x12\x1d\n\x19TOOL_CHOICE_MODE_REQUIRED\x10\x03*\x91\x01\n\x0f\x41gentStopReason\x12!\n\x1d\x41GENT_STOP_REASON_UNSPECIFIED\x10\x00\x12\x1c\n\x18\x41GENT_STOP_REASON_ANSWER\x10\x01\x12\x1f\n\x1b\x41GENT_STOP_REASON_MAX_STEPS\x10\x02\x12\x1c\n\x18\x41GENT_STOP_REASON_LENGTH\x10\x03\x32\x89\x02\n\x0cToolsService\x12P\n\tListTools\x12 .rustaid.api.v1.ListToolsRequest\x1a!.rustaid.api.v1.ListToolsResponse\x12V\n\x0b\x45xecuteTool\x12\".rustaid.api.v1.ExecuteToolRequest\x1a#.rustaid.api.v1.ExecuteToolResponse\x12O\n\x08RunAgent\x12\x1f.rustaid.api.v1.RunAgentRequest\x1a .rustaid.api.v1.RunAgentResponse0\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1arustaid/api/v1/tools.proto\x12\x0erustaid.api.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1brustaid/api/v1/common.proto\"\xf8\x01\n\x0bToolMetrics\x12\r\n\x05\x63\x61lls\x18\x01 \x01(\x04\x12\n\n\x02ok\x18\x02 \x01(\x04\x12\x10\n\x08\x66\x61ilures\x18\x03 \x01(\x04\x12\x10\n\x08timeouts\x18\x04 \x01(\x04\x12\x31\n\x0etotal_duration\x18\x05 \x01(\x0b\x32\x19.google.protobuf.Duration\x12/\n\x0cmax_duration\x18\x06 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x12\n\nlast_error\x18\x07 \x01(\t\x12\x32\n\x0elast_call_time\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\xef\x01\n\x04Tool\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x02 \x01(\t\x12\x19\n\x11parameters_schema\x18\x03 \x01(\t\x12\x15\n\rresult_schema\x18\x04 \x01(\t\x12\x0e\n\x06plugin\x18\x05 \x01(\t\x12\x0f\n\x07\x65nabled\x18\x06 \x01(\x08\x12\x17\n\x0f\x64isabled_reason\x18\x07 \x01(\t\x12*\n\x07timeout\x18\x08 \x01(\x0b\x32\x19.google.protobuf.Duration\x12,\n\x07metrics\x18\t \x01(\x0b\x32\x1b.rustaid.api.v1.ToolMetrics\"H\n\nWasmModule\x12\x0c\n\x04path\x18\x01 \x01(\t\x12\r\n\x05tools\x18\x02 \x03(\t\x12\r\n\x05\x65rror\x18\x03 \x01(\t\x12\x0e\n\x06sha256\x18\x04 \x01(\t\"9\n\x10ListToolsRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\"\x83\x01\n\x11ListToolsResponse\x12#\n\x05tools\x18\x01 \x03(\x0b\x32\x14.rustaid.api.v1.Tool\x12\x30\n\x0cwasm_modules\x18\x02 \x03(\x0b\x32\x1a.rustaid.api.v1.WasmModule\x12\x17\n\x0fnext_page_token\x18\x03 \x01(\t\"f\n\x12\x45xecuteToolRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x16\n\x0e\x61rguments_json\x18\x02 \x01(\t\x12*\n\x07timeout\x18\x03 \x01(\x0b\x32\x19.google.protobuf.Duration\"\x96\x01\n\x13\x45xecuteToolResponse\x12\x13\n\x0boutput_json\x18\x01 \x01(\t\x12\r\n\x05\x65rror\x18\x02 \x01(\t\x12+\n\x08\x64uration\x18\x03 \x01(\x0b\x32\x19.google.protobuf.Duration\x12.\n\x06status\x18\x04 \x01(\x0e\x32\x1e.rustaid.api.v1.ToolCallStatus\"\xd4\x01\n\x0fRunAgentRequest\x12\x0e\n\x06prompt\x18\x01 \x01(\t\x12\r\n\x05tools\x18\x02 \x03(\t\x12\x10\n\x08model_id\x18\x03 \x01(\t\x12\x11\n\tmax_steps\x18\x04 \x01(\r\x12\x30\n\x06params\x18\x05 \x01(\x0b\x32 .rustaid.api.v1.GenerationParams\x12\x34\n\tselection\x18\x06 \x01(\x0b\x32!.rustaid.api.v1.SelectionCriteria\x12\x15\n\rsystem_prompt\x18\x07 \x01(\t\"H\n\nToolChoice\x12,\n\x04mode\x18\x01 \x01(\x0e\x32\x1e.rustaid.api.v1.ToolChoiceMode\x12\x0c\n\x04name\x18\x02 \x01(\t\"<\n\x08ToolCall\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x16\n\x0e\x61rguments_json\x18\x03 \x01(\t\"\xac\x01\n\nToolResult\x12\x0f\n\x07\x63\x61ll_id\x18\x01 \x01(\t\x12\x13\n\x0boutput_json\x18\x02 \x01(\t\x12\r\n\x05\x65rror\x18\x03 \x01(\t\x12.\n\x06status\x18\x04 \x01(\x0e\x32\x1e.rustaid.api.v1.ToolCallStatus\x12\x0c\n\x04name\x18\x05 \x01(\t\x12+\n\x08\x64uration\x18\x06 \x01(\x0b\x32\x19.google.protobuf.Duration\"\x94\x01\n\tAgentDone\x12\x0e\n\x06\x61nswer\x18\x01 \x01(\t\x12\r\n\x05steps\x18\x02 \x01(\r\x12\x32\n\ngeneration\x18\x03 \x01(\x0b\x32\x1e.rustaid.api.v1.GenerationDone\x12\x34\n\x0bstop_reason\x18\x04 \x01(\x0e\x32\x1f.rustaid.api.v1.AgentStopReason\"\x91\x02\n\x10RunAgentResponse\x12-\n\ttool_call\x18\x01 \x01(\x0b\x32\x18.rustaid.api.v1.ToolCallH\x00\x12\x31\n\x0btool_result\x18\x02 \x01(\x0b\x32\x1a.rustaid.api.v1.ToolResultH\x00\x12+\n\x05\x63hunk\x18\x03 \x01(\x0b\x32\x1a.rustaid.api.v1.TokenChunkH\x00\x12)\n\x04\x64one\x18\x04 \x01(\x0b\x32\x19.rustaid.api.v1.AgentDoneH\x00\x12-\n\x06queued\x18\x06 \x01(\x0b\x32\x1b.rustaid.api.v1.QueueStatusH\x00\x12\x0c\n\x04turn\x18\x05 \x01(\rB\x06\n\x04step*\xe2\x02\n\x0eToolCallStatus\x12 \n\x1cTOOL_CALL_STATUS_UNSPECIFIED\x10\x00\x12\x17\n\x13TOOL_CALL_STATUS_OK\x10\x01\x12\x1a\n\x16TOOL_CALL_STATUS_ERROR\x10\x02\x12\x1c\n\x18TOOL_CALL_STATUS_TIMEOUT\x10\x03\x12#\n\x1fTOOL_CALL_STATUS_LIMIT_EXCEEDED\x10\x04\x12#\n\x1fTOOL_CALL_STATUS_INVALID_OUTPUT\x10\x05\x12%\n!TOOL_CALL_STATUS_OUTPUT_TOO_LARGE\x10\x06\x12 \n\x1cTOOL_CALL_STATUS_NOT_ALLOWED\x10\x07\x12&\n\"TOOL_CALL_STATUS_INVALID_ARGUMENTS\x10\x08\x12 \n\x1cTOOL_CALL_STATUS_UNAVAILABLE\x10\t*\x87\x01\n\x0eToolChoiceMode\x12 \n\x1cTOOL_CHOICE_MODE_UNSPECIFIED\x10\x00\x12\x19\n\x15TOOL_CHOICE_MODE_AUTO\x10\x01\x12\x19\n\x15TOOL_CHOICE_MODE_NONE\x10\x02\x12\x1d\n\x19TOOL_CHOICE_MODE_REQUIRED\x10\x03*\xb9\x01\n\x0f\x41gentStopReason\x12!\n\x1d\x41GENT_STOP_REASON_UNSPECIFIED\x10\x00\x12\x1c\n\x18\x41GENT_STOP_REASON_ANSWER\x10\x01\x12\x1f\n\x1b\x41GENT_STOP_REASON_MAX_STEPS\x10\x02\x12\x1c\n\x18\x41GENT_STOP_REASON_LENGTH\x10\x03\x12&\n\"AGENT_STOP_REASON_REPEATED_FAILURE\x10\x04\x32\x89\x02\n\x0cToolsService\x12P\n\tListTools\x12 .rustaid.api.v1.ListToolsRequest\x1a!.rustaid.api.v1.ListToolsResponse\x12V\n\x0b\x45xecuteTool\x12\".rustaid.api.v1.ExecuteToolRequest\x1a#.rustaid.api.v1.ExecuteToolResponse\x12O\n\x08RunAgent\x12\x1f.rustaid.api.v1.RunAgentRequest\x1a .rustaid.api.v1.RunAgentResponse0\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'rustaid.api.v1.tools_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_TOOLCALLSTATUS']._serialized_start=2046
-  _globals['_TOOLCALLSTATUS']._serialized_end=2400
-  _globals['_TOOLCHOICEMODE']._serialized_start=2403
-  _globals['_TOOLCHOICEMODE']._serialized_end=2538
-  _globals['_AGENTSTOPREASON']._serialized_start=2541
-  _globals['_AGENTSTOPREASON']._serialized_end=2686
+  _globals['_TOOLCALLSTATUS']._serialized_start=2111
+  _globals['_TOOLCALLSTATUS']._serialized_end=2465
+  _globals['_TOOLCHOICEMODE']._serialized_start=2468
+  _globals['_TOOLCHOICEMODE']._serialized_end=2603
+  _globals['_AGENTSTOPREASON']._serialized_start=2606
+  _globals['_AGENTSTOPREASON']._serialized_end=2791
   _globals['_TOOLMETRICS']._serialized_start=141
   _globals['_TOOLMETRICS']._serialized_end=389
   _globals['_TOOL']._serialized_start=392
@@ -47,25 +47,25 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_WASMMODULE']._serialized_start=633
   _globals['_WASMMODULE']._serialized_end=705
   _globals['_LISTTOOLSREQUEST']._serialized_start=707
-  _globals['_LISTTOOLSREQUEST']._serialized_end=725
-  _globals['_LISTTOOLSRESPONSE']._serialized_start=727
-  _globals['_LISTTOOLSRESPONSE']._serialized_end=833
-  _globals['_EXECUTETOOLREQUEST']._serialized_start=835
-  _globals['_EXECUTETOOLREQUEST']._serialized_end=937
-  _globals['_EXECUTETOOLRESPONSE']._serialized_start=940
-  _globals['_EXECUTETOOLRESPONSE']._serialized_end=1090
-  _globals['_RUNAGENTREQUEST']._serialized_start=1093
-  _globals['_RUNAGENTREQUEST']._serialized_end=1305
-  _globals['_TOOLCHOICE']._serialized_start=1307
-  _globals['_TOOLCHOICE']._serialized_end=1379
-  _globals['_TOOLCALL']._serialized_start=1381
-  _globals['_TOOLCALL']._serialized_end=1441
-  _globals['_TOOLRESULT']._serialized_start=1444
-  _globals['_TOOLRESULT']._serialized_end=1616
-  _globals['_AGENTDONE']._serialized_start=1619
-  _globals['_AGENTDONE']._serialized_end=1767
-  _globals['_RUNAGENTRESPONSE']._serialized_start=1770
-  _globals['_RUNAGENTRESPONSE']._serialized_end=2043
-  _globals['_TOOLSSERVICE']._serialized_start=2689
-  _globals['_TOOLSSERVICE']._serialized_end=2954
+  _globals['_LISTTOOLSREQUEST']._serialized_end=764
+  _globals['_LISTTOOLSRESPONSE']._serialized_start=767
+  _globals['_LISTTOOLSRESPONSE']._serialized_end=898
+  _globals['_EXECUTETOOLREQUEST']._serialized_start=900
+  _globals['_EXECUTETOOLREQUEST']._serialized_end=1002
+  _globals['_EXECUTETOOLRESPONSE']._serialized_start=1005
+  _globals['_EXECUTETOOLRESPONSE']._serialized_end=1155
+  _globals['_RUNAGENTREQUEST']._serialized_start=1158
+  _globals['_RUNAGENTREQUEST']._serialized_end=1370
+  _globals['_TOOLCHOICE']._serialized_start=1372
+  _globals['_TOOLCHOICE']._serialized_end=1444
+  _globals['_TOOLCALL']._serialized_start=1446
+  _globals['_TOOLCALL']._serialized_end=1506
+  _globals['_TOOLRESULT']._serialized_start=1509
+  _globals['_TOOLRESULT']._serialized_end=1681
+  _globals['_AGENTDONE']._serialized_start=1684
+  _globals['_AGENTDONE']._serialized_end=1832
+  _globals['_RUNAGENTRESPONSE']._serialized_start=1835
+  _globals['_RUNAGENTRESPONSE']._serialized_end=2108
+  _globals['_TOOLSSERVICE']._serialized_start=2794
+  _globals['_TOOLSSERVICE']._serialized_end=3059
 # @@protoc_insertion_point(module_scope)

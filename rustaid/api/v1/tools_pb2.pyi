@@ -38,6 +38,7 @@ class AgentStopReason(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     AGENT_STOP_REASON_ANSWER: _ClassVar[AgentStopReason]
     AGENT_STOP_REASON_MAX_STEPS: _ClassVar[AgentStopReason]
     AGENT_STOP_REASON_LENGTH: _ClassVar[AgentStopReason]
+    AGENT_STOP_REASON_REPEATED_FAILURE: _ClassVar[AgentStopReason]
 TOOL_CALL_STATUS_UNSPECIFIED: ToolCallStatus
 TOOL_CALL_STATUS_OK: ToolCallStatus
 TOOL_CALL_STATUS_ERROR: ToolCallStatus
@@ -56,6 +57,7 @@ AGENT_STOP_REASON_UNSPECIFIED: AgentStopReason
 AGENT_STOP_REASON_ANSWER: AgentStopReason
 AGENT_STOP_REASON_MAX_STEPS: AgentStopReason
 AGENT_STOP_REASON_LENGTH: AgentStopReason
+AGENT_STOP_REASON_REPEATED_FAILURE: AgentStopReason
 
 class ToolMetrics(_message.Message):
     __slots__ = ("calls", "ok", "failures", "timeouts", "total_duration", "max_duration", "last_error", "last_call_time")
@@ -112,16 +114,22 @@ class WasmModule(_message.Message):
     def __init__(self, path: _Optional[str] = ..., tools: _Optional[_Iterable[str]] = ..., error: _Optional[str] = ..., sha256: _Optional[str] = ...) -> None: ...
 
 class ListToolsRequest(_message.Message):
-    __slots__ = ()
-    def __init__(self) -> None: ...
+    __slots__ = ("page_size", "page_token")
+    PAGE_SIZE_FIELD_NUMBER: _ClassVar[int]
+    PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    page_size: int
+    page_token: str
+    def __init__(self, page_size: _Optional[int] = ..., page_token: _Optional[str] = ...) -> None: ...
 
 class ListToolsResponse(_message.Message):
-    __slots__ = ("tools", "wasm_modules")
+    __slots__ = ("tools", "wasm_modules", "next_page_token")
     TOOLS_FIELD_NUMBER: _ClassVar[int]
     WASM_MODULES_FIELD_NUMBER: _ClassVar[int]
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
     tools: _containers.RepeatedCompositeFieldContainer[Tool]
     wasm_modules: _containers.RepeatedCompositeFieldContainer[WasmModule]
-    def __init__(self, tools: _Optional[_Iterable[_Union[Tool, _Mapping]]] = ..., wasm_modules: _Optional[_Iterable[_Union[WasmModule, _Mapping]]] = ...) -> None: ...
+    next_page_token: str
+    def __init__(self, tools: _Optional[_Iterable[_Union[Tool, _Mapping]]] = ..., wasm_modules: _Optional[_Iterable[_Union[WasmModule, _Mapping]]] = ..., next_page_token: _Optional[str] = ...) -> None: ...
 
 class ExecuteToolRequest(_message.Message):
     __slots__ = ("name", "arguments_json", "timeout")

@@ -26,7 +26,9 @@ if _version_not_supported:
 
 
 class ToolsServiceStub:
-    """Tools the models (and clients) can call, and the agent loop.
+    """Tools the models (and clients) can call, and the agent loop. Tools come from
+    plugins (built-ins included) and from .wasm files in the plugins folder; see
+    docs/tools.md.
     """
 
     def __init__(self, channel):
@@ -53,24 +55,40 @@ class ToolsServiceStub:
 
 
 class ToolsServiceServicer:
-    """Tools the models (and clients) can call, and the agent loop.
+    """Tools the models (and clients) can call, and the agent loop. Tools come from
+    plugins (built-ins included) and from .wasm files in the plugins folder; see
+    docs/tools.md.
     """
 
     def ListTools(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """Every tool with its schemas, state and metrics, and every .wasm file found (the
+        plugins folder is looked at again first).
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def ExecuteTool(self, request, context):
-        """Validates the arguments against the tool's schema, then runs it.
+        """Validates the arguments against the tool's schema, then runs it. How the tool
+        ended (failed, timed out, answered garbage) is in the response's status, not an
+        RPC error. Errors: INVALID_ARGUMENT (empty name; arguments_json not an object or
+        violating the schema, reason TOOL_ARGUMENTS_INVALID with every violation; timeout
+        out of range), NOT_FOUND (TOOL_NOT_FOUND), FAILED_PRECONDITION (TOOL_DISABLED,
+        TOOL_BROKEN, TOOL_NOT_CONFIGURED, TOOL_SANDBOX_UNAVAILABLE, RAG_NOT_AVAILABLE),
+        RESOURCE_EXHAUSTED (TOOLS_BUSY: `max_concurrent` calls already running).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def RunAgent(self, request, context):
-        """Lets a model call allowed tools until it answers; streams every step.
+        """Lets a model call the allowed tools until it answers; streams every step: each
+        tool_call and its tool_result, the answer as chunks, queued while a model turn
+        waits for a busy model, and one done. A call outside the allow-list or with bad
+        arguments is told to the model, not an RPC error. Errors, before anything is
+        streamed: INVALID_ARGUMENT (prompt, tools[i], max_steps, params), NOT_FOUND (an
+        unknown tool or model), FAILED_PRECONDITION (a disabled tool; model errors as for
+        generation).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -103,7 +121,9 @@ def add_ToolsServiceServicer_to_server(servicer, server):
 
  # This class is part of an EXPERIMENTAL API.
 class ToolsService:
-    """Tools the models (and clients) can call, and the agent loop.
+    """Tools the models (and clients) can call, and the agent loop. Tools come from
+    plugins (built-ins included) and from .wasm files in the plugins folder; see
+    docs/tools.md.
     """
 
     @staticmethod

@@ -26,7 +26,10 @@ if _version_not_supported:
 
 
 class UpdatesServiceStub:
-    """Signed over-the-air updates of models and plugins.
+    """Signed over-the-air updates of models and plugins (docs/updates.md). Every RPC
+    except GetUpdateStatus, ListHistory, WatchUpdates and Rollback needs an [updates]
+    repository in the configuration: FAILED_PRECONDITION with reason
+    UPDATES_NOT_CONFIGURED (a reload that adds it starts updates at once).
     """
 
     def __init__(self, channel):
@@ -65,45 +68,86 @@ class UpdatesServiceStub:
                 request_serializer=rustaid_dot_api_dot_v1_dot_updates__pb2.WatchUpdatesRequest.SerializeToString,
                 response_deserializer=rustaid_dot_api_dot_v1_dot_updates__pb2.WatchUpdatesResponse.FromString,
                 _registered_method=True)
+        self.CancelUpdate = channel.unary_unary(
+                '/rustaid.api.v1.UpdatesService/CancelUpdate',
+                request_serializer=rustaid_dot_api_dot_v1_dot_updates__pb2.CancelUpdateRequest.SerializeToString,
+                response_deserializer=rustaid_dot_api_dot_v1_dot_updates__pb2.CancelUpdateResponse.FromString,
+                _registered_method=True)
 
 
 class UpdatesServiceServicer:
-    """Signed over-the-air updates of models and plugins.
+    """Signed over-the-air updates of models and plugins (docs/updates.md). Every RPC
+    except GetUpdateStatus, ListHistory, WatchUpdates and Rollback needs an [updates]
+    repository in the configuration: FAILED_PRECONDITION with reason
+    UPDATES_NOT_CONFIGURED (a reload that adds it starts updates at once).
     """
 
     def CheckUpdates(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """Fetches and verifies the release metadata and lists what is newer than what is
+        installed; downloads no artifact. Errors: INVALID_ARGUMENT (channel), NOT_FOUND
+        (CHANNEL_NOT_FOUND), FAILED_PRECONDITION (METADATA_SIGNATURE_INVALID,
+        METADATA_MALFORMED, METADATA_EXPIRED, METADATA_ROLLBACK, METADATA_VERSION_REUSED,
+        ROOT_VERSION_MISMATCH, REDIRECT_REFUSED), DATA_LOSS (METADATA_TOO_LARGE),
+        UNAVAILABLE (REPOSITORY_UNAVAILABLE, METADATA_NOT_FOUND).
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def ApplyUpdate(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """Checks, then downloads, verifies, switches, health-checks and commits (or rolls
+        back) each update. A failed download or a rolled-back update is not an RPC error:
+        see the records' outcome and message. Errors: as CheckUpdates, plus
+        INVALID_ARGUMENT (artifact_ids[i]), NOT_FOUND (ARTIFACT_NOT_FOUND),
+        FAILED_PRECONDITION (POWER_GATE: on battery below `min_battery` or hot, the
+        message says which; UPDATE_IN_PROGRESS; UPDATE_NOT_APPLICABLE), RESOURCE_EXHAUSTED
+        (DISK_FULL, with wait: the partial download was removed; free space and apply
+        again).
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def GetUpdateStatus(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """The updater's state now: the running update, the installed artifacts, the trusted
+        metadata version.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def Rollback(self, request, context):
-        """Switches an artifact back to its previous version.
+        """Switches an artifact back to the version in its other slot, health-checked: the
+        record's outcome is ROLLED_BACK, or FAILED if that version failed its health check
+        (the current one stays). Errors: INVALID_ARGUMENT (artifact_id), NOT_FOUND
+        (ARTIFACT_NOT_FOUND), FAILED_PRECONDITION (NO_PREVIOUS_VERSION,
+        UPDATE_IN_PROGRESS).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def ListHistory(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """Past attempts, newest first. Errors: INVALID_ARGUMENT (limit above 1000).
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def WatchUpdates(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """The status now, then every change (phases, download progress at most 5 times a
+        second, outcomes, rescheduling) until the client cancels.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def CancelUpdate(self, request, context):
+        """Stops the running update while it downloads or verifies: the partial download is
+        removed and the installed version stays (administrators). Errors:
+        FAILED_PRECONDITION (NO_UPDATE_RUNNING; UPDATE_NOT_CANCELLABLE: switching or
+        health-checking, it ends in the old or the new version).
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
@@ -141,6 +185,11 @@ def add_UpdatesServiceServicer_to_server(servicer, server):
                     request_deserializer=rustaid_dot_api_dot_v1_dot_updates__pb2.WatchUpdatesRequest.FromString,
                     response_serializer=rustaid_dot_api_dot_v1_dot_updates__pb2.WatchUpdatesResponse.SerializeToString,
             ),
+            'CancelUpdate': grpc.unary_unary_rpc_method_handler(
+                    servicer.CancelUpdate,
+                    request_deserializer=rustaid_dot_api_dot_v1_dot_updates__pb2.CancelUpdateRequest.FromString,
+                    response_serializer=rustaid_dot_api_dot_v1_dot_updates__pb2.CancelUpdateResponse.SerializeToString,
+            ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
             'rustaid.api.v1.UpdatesService', rpc_method_handlers)
@@ -150,7 +199,10 @@ def add_UpdatesServiceServicer_to_server(servicer, server):
 
  # This class is part of an EXPERIMENTAL API.
 class UpdatesService:
-    """Signed over-the-air updates of models and plugins.
+    """Signed over-the-air updates of models and plugins (docs/updates.md). Every RPC
+    except GetUpdateStatus, ListHistory, WatchUpdates and Rollback needs an [updates]
+    repository in the configuration: FAILED_PRECONDITION with reason
+    UPDATES_NOT_CONFIGURED (a reload that adds it starts updates at once).
     """
 
     @staticmethod
@@ -305,6 +357,33 @@ class UpdatesService:
             '/rustaid.api.v1.UpdatesService/WatchUpdates',
             rustaid_dot_api_dot_v1_dot_updates__pb2.WatchUpdatesRequest.SerializeToString,
             rustaid_dot_api_dot_v1_dot_updates__pb2.WatchUpdatesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CancelUpdate(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/rustaid.api.v1.UpdatesService/CancelUpdate',
+            rustaid_dot_api_dot_v1_dot_updates__pb2.CancelUpdateRequest.SerializeToString,
+            rustaid_dot_api_dot_v1_dot_updates__pb2.CancelUpdateResponse.FromString,
             options,
             channel_credentials,
             insecure,

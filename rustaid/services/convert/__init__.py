@@ -14,7 +14,7 @@ from collections.abc import Iterable
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from rustaid.api.v1 import common_pb2, generate_pb2, models_pb2, plugins_pb2
-from rustaid.core.engine import Done, Queued, Timings
+from rustaid.core.engine import Done, Energy, Queued, Timings
 from rustaid.core.registry import ModelEntry, ModelEvent, ModelEventType, ModelKind, ModelMetadata
 from rustaid.core.registry import ModelState as DomainModelState
 from rustaid.core.router import Candidate, Selection, SelectionCriteria
@@ -69,7 +69,6 @@ _PLUGIN_STATE = {
     PluginState.VALIDATED: plugins_pb2.PLUGIN_STATE_VALIDATED,
     PluginState.LOADED: plugins_pb2.PLUGIN_STATE_LOADED,
     PluginState.ACTIVE: plugins_pb2.PLUGIN_STATE_ACTIVE,
-    PluginState.INACTIVE: plugins_pb2.PLUGIN_STATE_INACTIVE,
     PluginState.UNLOADED: plugins_pb2.PLUGIN_STATE_UNLOADED,
     PluginState.FAILED: plugins_pb2.PLUGIN_STATE_FAILED,
 }
@@ -162,12 +161,16 @@ def model_to_pb(e: ModelEntry) -> models_pb2.Model:
         pinned=e.pinned,
         context_length=e.context_length,
         threads=e.threads,
+        parallel=e.parallel,
     )
 
 
 def watch_models_response_to_pb(event: ModelEvent) -> models_pb2.WatchModelsResponse:
     return models_pb2.WatchModelsResponse(
-        type=_EVENT[event.type], model=model_to_pb(event.model), time=_timestamp(event.time)
+        type=_EVENT[event.type],
+        model=model_to_pb(event.model),
+        time=_timestamp(event.time),
+        reason=event.reason,
     )
 
 
@@ -270,7 +273,12 @@ def generation_done_to_pb(d: Done) -> common_pb2.GenerationDone:
         usage=usage_to_pb(d.stats),
         timings=timings_to_pb(d.timings),
         adjustments=d.adjustments,
+        energy=energy_estimate_to_pb(d.energy),
     )
+
+
+def energy_estimate_to_pb(e: Energy) -> common_pb2.EnergyEstimate:
+    return common_pb2.EnergyEstimate(joules=e.joules, basis=e.basis)
 
 
 def queue_status_to_pb(q: Queued) -> common_pb2.QueueStatus:

@@ -10,7 +10,15 @@ from google.protobuf import json_format, struct_pb2
 
 from rustaid.api.v1 import rag_pb2
 from rustaid.errors import InvalidArgument
-from rustaid.providers import Condition, Distance, FieldAnyOf, FieldMatch, FieldRange, Filter
+from rustaid.providers import (
+    Condition,
+    Distance,
+    FieldAnyOf,
+    FieldMatch,
+    FieldRange,
+    Filter,
+    SearchMode,
+)
 from rustaid.rag.ask import Hit
 from rustaid.rag.manager import (
     ChunkingRequest,
@@ -38,8 +46,27 @@ def distance_from_pb(value: int) -> Distance:
     return _DISTANCE_FROM[value]  # type: ignore[index]
 
 
-def distance_to_pb(distance: Distance) -> rag_pb2.Distance:
-    return _DISTANCE[distance]
+_MODE = {
+    SearchMode.DENSE: rag_pb2.SEARCH_MODE_DENSE,
+    SearchMode.KEYWORD: rag_pb2.SEARCH_MODE_KEYWORD,
+    SearchMode.HYBRID: rag_pb2.SEARCH_MODE_HYBRID,
+}
+_MODE_FROM = {v: k for k, v in _MODE.items()}
+
+
+def search_mode_from_pb(value: int) -> SearchMode | None:
+    """None for unspecified: the collection decides."""
+    if value == rag_pb2.SEARCH_MODE_UNSPECIFIED:
+        return None
+    if value not in _MODE_FROM:
+        raise InvalidArgument(
+            f"mode {value} is not a known SearchMode (dense, keyword or hybrid)", field="mode"
+        )
+    return _MODE_FROM[value]  # type: ignore[index]
+
+
+def search_mode_to_pb(mode: SearchMode) -> rag_pb2.SearchMode:
+    return _MODE[mode]
 
 
 def struct_from_pb(s: struct_pb2.Struct, field_name: str = "metadata") -> dict[str, Any]:
@@ -60,10 +87,6 @@ def struct_to_pb(data: dict[str, Any]) -> struct_pb2.Struct:
     return s
 
 
-def embedding_to_pb(vector: Sequence[float]) -> rag_pb2.Embedding:
-    return rag_pb2.Embedding(values=vector)
-
-
 def _varint(n: int) -> bytes:
     out = bytearray()
     while True:
@@ -72,6 +95,10 @@ def _varint(n: int) -> bytes:
             out.append(low)
             return bytes(out)
         out.append(low | 0x80)
+
+
+def index_progress_to_pb(chunks_done: int, chunks_total: int) -> rag_pb2.IndexProgress:
+    return rag_pb2.IndexProgress(chunks_done=chunks_done, chunks_total=chunks_total)
 
 
 def embed_response_to_pb(e: Embedded) -> rag_pb2.EmbedResponse:
@@ -108,6 +135,7 @@ def collection_to_pb(view: CollectionView) -> rag_pb2.Collection:
         indexed_points_count=stats.indexed_points if stats else 0,
         index_building=stats.index_building if stats else False,
         error=view.error,
+        keyword_language=r.keyword_language,
     )
 
 

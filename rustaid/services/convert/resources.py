@@ -82,10 +82,6 @@ def _duration(seconds: float) -> Duration | None:
     return d
 
 
-def power_profile_to_pb(profile: PowerProfile) -> common_pb2.PowerProfile:
-    return _PROFILE[profile]
-
-
 def power_profile_from_pb(value: int) -> PowerProfile:
     profile = _PROFILE_FROM.get(value)  # type: ignore[call-overload]
     if profile is None:
@@ -94,10 +90,6 @@ def power_profile_from_pb(value: int) -> PowerProfile:
             f"profile {value} is not a power profile; use one of {names}", field="profile"
         )
     return profile  # type: ignore[no-any-return]
-
-
-def profile_source_to_pb(source: ProfileSource) -> resources_pb2.ProfileSource:
-    return _SOURCE[source]
 
 
 def memory_status_to_pb(m: MemoryStatus) -> resources_pb2.MemoryStatus:
@@ -118,6 +110,7 @@ def cpu_status_to_pb(c: CpuStatus) -> resources_pb2.CpuStatus:
         frequency_mhz=c.frequency_mhz,
         max_frequency_mhz=c.max_frequency_mhz,
         cores=c.cores,
+        others_busy_cores=c.others_busy_cores,
     )
 
 
@@ -153,6 +146,12 @@ def thermal_status_to_pb(t: ThermalStatus) -> resources_pb2.ThermalStatus:
         zones=[thermal_zone_to_pb(z) for z in t.zones],
         throttling=throttling_status_to_pb(t.throttling),
         reason=t.reason,
+        rising_state=(
+            _THERMAL[t.rising_state]
+            if t.rising_state > t.state
+            else resources_pb2.THERMAL_STATE_UNSPECIFIED
+        ),
+        rising_reason=t.rising_reason if t.rising_state > t.state else "",
     )
 
 

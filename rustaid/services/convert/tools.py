@@ -34,6 +34,7 @@ _STOP = {
     StopReason.ANSWER: tools_pb2.AGENT_STOP_REASON_ANSWER,
     StopReason.MAX_STEPS: tools_pb2.AGENT_STOP_REASON_MAX_STEPS,
     StopReason.LENGTH: tools_pb2.AGENT_STOP_REASON_LENGTH,
+    StopReason.REPEATED_FAILURE: tools_pb2.AGENT_STOP_REASON_REPEATED_FAILURE,
 }
 _CHOICE = {
     tools_pb2.TOOL_CHOICE_MODE_UNSPECIFIED: ChoiceMode.AUTO,
@@ -57,10 +58,6 @@ def seconds_from_pb(d: Duration, field: str) -> float | None:
     if value < 0:
         raise InvalidArgument(f"{field} must not be negative (got {value:g} s)", field=field)
     return value or None
-
-
-def tool_call_status_to_pb(status: ToolCallStatus) -> tools_pb2.ToolCallStatus:
-    return _STATUS[status]
 
 
 def _json(value: Any) -> str:
@@ -126,7 +123,10 @@ def tool_choice_from_pb(c: tools_pb2.ToolChoice) -> ToolChoice:
 
 
 def tool_call_to_pb(c: ToolCall) -> tools_pb2.ToolCall:
-    return tools_pb2.ToolCall(id=c.id, name=c.name, arguments_json=c.arguments_json)
+    # A model may write half a surrogate pair ("\\ud800") into its arguments: not UTF-8,
+    # so protobuf cannot carry it; it becomes U+FFFD as any invalid text does.
+    arguments = c.arguments_json.encode("utf-8", "surrogatepass").decode("utf-8", "replace")
+    return tools_pb2.ToolCall(id=c.id, name=c.name, arguments_json=arguments)
 
 
 def tool_call_from_pb(c: tools_pb2.ToolCall, field: str) -> ToolCall:

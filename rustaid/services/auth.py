@@ -1,6 +1,6 @@
 """The gRPC server interceptor that authenticates and authorises every call.
 
-It runs inside rustaid.services.errors.ErrorInterceptor, so its denials (domain errors
+It runs inside ErrorInterceptor (services/errors.py), so its denials (domain errors
 Unauthenticated and PermissionDenied) become status codes with ErrorInfo details there,
 and before admission control, which limits per caller. An allowed call runs with its
 caller set (rustaid.core.caller).

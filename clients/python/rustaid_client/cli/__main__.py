@@ -1,0 +1,3 @@
+from rustaid_client.cli import main
+
+raise SystemExit(main())
