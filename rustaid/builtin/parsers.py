@@ -12,8 +12,10 @@ import logging
 import re
 import zipfile
 from collections.abc import Iterator, Sequence
+from pathlib import PurePosixPath
 from typing import Any
 
+from rustaid.builtin.text_headings import outline
 from rustaid.errors import InvalidArgument
 from rustaid.hookspecs import hookimpl
 from rustaid.providers import (
@@ -105,6 +107,9 @@ def _document(
 
 # --- plain text ---------------------------------------------------------------------------
 
+# Where headings are looked for in the layout ("": a text without a file name).
+_PROSE = ("", ".txt", ".text", ".rst", ".org")
+
 
 class TextParser(DocumentParser):
     name = "text"
@@ -117,7 +122,22 @@ class TextParser(DocumentParser):
         return not looks_binary(head[:_BINARY_PROBE])
 
     def parse(self, content: bytes, filename: str) -> ParsedDocument:
-        return _document([Section(_normalise(decode_text(content, filename)))], filename)
+        text = _normalise(decode_text(content, filename))
+        suffix = PurePosixPath(filename).suffix.lower()
+        # Prose files may show headings by their layout; data and code files do not.
+        found = outline(text, org=suffix == ".org") if suffix in _PROSE else None
+        if not found or not found.headings:
+            return _document([Section(text)], filename)
+        out = _Sections()
+        for i, line in enumerate(text.split("\n")):
+            if i in found.headings:
+                out.heading(*found.headings[i])
+            elif i not in found.decoration:
+                out.add(line)
+        out.flush()
+        if not out.sections:  # nothing but headings: the lines are the text
+            return _document([Section(text)], filename)
+        return _document(out.sections, filename, out.title)
 
 
 # --- Markdown -----------------------------------------------------------------------------

@@ -111,6 +111,108 @@ def test_markdown_without_headings_is_one_section() -> None:
     assert len(doc.sections) == 1 and doc.sections[0].heading_path == ()
 
 
+# -- headings in plain text -------------------------------------------------------------
+
+MAN_PAGE = b"""ssh (OpenSSH client)
+
+NAME
+       ssh - OpenSSH remote login client
+
+DESCRIPTION
+       ssh is a program for logging into a remote machine.
+
+   Escape characters
+       When a pseudo-terminal has been requested, ssh supports escapes.
+
+       ControlMaster
+               Enables the sharing of multiple sessions.
+
+       For example:
+           ssh -L 80:localhost:80 host
+
+ENVIRONMENT
+       SSH_AUTH_SOCK names the agent's socket.
+"""
+
+
+def test_text_laid_out_like_a_manual_page_gets_its_sections() -> None:
+    doc = TextParser().parse(MAN_PAGE, "ssh.txt")
+    assert doc.title == "ssh (OpenSSH client)"
+    by_path = {s.heading_path: s.text for s in doc.sections}
+    title = ("ssh (OpenSSH client)",)
+    assert list(by_path) == [
+        (*title, "NAME"),
+        (*title, "DESCRIPTION"),
+        (*title, "DESCRIPTION", "Escape characters"),
+        (*title, "ENVIRONMENT"),
+    ]
+    # A term of a definition list and a line ending in a colon stay in their section.
+    escapes = by_path[(*title, "DESCRIPTION", "Escape characters")]
+    assert "ControlMaster" in escapes and "For example:" in escapes
+    assert "SSH_AUTH_SOCK" in by_path[(*title, "ENVIRONMENT")]
+
+
+def test_underlined_titles_nest_in_the_order_their_styles_appear() -> None:
+    rst = b"""=====
+Guide
+=====
+
+Read this first.
+
+Install
+-------
+
+Run the installer.
+
+From source
+~~~~~~~~~~~
+Build it.
+
+Use
+---
+Start it.
+"""
+    doc = TextParser().parse(rst, "guide.rst")
+    assert doc.title == "Guide"
+    assert [s.heading_path for s in doc.sections] == [
+        ("Guide",),
+        ("Guide", "Install"),
+        ("Guide", "Install", "From source"),
+        ("Guide", "Use"),
+    ]
+    assert "---" not in doc.text and "~~~" not in doc.text and "===" not in doc.text
+
+
+def test_org_outlines_are_headings() -> None:
+    doc = TextParser().parse(b"* Tasks\nBuy milk.\n** Later\nFix the bike.\n", "todo.org")
+    assert [s.heading_path for s in doc.sections] == [("Tasks",), ("Tasks", "Later")]
+
+
+def test_prose_data_and_code_keep_their_lines() -> None:
+    letter = b"Dear Sam,\n\nThe meeting moved.\nSee you THEN\n\nNOTE that it is early.\n"
+    doc = TextParser().parse(letter, "letter.txt")
+    assert [s.heading_path for s in doc.sections] == [()]  # no short title, no capitals line
+    assert doc.text.count("\n") == letter.decode().strip().count("\n")
+    config = b"[server]\n\nPORT\n8080\n\nname = x\n=======\n"
+    assert TextParser().parse(config, "notes.txt").sections[0].heading_path  # read as prose
+    for name in ("settings.conf", "data.csv", "tool.py"):
+        assert [s.heading_path for s in TextParser().parse(config, name).sections] == [()]
+
+
+def test_text_that_is_all_headings_is_kept_as_text() -> None:
+    doc = TextParser().parse(b"SHOPPING\n\nEGGS\n\nMILK\n", "list.txt")
+    assert doc.text == "SHOPPING\n\nEGGS\n\nMILK"
+
+
+def test_hostile_text_is_parsed_in_linear_time() -> None:
+    hostile = b"TITLE\n\n" + b"   Sub\n\n" * 100_000 + b"\n" * 200_000 + b"       text\n"
+    hostile += b"x\n" + b"=" * 1000 + b"\n" + b"\nA\n---\n" * 50_000
+    t0 = time.perf_counter()
+    doc = TextParser().parse(hostile, "hostile.txt")
+    assert time.perf_counter() - t0 < 5
+    assert "text" in doc.text
+
+
 # -- HTML --------------------------------------------------------------------------------
 
 HTML = b"""<!DOCTYPE html><html><head><title>Page &amp; Title</title>
