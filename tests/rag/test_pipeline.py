@@ -81,7 +81,7 @@ def test_unchanged_changed_and_cut_short_runs(indexer: Indexer) -> None:
 
     # A crash while writing v2: only its first chunk got in, next to all of v1.
     async def partial() -> _Prepared:
-        prepared = await indexer._prepare(V2)
+        (prepared,) = await indexer._prepare([V2])
         assert isinstance(prepared, _Prepared)
         vectors = await indexer.embedders.run(
             "m", lambda e: e.embed([c.embed_text for c in prepared.chunks])
@@ -107,7 +107,7 @@ def test_a_crash_after_writing_before_cleaning_up(indexer: Indexer) -> None:
 
     # All of v2 written, then the crash: v1 was never deleted.
     async def written_not_cleaned() -> int:
-        prepared = await indexer._prepare(V2)
+        (prepared,) = await indexer._prepare([V2])
         assert isinstance(prepared, _Prepared)
         vectors = await indexer.embedders.run(
             "m", lambda e: e.embed([c.embed_text for c in prepared.chunks])
@@ -154,12 +154,26 @@ def test_small_documents_of_a_stream_share_store_calls(indexer: Indexer) -> None
     summary = asyncio.run(indexer.index_stream(stream(docs)))
     assert summary.indexed == 40 and summary.replaced == 0
     assert counting.store.count("c") == summary.chunks
-    # Upserts of UPSERT_BATCH points shared by the 40 documents, and two counts to know
-    # none had an old version (plus the one count per document that tells whether it is
-    # already indexed).
+    # Upserts of UPSERT_BATCH points shared by the 40 documents, one count to know none
+    # is indexed yet and two to know none had an old version.
     assert counting.calls["upsert"] == -(-summary.chunks // UPSERT_BATCH) < 40
-    assert counting.calls["count"] == 40 + 2
+    assert counting.calls["count"] == 1 + 2
     assert "delete" not in counting.calls
+
+
+def test_a_stream_mixing_indexed_and_new_documents(indexer: Indexer) -> None:
+    docs = [DocumentInput(id=f"line{i}", text=f"Line number {i} of the log.") for i in range(40)]
+    asyncio.run(indexer.index_stream(stream(docs[:30])))
+    changed = DocumentInput(id="line3", text="Line three, rewritten.")
+    again = [*docs[:3], changed, *docs[4:]]
+    summary = asyncio.run(indexer.index_stream(stream(again)))
+    assert (summary.unchanged, summary.indexed, summary.replaced) == (29, 11, 1)
+    assert summary.document_ids == [d.id for d in again]
+    line3 = sorted(chunks_of(indexer, "line3"), key=lambda c: c["chunk_index"])
+    assert " ".join(c["text"] for c in line3) == "Line three, rewritten."  # the old one is gone
+    assert indexer.store.count("c") == summary.chunks + sum(
+        len(chunks_of(indexer, d.id)) for d in again[:30] if d is not changed
+    )
 
 
 def test_a_stale_chunk_carrying_another_documents_hash_is_still_removed(indexer: Indexer) -> None:
