@@ -4,6 +4,7 @@ llama.cpp context follows the power profile (measured from outside, per thread).
 from __future__ import annotations
 
 import contextlib
+import itertools
 import threading
 import time
 from pathlib import Path
@@ -24,6 +25,9 @@ def write_power(data: Path, dev: FakeDevice, *, share_cpu: bool = True, extra: s
     (data / "config" / "rustaid.toml").write_text(lines)
 
 
+_stories = itertools.count()
+
+
 def cpu_by_thread(pid: int) -> dict[int, float]:
     return {t.id: t.user_time + t.system_time for t in psutil.Process(pid).threads()}
 
@@ -31,7 +35,11 @@ def cpu_by_thread(pid: int) -> dict[int, float]:
 def busy_threads(daemon: DaemonProcess, client: Client, model_id: str) -> tuple[int, list[str]]:
     """Threads that computed during one generation, and the adjustments reported."""
     before = cpu_by_thread(daemon.proc.pid)
-    done = client.generate("Once upon a time", model_id, max_tokens=64, temperature=0.0)
+    # The synthetic model computes a token in about a millisecond and the saving profiles
+    # cap the reply at 64 tokens: a long prompt, new each time (no cached prefix), gives
+    # the compute threads a share well clear of the event loop's and of a clock tick.
+    prompt = f"Story {next(_stories)}. " + "Once upon a time there was a small daemon. " * 15
+    done = client.generate(prompt, model_id, max_tokens=256, temperature=0.0)
     after = cpu_by_thread(daemon.proc.pid)
     used = sorted((after[t] - before.get(t, 0.0) for t in after), reverse=True)
     # Compute threads share a generation's work; the event loop and gRPC use far less.
