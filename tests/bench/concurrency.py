@@ -16,14 +16,15 @@ Arms, each an OpenAI-compatible server on loopback, sent the same requests over
 - llama-server (with `--llama-server PATH`): llama.cpp's own server with `-np` = the
   most clients measured and `-c` = that many times the context, so each slot has the
   same context as rustaid's sequences. Built from the llama.cpp sources that
-  llama-cpp-python's sdist vendors (the same llama.cpp as the daemon's), ~15 min on two
-  cores:
+  llama-cpp-python's sdist vendors (the same llama.cpp as the daemon's) with the same
+  `GGML_NATIVE=OFF` as `make setup` builds the daemon's, ~15 min on two cores:
 
       pip download --no-deps --no-binary :all: llama-cpp-python==0.3.36 -d /tmp/lsrv
       tar xzf /tmp/lsrv/llama_cpp_python-0.3.36.tar.gz -C /tmp/lsrv
       cd /tmp/lsrv/llama_cpp_python-0.3.36/vendor/llama.cpp
       cmake -S . -B build -G Ninja -DCMAKE_BUILD_TYPE=Release -DLLAMA_CURL=OFF \
-            -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_SERVER=ON
+            -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_SERVER=ON \
+            -DGGML_NATIVE=OFF
       cmake --build build --target llama-server   # -> build/bin/llama-server
 
 Every client asks its own question (a word that differs per client and round, so no arm
