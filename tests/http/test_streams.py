@@ -43,7 +43,9 @@ def test_over_the_limit_429_then_a_disconnect_frees_the_place(limited: HttpDaemo
     warm = _complete(limited.url, 64)
     assert warm.status_code == 200
     tps = warm.json()["rustaid"]["timings"]["tokens_per_second"]
-    body = {"model": SLOW, "prompt": "Once", "max_tokens": LONG, "stream": True}
+    # Seed 2 runs to the token cap with no end token: the stream is still running below.
+    body = {"model": SLOW, "prompt": "Once", "max_tokens": LONG, "stream": True, "seed": 2,
+            "temperature": 1}  # fmt: skip
     with httpx.Client(timeout=60) as client:
         with client.stream("POST", limited.url + "/v1/completions", json=body) as stream:
             lines = stream.iter_lines()
@@ -65,7 +67,8 @@ def test_over_the_limit_429_then_a_disconnect_frees_the_place(limited: HttpDaemo
 
 
 def test_ollama_stream_cut_short_also_frees_the_place(limited: HttpDaemon) -> None:
-    body = {"model": SLOW, "prompt": "Once", "raw": True, "options": {"num_predict": LONG}}
+    options = {"num_predict": LONG, "seed": 2, "temperature": 1}  # runs to the cap
+    body = {"model": SLOW, "prompt": "Once", "raw": True, "options": options}
     url = limited.url + "/api/generate"
     with httpx.Client(timeout=60) as client, client.stream("POST", url, json=body) as stream:
         lines = stream.iter_lines()
@@ -108,7 +111,10 @@ def test_a_stream_running_at_shutdown_ends_with_an_error_event(
     data = tmp_path / "data"
     add_model(data, model_files["slow"], "slow.gguf")
     write_config(data, 'http_listen = ["127.0.0.1:0"]\nshutdown_grace_s = 1\n')
-    body = {"model": SLOW, "prompt": "Once", "max_tokens": LONG, "stream": True}
+    # Seed 2 runs to the token cap with no end token (unseeded, the reply could end within
+    # the second of grace and close with [DONE]).
+    body = {"model": SLOW, "prompt": "Once", "max_tokens": LONG, "stream": True, "seed": 2,
+            "temperature": 1}  # fmt: skip
     with run_daemon(data) as daemon:
         url = daemon.http_url()
         with httpx.stream("POST", url + "/v1/completions", json=body, timeout=60) as stream:
