@@ -107,7 +107,8 @@ def _document(
 
 # --- plain text ---------------------------------------------------------------------------
 
-# Where headings are looked for in the layout ("": a text without a file name).
+# Where headings are looked for in the layout ("": a file name without a suffix, such as
+# README, or none at all).
 _PROSE = ("", ".txt", ".text", ".rst", ".org")
 
 
