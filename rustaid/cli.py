@@ -1,4 +1,4 @@
-"""`rustaid` command: serve the daemon, print its version."""
+"""`rustaid` command: serve the daemon, print its version, quantise an embedding model."""
 
 from __future__ import annotations
 
@@ -38,6 +38,19 @@ def _parser() -> argparse.ArgumentParser:
     mode.add_argument("--user", dest="system", action="store_false",
                       help="per-user paths (XDG)")  # fmt: skip
     sub.add_parser("version", help="print the version")
+    quantize = sub.add_parser(
+        "quantize",
+        help="write an int8 copy of an fp32 ONNX embedding model folder",
+        description="Write an int8 copy of an fp32 ONNX embedding model folder (weights "
+        "per output channel; activations per token when the daemon loads it). About 1.6x "
+        "the fp32 model's speed on x86 CPUs, and close to its vectors.",
+    )
+    quantize.add_argument(
+        "folder", type=Path, help="e.g. ~/.local/share/rustaid/models/embeddings/minilm"
+    )
+    quantize.add_argument(
+        "--output", type=Path, metavar="FOLDER", help="default: FOLDER-int8 beside it"
+    )
     from rustaid.auth.cli import add_token_parser
 
     add_token_parser(sub)
@@ -60,6 +73,29 @@ def _say_which_instance(settings: Settings, *, chosen: bool) -> None:
         log.info("%s (%s)", kind, where)
 
 
+def _quantize(folder: Path, output: Path | None) -> int:
+    import time
+
+    from rustaid.builtin.onnx_quantization import quantize_folder
+
+    # onnxruntime's quantiser advises on the root logger about pre-processing that a
+    # transformer does not need.
+    logging.getLogger().setLevel(logging.ERROR)
+    started = time.monotonic()
+    try:
+        target = quantize_folder(
+            folder.expanduser(),
+            output.expanduser() if output else None,
+            say=lambda line: print(line, file=sys.stderr),
+        )
+    except ValueError as e:
+        print(f"rustaid: {e}", file=sys.stderr)
+        return 2
+    size = (target / "model.onnx").stat().st_size / 2**20
+    print(f"{target}: int8, {size:.1f} MiB, in {time.monotonic() - started:.1f} s")
+    return 0
+
+
 def main(argv: list[str] | None = None, *, prepare: Callable[[Daemon], None] | None = None) -> int:
     """`prepare` sees the daemon before it runs (rustaid.testing's entry points)."""
     args = _parser().parse_args(argv)
@@ -70,6 +106,8 @@ def main(argv: list[str] | None = None, *, prepare: Callable[[Daemon], None] | N
     if args.command == "version":
         print(f"rustaid {__version__}")
         return 0
+    if args.command == "quantize":
+        return _quantize(args.folder, args.output)
     try:
         settings = load_settings(
             data_dir=args.data_dir,

@@ -8,16 +8,17 @@ the installed pages with build_corpus.py); questions: tests/bench/retrieval/ques
 paraphrased, each with its page and a phrase of the passage that answers it. A hit is
 right when it comes from that page and its text or heading path holds the phrase.
 
-1. A daemon with the real all-MiniLM-L6-v2, fp32 and int8, indexes the corpus (IndexFile,
-   Markdown parser, default chunking) into one Qdrant Edge collection per model; both
-   hold keyword vectors.
+1. A daemon with the real all-MiniLM-L6-v2 indexes the corpus (IndexFile, Markdown
+   parser, default chunking) into one Qdrant Edge collection per model, all with keyword
+   vectors. Models: fp32; int8, the published model_int8.onnx (weights quantised per
+   tensor); q8, the int8 model `rustaid quantize` makes of the fp32 one (per channel).
 2. Every question is searched (top_k 10) in each mode: dense, keyword, hybrid.
 3. Exact brute force: the same parser and chunker run in this process with the fp32
    model, the chunk texts are embedded directly and ranked by exact cosine. Its top
    results are compared with the daemon's dense ones (the store adds no loss).
 
 Reports recall@1, @5, @10 and MRR@10 per model and mode, the page-level recall@5, and
-hybrid - dense and int8 - fp32 at recall@5. --quick uses the first 12 pages' questions.
+hybrid - dense, int8 - fp32 and q8 - fp32 at recall@5. --quick uses the first 12 pages' questions.
 --plain indexes the pages as plain text laid out as `man` prints them (section titles in
 capitals at the margin, text indented), through the plain-text parser: what its heading
 detection recovers of the Markdown structure.
@@ -112,8 +113,12 @@ def model_folders(root: Path) -> None:
     (int8 / "model.onnx").symlink_to(MINILM / "model_int8.onnx")
     (int8 / "tokenizer.json").symlink_to(MINILM / "tokenizer.json")
     (int8 / "1_Pooling").symlink_to(MINILM / "1_Pooling", target_is_directory=True)
+    from rustaid.builtin.onnx_quantization import quantize_folder
+
+    q8 = quantize_folder(MINILM, emb / "minilm-q8")
     old = time.time() - 3600  # settled files: listed at once
-    os.utime(int8, (old, old), follow_symlinks=False)
+    for folder in (int8, q8, *q8.iterdir()):
+        os.utime(folder, (old, old), follow_symlinks=False)
 
 
 def brute_force(
@@ -194,9 +199,9 @@ def main(argv: list[str] | None = None) -> int:
                 "keyword": rag_pb2.SEARCH_MODE_KEYWORD,
                 "hybrid": rag_pb2.SEARCH_MODE_HYBRID,
             }
-            for model in ("fp32", "int8"):
+            for model in ("fp32", "int8", "q8"):
                 name = f"man-{model}"
-                model_id = "embeddings/minilm" + ("-int8" if model == "int8" else "")
+                model_id = "embeddings/minilm" + ("" if model == "fp32" else f"-{model}")
                 stub.CreateCollection(
                     rag_pb2.CreateCollectionRequest(name=name, embedding_model_id=model_id)
                 )
@@ -257,6 +262,8 @@ def main(argv: list[str] | None = None) -> int:
     int8_gap = table["int8/dense"]["recall@5"] - table["fp32/dense"]["recall@5"]
     result["hybrid_minus_dense_recall@5"] = gain
     result["int8_minus_fp32_dense_recall@5"] = int8_gap
+    q8_gap = table["q8/dense"]["recall@5"] - table["fp32/dense"]["recall@5"]
+    result["q8_minus_fp32_dense_recall@5"] = q8_gap
     print(
         f"\n{len(questions)} questions, {len(files)} pages ({result['format']}), "
         f"{result['chunks_fp32']} chunks "
@@ -266,7 +273,8 @@ def main(argv: list[str] | None = None) -> int:
     print(common.table(headers, rows))
     print(
         f"\nhybrid - dense recall@5 (fp32): {gain:+.3f}; int8 - fp32 dense recall@5: "
-        f"{int8_gap:+.3f}; daemon dense top 5 identical to exact brute force for "
+        f"{int8_gap:+.3f}; q8 (rustaid quantize) - fp32: {q8_gap:+.3f}; "
+        "daemon dense top 5 identical to exact brute force for "
         f"{result['dense_top5_equal_to_exact']:.0%} of questions"
     )
     common.write_json(args.json, result)

@@ -136,3 +136,85 @@ def test_has_dynamic_quantization_reads_the_operator_names(tmp_path: Path, quant
     if quantized:
         folder = quantized_copy(folder, tmp_path / "q")
     assert has_dynamic_quantization(folder / "model.onnx") is quantized
+
+
+SENTENCES = [
+    "Use journalctl --vacuum-size to shrink the journal.",
+    "zstd -19 compresses harder and slower",
+    "apt-get autoremove removes packages nothing depends on any more",
+    "sed -i edits the file in place",
+    "The cat sat on the mat while the dog slept.",
+    "How do I list the services that failed to start?",
+    "Mount the disk read-only before checking it.",
+    "memory",
+]
+
+
+def rustaid_quantize(*args: str | Path) -> Any:
+    import subprocess
+    import sys
+
+    return subprocess.run(
+        [sys.executable, "-m", "rustaid", "quantize", *map(str, args)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+
+
+@needs_minilm
+def test_rustaid_quantize_makes_an_int8_model_closer_to_fp32_than_the_published_one(
+    tmp_path: Path,
+) -> None:
+    fp32_folder = tmp_path / "minilm"
+    shutil.copytree(MINILM, fp32_folder, ignore=shutil.ignore_patterns("model_int8.onnx"))
+    done = rustaid_quantize(fp32_folder)
+    assert done.returncode == 0, done.stderr
+    int8_folder = tmp_path / "minilm-int8"
+    assert f"{int8_folder}: int8" in done.stdout
+    assert "quantising" in done.stderr and "WARNING" not in done.stderr
+    # A whole model folder: the tokenizer and pooling came along, nothing half-written.
+    assert (int8_folder / "tokenizer.json").is_file()
+    assert (int8_folder / "1_Pooling" / "config.json").is_file()
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
+    assert has_dynamic_quantization(int8_folder / "model.onnx")
+    size = (int8_folder / "model.onnx").stat().st_size
+    assert size < (fp32_folder / "model.onnx").stat().st_size / 3
+
+    published = tmp_path / "published"
+    published.mkdir()
+    (published / "model.onnx").symlink_to(MINILM / "model_int8.onnx")
+    shutil.copy(MINILM / "tokenizer.json", published)
+    shutil.copytree(MINILM / "1_Pooling", published / "1_Pooling")
+
+    fp32 = np.array(load(fp32_folder).embed(SENTENCES))
+    ours = load(int8_folder)
+    theirs = np.array(load(published).embed(SENTENCES))
+    ours_cos = np.sum(fp32 * np.array(ours.embed(SENTENCES)), axis=1)
+    theirs_cos = np.sum(fp32 * theirs, axis=1)
+    assert ours_cos.min() > 0.99, ours_cos
+    assert ours_cos.mean() > theirs_cos.mean() + 0.01, (ours_cos, theirs_cos)
+    # Loaded like any int8 graph: per token, so the same vector in any batch.
+    alone, *in_batches = vectors_of_text(ours)
+    for v in in_batches:
+        np.testing.assert_allclose(v, alone, atol=1e-5)
+
+
+def test_rustaid_quantize_says_what_to_fix(tmp_path: Path) -> None:
+    fp32_folder = write_matmul_model(tmp_path / "tiny")
+    missing = rustaid_quantize(tmp_path / "nothing")
+    assert missing.returncode == 2
+    assert "has no model.onnx" in missing.stderr
+
+    done = rustaid_quantize(fp32_folder, "--output", tmp_path / "tiny-q")
+    assert done.returncode == 0, done.stderr
+    assert has_dynamic_quantization(tmp_path / "tiny-q" / "model.onnx")
+
+    again = rustaid_quantize(fp32_folder, "--output", tmp_path / "tiny-q")
+    assert again.returncode == 2
+    assert "exists; remove it or name another folder" in again.stderr
+    twice = rustaid_quantize(tmp_path / "tiny-q", "--output", tmp_path / "tiny-qq")
+    assert twice.returncode == 2
+    assert "is already quantised; give the fp32 model's folder" in twice.stderr
+    assert not (tmp_path / "tiny-qq").exists()
