@@ -56,6 +56,8 @@ log = logging.getLogger(__name__)
 MODEL_FILE = "model.onnx"
 TOKENIZER_FILE = "tokenizer.json"
 DEFAULT_BATCH_SIZE = 32
+# Runs of more padded tokens than this give their arena memory back when they end.
+SHRINK_AFTER_TOKENS = 2048
 # When no file says how long an input may be.
 FALLBACK_MAX_TOKENS = 512
 _POOLING_KEYS = {
@@ -175,14 +177,18 @@ class OnnxEmbedder(LoadedEmbedder):
         so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         so.log_severity_level = 3
         # ONNX Runtime's CPU arena reuses buffers between the operators of a run, and is
-        # shrunk when each run ends: by itself it grows to the largest batch it has seen
-        # and never shrinks. Without an arena every intermediate tensor of 1 MiB or more
-        # got a fresh mapping (rustaid.memory) and its pages faulted in again: ingestion
-        # of one-line documents ran at 342-394 chunks/s against 527-535 with the arena
-        # (int8 all-MiniLM-L6-v2, 2 threads, alternating runs of the daemon).
+        # shrunk when a large run ends: by itself it grows to the largest batch it has
+        # seen and never shrinks. Without an arena every intermediate tensor of 1 MiB or
+        # more got a fresh mapping (rustaid.memory) and its pages faulted in again:
+        # ingestion of one-line documents ran at 342-394 chunks/s against 527-535 with
+        # the arena (int8 all-MiniLM-L6-v2, 2 threads, alternating runs of the daemon).
+        # Shrinking after every run cost that again in part (runs of 64 one-line texts:
+        # 769-784 texts/s against 838-910 int8, 464-467 against 494-502 fp32), so runs of
+        # at most SHRINK_AFTER_TOKENS keep the small arena they need.
         so.enable_cpu_mem_arena = True
         self._run_options = ort.RunOptions()
-        self._run_options.add_run_config_entry("memory.enable_memory_arena_shrinkage", "cpu:0")
+        self._shrink_options = ort.RunOptions()
+        self._shrink_options.add_run_config_entry("memory.enable_memory_arena_shrinkage", "cpu:0")
         # Workers that spin between the operators of a run make it faster; the
         # power-saving profiles turn that off. Either way they stop when a run ends:
         # spinning on between runs took a core from the tokenizer and the gRPC reply
@@ -282,9 +288,9 @@ class OnnxEmbedder(LoadedEmbedder):
         if truncated is not None:
             truncated.extend(bool(e.overflowing) for e in encodings)
         feed, mask = self._feed(encodings)
-        out = self._session.run([self._output], feed, self._run_options)[0].astype(
-            np.float32, copy=False
-        )
+        large = mask.size > SHRINK_AFTER_TOKENS
+        options = self._shrink_options if large else self._run_options
+        out = self._session.run([self._output], feed, options)[0].astype(np.float32, copy=False)
         if not self._pooled:
             out = self._pool(out, mask)
         norms = np.linalg.norm(out, axis=1, keepdims=True)

@@ -5,7 +5,10 @@
         [--json out.json]
 
 1. Embedding throughput (texts/s) of the real all-MiniLM-L6-v2, fp32 and int8, on the
-   same 512 short sentences in batches of 64 with the same thread count, four arms:
+   same 512 short sentences in calls of 64 with the same thread count, four arms (the
+   daemon and its provider with their default settings: a call's texts are sorted by
+   length and run 32 at a time, `embedding_batch_size`; direct runs each call whole,
+   which measured as fast as runs of 32 or 128 here):
    - direct: ONNX Runtime + tokenizers called in this process, the plain way (batches
      in the given order, padded to the longest, mean pooling and L2 norm in numpy),
      with the session options the daemon uses (intra-op threads, one inter-op thread,
@@ -32,7 +35,10 @@
    store plugin, then the daemon restarted: random unit vectors, which are harder for
    HNSW than real embeddings), once the background index build is done; p50 and p99 of
    --queries queries, with the daemon's own split (embed_ms, search_ms), and the
-   daemon's resident memory at 100k chunks.
+   daemon's resident memory at 100k chunks. At 100k the daemon is then stopped and the
+   same searches run in this process (the same provider, model, keyword vector and
+   hybrid query of the same store): daemon - in-process p50 is what gRPC, the event loop
+   and the thread hops add, target <= 2 ms.
 4. Search latency while indexing (between 3 and the 100k part): the same Search calls,
    back to back from one client on the 10k collection, while another client streams
    --ingest more one-chunk documents into it with IndexDocuments; p50 and p99 of the
@@ -68,6 +74,7 @@ MINILM = Path(
 TARGET_EMBED_RATIO = 0.95
 TARGET_P50_MS_100K = 5.0
 TARGET_P99_MS_BUSY = 50.0
+TARGET_OVERHEAD_MS_100K = 2.0
 BATCH = 64
 SUBJECTS = ("the daemon", "a small board", "the battery", "my laptop", "the vector index",
             "a language model", "the update server", "this document", "the search query",
@@ -366,6 +373,52 @@ def latency(stub: Any, name: str, queries: Sequence[str]) -> dict[str, float]:
     }
 
 
+def search_direct(
+    state: Path, model: Path, queries: Sequence[str], threads: int
+) -> dict[str, float]:
+    """What the daemon's Search does, in this process: the query embedded by the same
+    provider and model, its keyword vector, and the same hybrid query of the same Qdrant
+    Edge collection (the daemon must be stopped: the store is opened here). What the
+    daemon adds over this is gRPC, its event loop and the thread hops."""
+    from rustaid.builtin.onnx_embeddings import OnnxEmbeddingProvider
+    from rustaid.builtin.qdrant_edge import QdrantEdgeStore
+    from rustaid.providers import EmbeddingOptions
+    from rustaid.rag.keywords import KeywordEncoder
+    from rustaid.rag.manager import HYBRID_CANDIDATES
+
+    embedder = OnnxEmbeddingProvider().load(model, EmbeddingOptions(threads=threads))
+    store = QdrantEdgeStore().open(state / "rag" / "qdrant-edge", {})
+    encoder = KeywordEncoder("english")
+
+    def one(q: str) -> tuple[float, float, float]:
+        t0 = time.perf_counter()
+        vector = embedder.embed([q])[0]
+        t1 = time.perf_counter()
+        keywords = encoder.query(q)
+        if keywords.indices:
+            hits = store.search_keywords(
+                "bench", keywords, 5, None, None, vector, HYBRID_CANDIDATES
+            )
+        else:
+            hits = store.search("bench", vector, 5)
+        t2 = time.perf_counter()
+        assert len(hits) == 5
+        return (t2 - t0) * 1000, (t1 - t0) * 1000, (t2 - t1) * 1000
+
+    try:
+        for q in queries[:20]:  # warm up
+            one(q)
+        total, embed, search = zip(*(one(q) for q in queries), strict=True)
+    finally:
+        store.close()
+    return {
+        "p50_ms": statistics.median(total),
+        "p99_ms": pct(list(total), 99),
+        "embed_p50_ms": statistics.median(embed),
+        "search_p50_ms": statistics.median(search),
+    }
+
+
 def pct(values: list[float], p: float) -> float:
     return statistics.quantiles(values, n=100)[int(p) - 1]
 
@@ -505,7 +558,7 @@ def measure_embeddings(
         # the daemon's path costs (gRPC, event loop, worker thread), nothing else.
         provider = OnnxEmbeddingProvider().load(
             root / "models" / model_id,
-            EmbeddingOptions(threads=args.threads, batch_size=BATCH, spin_wait=True),
+            EmbeddingOptions(threads=args.threads, spin_wait=True),
         )
 
         def daemon_embed(batch: Sequence[str], model: str = model_id) -> None:
@@ -667,9 +720,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     graphs = model_folders(root)
     (root / "config").mkdir()
     (root / "config" / "rustaid.toml").write_text(
-        "[rag]\n"
-        f'embedding_model = "embeddings/minilm-int8"\nembedding_threads = {args.threads}\n'
-        f"embedding_batch_size = {BATCH}\n"
+        f'[rag]\nembedding_model = "embeddings/minilm-int8"\nembedding_threads = {args.threads}\n'
     )
     env = common.child_env(RUSTAID_THREADS=str(args.threads))
     texts = sentences(args.texts)
@@ -791,6 +842,27 @@ def main(argv: Sequence[str] | None = None) -> int:
                     ]
                 )
                 channel.close()
+            direct = search_direct(
+                root / "state", root / "models" / "embeddings" / "minilm-int8", queries,
+                args.threads,
+            )  # fmt: skip
+            big["direct"] = direct
+            big["overhead_p50_ms"] = big["p50_ms"] - direct["p50_ms"]
+            rows.append(
+                [
+                    f"search {args.big // 1000}k chunks in this process p50 / p99 (ms)",
+                    f"{direct['p50_ms']:.2f} / {direct['p99_ms']:.2f}",
+                    f"embed {direct['embed_p50_ms']:.2f} + search {direct['search_p50_ms']:.2f}"
+                    " (the same provider, model and hybrid query, no daemon)",
+                ]
+            )
+            rows.append(
+                [
+                    f"search {args.big // 1000}k chunks: daemon - in this process, p50",
+                    f"{big['overhead_p50_ms']:.2f} ms",
+                    f"target <= {TARGET_OVERHEAD_MS_100K:g} (gRPC, event loop, thread hops)",
+                ]
+            )
     except _Done:
         pass
     finally:
