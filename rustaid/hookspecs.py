@@ -16,6 +16,7 @@ from rustaid.providers import (
     DocumentParser,
     EmbeddingProvider,
     LLMProvider,
+    RerankerProvider,
     ResourceMonitor,
     Tool,
     VectorStore,
@@ -38,6 +39,11 @@ def register_llm_providers(register: Callable[[LLMProvider], None]) -> None:
 @hookspec
 def register_embedding_providers(register: Callable[[EmbeddingProvider], None]) -> None:
     """Register embedding engines."""
+
+
+@hookspec
+def register_reranker_providers(register: Callable[[RerankerProvider], None]) -> None:
+    """Register reranking engines (cross-encoders)."""
 
 
 @hookspec

@@ -46,6 +46,7 @@ BUILTIN_PLUGINS: tuple[str, ...] = (
     "rustaid.builtin.anthropic",
     "rustaid.builtin.onnx_embeddings",
     "rustaid.builtin.llama_cpp_embeddings",
+    "rustaid.builtin.onnx_reranker",
     "rustaid.builtin.qdrant_edge",
     "rustaid.builtin.qdrant_client_store",
     "rustaid.builtin.parsers",

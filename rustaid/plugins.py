@@ -68,6 +68,7 @@ from rustaid.providers import (
     LLMProvider,
     ModelFiles,
     PluginInfo,
+    RerankerProvider,
     ResourceMonitor,
     ResourceRequirements,
     Tool,
@@ -105,6 +106,7 @@ class _Kind(NamedTuple):
 _KINDS: tuple[_Kind, ...] = (
     _Kind("llm", "register_llm_providers", LLMProvider),
     _Kind("embedding", "register_embedding_providers", EmbeddingProvider),
+    _Kind("reranker", "register_reranker_providers", RerankerProvider),
     _Kind("vector_store", "register_vector_stores", VectorStore),
     _Kind("document_parser", "register_document_parsers", DocumentParser),
     _Kind("tool", "register_tools", Tool),
@@ -287,6 +289,11 @@ class PluginManager:
     def embedding_providers(self) -> dict[str, EmbeddingProvider]:
         return {
             n: o for n, o in self._active_objects("embedding") if isinstance(o, EmbeddingProvider)
+        }
+
+    def reranker_providers(self) -> dict[str, RerankerProvider]:
+        return {
+            n: o for n, o in self._active_objects("reranker") if isinstance(o, RerankerProvider)
         }
 
     def vector_stores(self) -> dict[str, VectorStore]:

@@ -488,6 +488,44 @@ class EmbeddingProvider(ModelFiles, ABC):
         with a message saying what is wrong with the files."""
 
 
+# --- Rerankers ---------------------------------------------------------------------------
+
+
+class LoadedReranker(ABC):
+    """A reranking model in memory: it reads the query and each passage together (a
+    cross-encoder), which ranks better than comparing two vectors made apart, and is too
+    slow for more than a search's few best candidates. The daemon serialises calls."""
+
+    @abstractmethod
+    def score(self, query: str, texts: Sequence[str]) -> list[float]:
+        """One relevance score per text, in order, higher is more relevant. Scores need
+        only compare within one call."""
+
+    def memory_bytes(self) -> int:
+        """Approximate memory the model holds (0 when unknown)."""
+        return 0
+
+    @abstractmethod
+    def close(self) -> None:
+        """Free the model's memory."""
+
+
+class RerankerProvider(ABC):
+    """An engine for reranking models: folders under `models/rerankers/`, one of which
+    `[rag] reranker` names."""
+
+    name: str
+
+    @abstractmethod
+    def handles(self, path: Path) -> bool:
+        """True if `path` is a model this engine can load (cheap: looks at file names)."""
+
+    @abstractmethod
+    def load(self, path: Path, options: EmbeddingOptions) -> LoadedReranker:
+        """Load a model (blocking; runs in a worker thread). Raise errors.PreconditionFailed
+        with a message saying what is wrong with the files."""
+
+
 # --- Vector stores ----------------------------------------------------------------------
 
 

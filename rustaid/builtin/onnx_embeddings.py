@@ -73,7 +73,7 @@ _POOLED_OUTPUTS = ("sentence_embedding", "sentence_embeddings", "embeddings", "t
 _TOKEN_OUTPUTS = ("last_hidden_state", "token_embeddings", "hidden_states")
 
 
-def _read_json(path: Path) -> dict[str, Any]:
+def read_json(path: Path) -> dict[str, Any]:
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError) as e:
@@ -90,7 +90,7 @@ def read_pooling(folder: Path) -> str:
     config_path = folder / "1_Pooling" / "config.json"
     if not config_path.is_file():
         return "mean"
-    config = _read_json(config_path)
+    config = read_json(config_path)
     modes = [mode for key, mode in _POOLING_KEYS.items() if config.get(key)]
     if len(modes) != 1:
         raise PreconditionFailed(
@@ -107,14 +107,14 @@ def read_max_tokens(folder: Path, tokenizer_config: dict[str, Any]) -> int:
     max_position_embeddings."""
     candidates: list[Any] = []
     if (folder / "sentence_bert_config.json").is_file():
-        candidates.append(_read_json(folder / "sentence_bert_config.json").get("max_seq_length"))
+        candidates.append(read_json(folder / "sentence_bert_config.json").get("max_seq_length"))
     truncation = tokenizer_config.get("truncation")
     if isinstance(truncation, dict):
         candidates.append(truncation.get("max_length"))
     if (folder / "tokenizer_config.json").is_file():
-        candidates.append(_read_json(folder / "tokenizer_config.json").get("model_max_length"))
+        candidates.append(read_json(folder / "tokenizer_config.json").get("model_max_length"))
     if (folder / "config.json").is_file():
-        candidates.append(_read_json(folder / "config.json").get("max_position_embeddings"))
+        candidates.append(read_json(folder / "config.json").get("max_position_embeddings"))
     for value in candidates:
         # tokenizer_config.json says 1e30 when it does not know.
         if isinstance(value, int) and not isinstance(value, bool) and 0 < value <= 1 << 20:
@@ -122,7 +122,7 @@ def read_max_tokens(folder: Path, tokenizer_config: dict[str, Any]) -> int:
     return FALLBACK_MAX_TOKENS
 
 
-def _pad_id(tokenizer: Any, config: dict[str, Any]) -> tuple[int, str]:
+def read_pad_token(tokenizer: Any, config: dict[str, Any]) -> tuple[int, str]:
     padding = config.get("padding")
     if isinstance(padding, dict) and isinstance(padding.get("pad_id"), int):
         return int(padding["pad_id"]), str(padding.get("pad_token") or "[PAD]")
@@ -146,7 +146,7 @@ class OnnxEmbedder(LoadedEmbedder):
         self.threads = options.threads or psutil.cpu_count(logical=False) or 1
         self.batch_size = options.batch_size or DEFAULT_BATCH_SIZE
         tokenizer_path = folder / TOKENIZER_FILE
-        tokenizer_config = _read_json(tokenizer_path)
+        tokenizer_config = read_json(tokenizer_path)
         self.pooling = read_pooling(folder)
         self.max_tokens = read_max_tokens(folder, tokenizer_config)
         try:
@@ -160,7 +160,7 @@ class OnnxEmbedder(LoadedEmbedder):
             ) from e
         self._counter.no_truncation()
         self._counter.no_padding()
-        pad_id, pad_token = _pad_id(self._tokenizer, tokenizer_config)
+        pad_id, pad_token = read_pad_token(self._tokenizer, tokenizer_config)
         self._tokenizer.enable_truncation(self.max_tokens)
         self._tokenizer.enable_padding(pad_id=pad_id, pad_token=pad_token)
         self.special_tokens = self._tokenizer.num_special_tokens_to_add(False)

@@ -13,6 +13,9 @@ max_file_mb = 64
 ask_answer_tokens = 512                # answer length when the request sets none
 keyword_language = "english"           # keyword (BM25) vectors of new collections: stop
                                        # words and stemming of this language ("": none)
+reranker = ""                          # a cross-encoder in models/rerankers/NAME reorders
+                                       # Search's best results ("": no reranking)
+rerank_candidates = 20                 # how many of them
 
 [rag.stores.qdrant]                    # options of one vector store plugin
 url = "http://qdrant.lan:6333"
@@ -31,6 +34,8 @@ from rustaid.errors import InvalidArgument
 from rustaid.rag.keywords import check_language
 
 SECTION = "rag"
+# A cross-encoder runs once per candidate: more than this would make a search slow.
+MAX_RERANK_CANDIDATES = 200
 
 
 @dataclass(frozen=True)
@@ -48,6 +53,10 @@ class RagConfig:
     ask_answer_tokens: int = 512
     # Language of the keyword vectors of new collections ("": dense vectors only).
     keyword_language: str = "english"
+    # Folder name of a cross-encoder under models/rerankers/ ("": no reranking), and how
+    # many of the store's best results it reorders.
+    reranker: str = ""
+    rerank_candidates: int = 20
     # Options per vector store plugin name ([rag.stores.NAME]).
     stores: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
 
@@ -64,6 +73,7 @@ _INTS = {
     "loaded_embedding_models": 1,
     "max_file_mb": 1,
     "ask_answer_tokens": 1,
+    "rerank_candidates": 1,
 }
 
 
@@ -86,7 +96,7 @@ def parse_rag_config(section: object) -> RagConfig:
             field="rag",
         )
     values: dict[str, Any] = {}
-    for key in ("embedding_model", "vector_store", "keyword_language"):
+    for key in ("embedding_model", "vector_store", "keyword_language", "reranker"):
         if key in section:
             if not isinstance(section[key], str):
                 raise _bad(key, "must be a string", section[key])
@@ -115,6 +125,15 @@ def parse_rag_config(section: object) -> RagConfig:
         ):
             raise _bad("stores", "must hold one table per store, e.g. [rag.stores.qdrant]", stores)
         values["stores"] = {str(k): dict(v) for k, v in stores.items()}
+    reranker = values.get("reranker", "")
+    if reranker and (reranker.startswith(".") or "/" in reranker or "\\" in reranker):
+        raise _bad("reranker", "must be the name of a folder in models/rerankers/", reranker)
+    if values.get("rerank_candidates", 0) > MAX_RERANK_CANDIDATES:
+        raise _bad(
+            "rerank_candidates",
+            f"must be at most {MAX_RERANK_CANDIDATES}",
+            values["rerank_candidates"],
+        )
     if values.get("keyword_language"):
         check_language(values["keyword_language"], "rag.keyword_language")
     config = RagConfig(**values)

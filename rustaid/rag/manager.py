@@ -72,6 +72,7 @@ from rustaid.rag.pipeline import (
     StreamSummary,
     check_document_id,
 )
+from rustaid.rag.rerank import Rerankers, rerank
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -148,6 +149,7 @@ class SearchResult:
     search_ms: float
     embed_ms: float
     mode: SearchMode = SearchMode.DENSE
+    rerank_ms: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -287,6 +289,11 @@ class Rag:
         )
         self.catalogue = Catalogue(self.state_dir / "collections.json")
         self.keywords = KeywordEncoders()
+        self.rerankers = Rerankers(
+            lambda: self._settings().models_dir,
+            plugins.reranker_providers,
+            lambda: self._embedding_options()[0],
+        )
         self._stores: dict[str, VectorStoreClient] = {}
         self._store_lock = asyncio.Lock()
         self._name_locks: dict[str, asyncio.Lock] = {}
@@ -743,6 +750,9 @@ class Rag:
             vector = unpack(packed)
         t1 = time.perf_counter()
         limit = top_k or DEFAULT_TOP_K
+        reranker_name = self.config.reranker
+        # The reranker reorders more candidates than it keeps.
+        fetch = max(limit, self.config.rerank_candidates) if reranker_name else limit
         keywords = None
         if mode is not SearchMode.DENSE:
             encoder = self.keywords.get(record.keyword_language, record.keyword_average_words)
@@ -752,19 +762,29 @@ class Rag:
             if keywords is None or (vector is not None and not keywords.indices):
                 # Dense, or hybrid with no word worth a keyword match (only stop words).
                 assert vector is not None
-                return store.search(record.name, vector, limit, f, score_threshold)
+                return store.search(record.name, vector, fetch, f, score_threshold)
             if not keywords.indices:
                 return []
-            candidates = max(HYBRID_CANDIDATES, limit)
+            candidates = max(HYBRID_CANDIDATES, fetch)
             return store.search_keywords(
-                record.name, keywords, limit, f, score_threshold, vector, candidates
+                record.name, keywords, fetch, f, score_threshold, vector, candidates
             )
 
-        points = await asyncio.get_running_loop().run_in_executor(self._interactive, search)
-        t2 = time.perf_counter()
+        def search_and_rerank() -> tuple[list[ScoredPoint], float, float]:
+            points = search()
+            t2 = time.perf_counter()
+            reranker = self.rerankers.get(reranker_name)
+            if reranker is not None:
+                points = rerank(reranker, query, points, limit)
+            return points, t2, time.perf_counter()
+
+        points, t2, t3 = await asyncio.get_running_loop().run_in_executor(
+            self._interactive, search_and_rerank
+        )
         hits = [_hit(p) for p in points]
         embed_ms = (t1 - t0) * 1000 if vector is not None else 0.0
-        return SearchResult(hits, (t2 - t1) * 1000, embed_ms, mode)
+        rerank_ms = (t3 - t2) * 1000 if reranker_name else 0.0
+        return SearchResult(hits, (t2 - t1) * 1000, embed_ms, mode, rerank_ms)
 
     @staticmethod
     def _search_mode(
@@ -901,6 +921,7 @@ class Rag:
                 await self._maintenance
             self._maintenance = None
         self.embedders.stop()
+        await self._thread(self.rerankers.close)
         stores = list(self._stores.items())
         self._stores.clear()
         for name, client in stores:

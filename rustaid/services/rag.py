@@ -195,6 +195,7 @@ class RagServicer(rag_pb2_grpc.RagServiceServicer):
             search_ms=result.search_ms,
             embed_ms=result.embed_ms,
             mode=rag_convert.search_mode_to_pb(result.mode),
+            rerank_ms=result.rerank_ms,
         )
 
     async def DeleteDocuments(

@@ -322,16 +322,18 @@ class SearchRequest(_message.Message):
     def __init__(self, collection: _Optional[str] = ..., query: _Optional[str] = ..., top_k: _Optional[int] = ..., filter: _Optional[_Union[Filter, _Mapping]] = ..., score_threshold: _Optional[float] = ..., mode: _Optional[_Union[SearchMode, str]] = ...) -> None: ...
 
 class SearchResponse(_message.Message):
-    __slots__ = ("hits", "search_ms", "embed_ms", "mode")
+    __slots__ = ("hits", "search_ms", "embed_ms", "mode", "rerank_ms")
     HITS_FIELD_NUMBER: _ClassVar[int]
     SEARCH_MS_FIELD_NUMBER: _ClassVar[int]
     EMBED_MS_FIELD_NUMBER: _ClassVar[int]
     MODE_FIELD_NUMBER: _ClassVar[int]
+    RERANK_MS_FIELD_NUMBER: _ClassVar[int]
     hits: _containers.RepeatedCompositeFieldContainer[SearchHit]
     search_ms: float
     embed_ms: float
     mode: SearchMode
-    def __init__(self, hits: _Optional[_Iterable[_Union[SearchHit, _Mapping]]] = ..., search_ms: _Optional[float] = ..., embed_ms: _Optional[float] = ..., mode: _Optional[_Union[SearchMode, str]] = ...) -> None: ...
+    rerank_ms: float
+    def __init__(self, hits: _Optional[_Iterable[_Union[SearchHit, _Mapping]]] = ..., search_ms: _Optional[float] = ..., embed_ms: _Optional[float] = ..., mode: _Optional[_Union[SearchMode, str]] = ..., rerank_ms: _Optional[float] = ...) -> None: ...
 
 class DeleteDocumentsRequest(_message.Message):
     __slots__ = ("collection", "document_ids", "filter")

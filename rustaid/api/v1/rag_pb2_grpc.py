@@ -176,7 +176,8 @@ class RagServiceServicer:
         """The best chunks for a query. Errors: INVALID_ARGUMENT (query empty, top_k out of
         range, mode unknown, score_threshold not finite, a bad filter; FILTER_TYPE_MISMATCH
         for a condition that does not fit the field's type), FAILED_PRECONDITION
-        (NO_KEYWORDS: keyword or hybrid mode on a collection without keyword vectors).
+        (NO_KEYWORDS: keyword or hybrid mode on a collection without keyword vectors;
+        RERANKER_NOT_FOUND: [rag] reranker names no usable model folder).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
