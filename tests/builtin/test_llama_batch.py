@@ -5,6 +5,7 @@ each gets what it would get alone."""
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -139,6 +140,35 @@ def test_concurrent_streams_each_match_their_solo_output(
     grammar_reply = alone[3]
     assert grammar_reply.startswith(" ") and grammar_reply.endswith(".")
     assert '"name"' in alone[4]
+
+
+@pytest.mark.parametrize("gather", [True, False])
+def test_requests_arriving_together_read_their_prompts_in_one_step(
+    batched: LlamaModel, gather: bool
+) -> None:
+    engine = batched.batch
+    assert engine is not None
+    saved = engine.gather_quiet_s, engine.gather_max_s
+    # Arrivals 50 ms apart stand for a burst (a few ms apart), with room for a busy
+    # machine; without the wait the first request reads its prompt alone.
+    engine.gather_quiet_s, engine.gather_max_s = (1.0, 5.0) if gather else (0.0, 0.0)
+    try:
+        steps = engine.steps
+        calls = []
+        for i in range(PARALLEL):
+            prompt = f"Name a colour ({i}):"
+            calls.append(Call(batched, prompt, GenerationParams(max_tokens=1, temperature=0)))
+            calls[-1].start()
+            time.sleep(0.05)
+        for call in calls:
+            call.join()
+        # One token each, sampled right after its prompt: one step if read together.
+        if gather:
+            assert engine.steps - steps == 1
+        else:
+            assert engine.steps - steps > 1
+    finally:
+        engine.gather_quiet_s, engine.gather_max_s = saved
 
 
 def test_a_late_joiner_gets_its_first_token_while_others_run(batched: LlamaModel) -> None:
