@@ -14,6 +14,7 @@ against 50 ms one by one, and every caller gets its answer when the shared run e
 from __future__ import annotations
 
 import asyncio
+import collections
 import functools
 import heapq
 import itertools
@@ -36,6 +37,8 @@ T = TypeVar("T")
 # Smaller slices cost indexing throughput: on the busy machine, slices of 20 ms embedded
 # 1000 sentences at 0.86-0.94x the speed of one call over all of them.
 BACKGROUND_TURN_MS = 20.0
+# Background slices of one job waiting at once: one runs, the next waits to follow it.
+QUEUED_SLICES = 2
 # Calls share a run while padding to the longest text adds at most a quarter to its work.
 PADDING_LIMIT = 1.25
 # A text costs at least about this many characters' work (special tokens, the per-text
@@ -105,6 +108,11 @@ class ModelTurns:
         self.runs = 0
         self.served = 0
 
+    @property
+    def waiting(self) -> int:
+        """Turns waiting for the model (not the running one)."""
+        return sum(not t.future.done() for t in self._waiting)
+
     async def call(self, fn: Callable[[LoadedEmbedder], T], priority: Priority) -> T:
         """Run `fn` on the model in a worker thread when its turn comes."""
         result: T = await self._enqueue(priority, fn=fn)
@@ -121,21 +129,44 @@ class ModelTurns:
     ) -> list[bytes]:
         """Vectors of `texts` (one packed row each), embedded in background slices of
         about BACKGROUND_TURN_MS. Texts are taken shortest first, so a slice pads little.
-        `progress` hears how many texts are embedded after every slice."""
+        `progress` hears how many texts are embedded after every slice.
+
+        The next slice waits in the queue while one runs, so the model starts it as soon
+        as the running one ends instead of after a round trip through this coroutine
+        (one-line documents, 5,000 per stream, two streams per daemon, alternating
+        daemons: 748-779 chunks/s with one slice at a time, 779-793 with two);
+        interactive turns still go before it."""
         order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
         rows: list[bytes] = [b""] * len(texts)
-        start = 0
-        while start < len(order):
-            end = self._slice_end(texts, order, start)
-            part = order[start:end]
-            ran: _Ran = await self._enqueue(Priority.BACKGROUND, texts=[texts[i] for i in part])
-            self._measured(ran.ms, sum(len(texts[i]) for i in part))
-            width = ran.dimension * 4
-            for k, i in enumerate(part):
-                rows[i] = ran.packed[k * width : (k + 1) * width]
-            start = end
-            if progress is not None:
-                progress(end)
+        queued: collections.deque[tuple[list[int], asyncio.Future[Any]]] = collections.deque()
+        start = done = 0
+        try:
+            while start < len(order) or queued:
+                while start < len(order) and len(queued) < QUEUED_SLICES:
+                    end = self._slice_end(texts, order, start)
+                    part = order[start:end]
+                    slice_texts = [texts[i] for i in part]
+                    queued.append(
+                        (
+                            part,
+                            asyncio.ensure_future(
+                                self._enqueue(Priority.BACKGROUND, texts=slice_texts)
+                            ),
+                        )
+                    )
+                    start = end
+                part, pending = queued.popleft()
+                ran: _Ran = await pending
+                self._measured(ran.ms, sum(len(texts[i]) for i in part))
+                width = ran.dimension * 4
+                for k, i in enumerate(part):
+                    rows[i] = ran.packed[k * width : (k + 1) * width]
+                done += len(part)
+                if progress is not None:
+                    progress(done)
+        finally:
+            for _, pending in queued:
+                pending.cancel()
         return rows
 
     def _slice_end(self, texts: Sequence[str], order: Sequence[int], start: int) -> int:

@@ -175,6 +175,34 @@ def test_an_interactive_request_waits_for_one_background_slice_only(
         np.testing.assert_allclose(unpack(rows[i]), alone(minilm, bulk[i]), atol=1e-5)
 
 
+def test_the_next_background_slice_waits_queued_and_goes_with_its_job(
+    minilm: OnnxEmbedder, executor: ThreadPoolExecutor
+) -> None:
+    model = Recording(minilm)
+    turns = ModelTurns(model, executor, batch_size=32)
+    bulk = [f"chunk {i} of a long manual about power, heat and updates" for i in range(400)]
+
+    async def main() -> None:
+        job = asyncio.ensure_future(turns.embed_background(bulk))
+        await asyncio.to_thread(model.third_run.wait)
+        # While a slice runs, the next one is already queued behind it.
+        for _ in range(1000):
+            if turns.waiting == 1:
+                break
+            await asyncio.sleep(0.001)
+        assert turns.waiting == 1 and not job.done()
+        job.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await job
+        # The cancelled job's queued slice is dropped; at most the running one ends.
+        runs = len(model.runs)
+        await asyncio.sleep(0.3)
+        assert turns.waiting == 0 and len(model.runs) == runs
+
+    asyncio.run(main())
+    assert sum(len(run) for run in model.runs) < len(bulk)
+
+
 def test_interactive_calls_go_before_waiting_background_ones(
     minilm: OnnxEmbedder, executor: ThreadPoolExecutor
 ) -> None:
