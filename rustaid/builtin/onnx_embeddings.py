@@ -122,6 +122,44 @@ def read_max_tokens(folder: Path, tokenizer_config: dict[str, Any]) -> int:
     return FALLBACK_MAX_TOKENS
 
 
+def is_model_folder(path: Path) -> bool:
+    """A folder holding model.onnx and tokenizer.json (embedding models, cross-encoders)."""
+    return path.is_dir() and (path / MODEL_FILE).is_file() and (path / TOKENIZER_FILE).is_file()
+
+
+def load_tokenizer(path: Path) -> Any:
+    """A Hugging Face tokenizer from `path`, or PreconditionFailed saying why not."""
+    from tokenizers import Tokenizer
+
+    try:
+        return Tokenizer.from_file(str(path))
+    except Exception as e:  # tokenizers raises plain Exception
+        raise PreconditionFailed(
+            f"{path} cannot be read by Hugging Face tokenizers: {e}",
+            reason="MODEL_LOAD_FAILED",
+        ) from e
+
+
+def session_options(threads: int, spin_wait: bool) -> Any:
+    """ONNX Runtime session options for a model run on `threads` threads, one run at a
+    time. Workers that spin between the operators of a run make it faster; the
+    power-saving profiles turn that off (`spin_wait`). Either way they stop when a run
+    ends: spinning on between runs took a core from the tokenizer and the gRPC reply
+    (about 6 % of the daemon's embedding throughput on 2 cores) and burnt CPU while the
+    daemon was idle."""
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = threads
+    so.inter_op_num_threads = 1
+    so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    so.log_severity_level = 3
+    so.add_session_config_entry("session.intra_op.allow_spinning", "1" if spin_wait else "0")
+    so.add_session_config_entry("session.force_spinning_stop", "1")
+    return so
+
+
 def read_pad_token(tokenizer: Any, config: dict[str, Any]) -> tuple[int, str]:
     padding = config.get("padding")
     if isinstance(padding, dict) and isinstance(padding.get("pad_id"), int):
@@ -140,7 +178,6 @@ class OnnxEmbedder(LoadedEmbedder):
     def __init__(self, folder: Path, options: EmbeddingOptions) -> None:
         import numpy as np
         import onnxruntime as ort
-        from tokenizers import Tokenizer
 
         self.folder = folder
         self.threads = options.threads or psutil.cpu_count(logical=False) or 1
@@ -149,15 +186,9 @@ class OnnxEmbedder(LoadedEmbedder):
         tokenizer_config = read_json(tokenizer_path)
         self.pooling = read_pooling(folder)
         self.max_tokens = read_max_tokens(folder, tokenizer_config)
-        try:
-            # Two tokenizers: one truncates and pads for the model, one counts tokens.
-            self._tokenizer = Tokenizer.from_file(str(tokenizer_path))
-            self._counter = Tokenizer.from_file(str(tokenizer_path))
-        except Exception as e:  # tokenizers raises plain Exception
-            raise PreconditionFailed(
-                f"{tokenizer_path} cannot be read by Hugging Face tokenizers: {e}",
-                reason="MODEL_LOAD_FAILED",
-            ) from e
+        # Two tokenizers: one truncates and pads for the model, one counts tokens.
+        self._tokenizer = load_tokenizer(tokenizer_path)
+        self._counter = load_tokenizer(tokenizer_path)
         self._counter.no_truncation()
         self._counter.no_padding()
         pad_id, pad_token = read_pad_token(self._tokenizer, tokenizer_config)
@@ -170,12 +201,7 @@ class OnnxEmbedder(LoadedEmbedder):
             self._tokenizer, "encode_batch_fast", self._tokenizer.encode_batch
         )
 
-        so = ort.SessionOptions()
-        so.intra_op_num_threads = self.threads
-        so.inter_op_num_threads = 1
-        so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        so.log_severity_level = 3
+        so = session_options(self.threads, options.spin_wait)
         # ONNX Runtime's CPU arena reuses buffers between the operators of a run, and is
         # shrunk when a large run ends: by itself it grows to the largest batch it has
         # seen and never shrinks. Without an arena every intermediate tensor of 1 MiB or
@@ -189,14 +215,6 @@ class OnnxEmbedder(LoadedEmbedder):
         self._run_options = ort.RunOptions()
         self._shrink_options = ort.RunOptions()
         self._shrink_options.add_run_config_entry("memory.enable_memory_arena_shrinkage", "cpu:0")
-        # Workers that spin between the operators of a run make it faster; the
-        # power-saving profiles turn that off. Either way they stop when a run ends:
-        # spinning on between runs took a core from the tokenizer and the gRPC reply
-        # (about 6 % of the daemon's embedding throughput on 2 cores) and burnt CPU while
-        # the daemon was idle.
-        spin = "1" if options.spin_wait else "0"
-        so.add_session_config_entry("session.intra_op.allow_spinning", spin)
-        so.add_session_config_entry("session.force_spinning_stop", "1")
         model: str | bytes = str(folder / MODEL_FILE)
         disabled: list[str] = []
         # Texts embedded in one run: an int8 graph that quantises per tensor must see one
@@ -361,7 +379,7 @@ class OnnxEmbeddingProvider(EmbeddingProvider):
     folder_markers = (MODEL_FILE,)
 
     def handles(self, path: Path) -> bool:
-        return path.is_dir() and (path / MODEL_FILE).is_file() and (path / TOKENIZER_FILE).is_file()
+        return is_model_folder(path)
 
     def load(self, path: Path, options: EmbeddingOptions) -> LoadedEmbedder:
         if not self.handles(path):

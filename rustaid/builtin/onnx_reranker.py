@@ -19,9 +19,12 @@ import psutil
 from rustaid.builtin.onnx_embeddings import (
     MODEL_FILE,
     TOKENIZER_FILE,
+    is_model_folder,
+    load_tokenizer,
     read_json,
     read_max_tokens,
     read_pad_token,
+    session_options,
 )
 from rustaid.errors import PreconditionFailed
 from rustaid.hookspecs import hookimpl
@@ -52,32 +55,18 @@ _INPUTS = ("input_ids", "attention_mask", "token_type_ids")
 class OnnxReranker(LoadedReranker):
     def __init__(self, folder: Path, options: EmbeddingOptions) -> None:
         import onnxruntime as ort
-        from tokenizers import Tokenizer
 
         self.folder = folder
         threads = options.threads or psutil.cpu_count(logical=False) or 1
         tokenizer_path = folder / TOKENIZER_FILE
         tokenizer_config = read_json(tokenizer_path)
-        try:
-            self._tokenizer = Tokenizer.from_file(str(tokenizer_path))
-        except Exception as e:  # tokenizers raises plain Exception
-            raise PreconditionFailed(
-                f"{tokenizer_path} cannot be read by Hugging Face tokenizers: {e}",
-                reason="MODEL_LOAD_FAILED",
-            ) from e
+        self._tokenizer = load_tokenizer(tokenizer_path)
         self.max_tokens = read_max_tokens(folder, tokenizer_config)
         pad_id, pad_token = read_pad_token(self._tokenizer, tokenizer_config)
         # A long passage is cut, never the query (the pair is cut from its longer side).
         self._tokenizer.enable_truncation(self.max_tokens, strategy="longest_first")
         self._tokenizer.enable_padding(pad_id=pad_id, pad_token=pad_token)
-        so = ort.SessionOptions()
-        so.intra_op_num_threads = threads
-        so.inter_op_num_threads = 1
-        so.log_severity_level = 3
-        so.add_session_config_entry(
-            "session.intra_op.allow_spinning", "1" if options.spin_wait else "0"
-        )
-        so.add_session_config_entry("session.force_spinning_stop", "1")
+        so = session_options(threads, options.spin_wait)
         try:
             self._session = ort.InferenceSession(
                 str(folder / MODEL_FILE), so, providers=["CPUExecutionProvider"]
@@ -140,7 +129,7 @@ class OnnxRerankerProvider(RerankerProvider):
     name = "onnx"
 
     def handles(self, path: Path) -> bool:
-        return path.is_dir() and (path / MODEL_FILE).is_file() and (path / TOKENIZER_FILE).is_file()
+        return is_model_folder(path)
 
     def load(self, path: Path, options: EmbeddingOptions) -> LoadedReranker:
         if not self.handles(path):

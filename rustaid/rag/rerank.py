@@ -8,7 +8,6 @@ or fused hybrid results), after which the best `top_k` are kept.
 
 from __future__ import annotations
 
-import logging
 import threading
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import replace
@@ -16,8 +15,6 @@ from pathlib import Path
 
 from rustaid.errors import PreconditionFailed
 from rustaid.providers import EmbeddingOptions, LoadedReranker, RerankerProvider, ScoredPoint
-
-log = logging.getLogger(__name__)
 
 FOLDER = "rerankers"
 
