@@ -14,18 +14,19 @@ A background sequence may be paused (`CancelToken.paused`, set by the request si
 KV is copied to memory and its region serves another request; it resumes where it
 stopped, in whichever region is free then.
 
-llama_cpp is imported by the caller (the plugin, on first load), not here.
+llama_cpp and numpy are imported by the caller (the plugin, on first load), not here.
 """
 
 from __future__ import annotations
 
 import codecs
+import contextlib
 import ctypes
 import logging
 import random
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -44,11 +45,13 @@ log = logging.getLogger(__name__)
 PROMPT_CHUNK = 128
 # How often a batch with only paused sequences looks whether one may resume.
 RESUME_CHECK_S = 0.05
-# An idle model waits for more requests until none has come for GATHER_QUIET_S (at most
-# GATHER_MAX_S) before its first step. Clients that start together reach the model a few
-# milliseconds apart through HTTP or gRPC (5 ms for 8 chat requests, measured): without
-# the wait the first read its prompt alone (120 ms with SmolLM2 on 1 thread) while the
-# others waited for that step to end before theirs began.
+# An idle model waits for more requests before its first step, until none has come for
+# GATHER_QUIET_S and none is on its way (`coming`: its prompt being rendered and
+# tokenized), GATHER_MAX_S at most. Clients that start together reach the model a few
+# milliseconds apart through HTTP or gRPC (5-14 ms for 8 chat requests, measured, with
+# gaps of up to 6 ms while their prompts were made): without the wait the first read its
+# prompt alone (120 ms with SmolLM2 on 1 thread) while the others waited for that step
+# to end before theirs began.
 GATHER_QUIET_S = 0.003
 GATHER_MAX_S = 0.02
 # Tokens the repeat penalty looks back on (llama-cpp-python's last_n_tokens_size).
@@ -94,8 +97,10 @@ class BatchEngine:
         threads: int,
     ) -> None:
         import llama_cpp as lc
+        import numpy as np
 
         self._lc = lc
+        self._logits_of = np.ctypeslib.as_array
         self._llm = llm
         self._pieces = pieces
         self.parallel = parallel
@@ -122,11 +127,13 @@ class BatchEngine:
         self._threads = threads
         self.default_threads = threads
         self._seed: int = llm._seed
+        self._n_vocab = llm.n_vocab()
         # Tokens in each region's KV (kept after its request ends, for prefix reuse).
         self._cells: list[list[int]] = [[] for _ in range(parallel)]
         self._owner: list[BatchSequence | None] = [None] * parallel
         self._last_used = [0.0] * parallel
         self._arrivals: list[BatchSequence] = []
+        self._coming: set[int] = set()  # threads making a request's prompt (`coming`)
         self._running: list[BatchSequence] = []
         self._paused: list[BatchSequence] = []
         self._wake = threading.Condition()
@@ -141,12 +148,26 @@ class BatchEngine:
 
     # -- request side -------------------------------------------------------------------
 
+    @contextlib.contextmanager
+    def coming(self) -> Iterator[None]:
+        """Around the making of a request's prompt, up to `run`: an idle model waits
+        for the request before its first step."""
+        me = threading.get_ident()
+        with self._wake:
+            self._coming.add(me)
+        try:
+            yield
+        finally:
+            with self._wake:
+                self._coming.discard(me)  # the request failed before it arrived
+
     def run(self, seq: BatchSequence) -> Outcome:
         """Add a sequence and wait until it ends (called from the request's own thread)."""
         seq.outcome.t_start = time.perf_counter()
         with self._wake:
             if self._stopping:
                 raise RuntimeError("the model is closed")
+            self._coming.discard(threading.get_ident())
             self._arrivals.append(seq)
             self._wake.notify()
         while not seq.done.wait(0.5):
@@ -228,7 +249,7 @@ class BatchEngine:
             if left <= 0:
                 return
             self._wake.wait(min(self.gather_quiet_s, left))
-            if len(self._arrivals) == seen:
+            if len(self._arrivals) == seen and not self._coming:
                 return  # quiet
             seen = len(self._arrivals)
 
@@ -255,14 +276,19 @@ class BatchEngine:
         self._running.append(seq)
 
     def _make_sampler(self, s: Sampling) -> Any:
-        # The chain llama-cpp-python's Llama.generate builds, per sequence.
+        """The chain llama-cpp-python's Llama.generate builds, per sequence; None for
+        plain greedy (no penalty, no grammar), which `_sample` does itself."""
+        # As llama-cpp-python: a request's seed, else one derived from the last seed used.
+        seed = s.seed if s.seed is not None else random.Random(self._seed).randint(0, 2**32)
+        self._seed = seed
+        if s.temperature == 0.0 and s.repeat_penalty == 1.0 and s.grammar is None:
+            return None
         lc = self._lc
         chain = lc.llama_sampler_chain_init(lc.llama_sampler_chain_default_params())
         add = lc.llama_sampler_chain_add
         if s.repeat_penalty != 1.0:
-            n_vocab = self._llm.n_vocab()
             penalties = lc.llama_sampler_init_penalties(
-                n_vocab, PENALTY_LAST_N, s.repeat_penalty, 0.0, 0.0
+                self._n_vocab, PENALTY_LAST_N, s.repeat_penalty, 0.0, 0.0
             )
             add(chain, penalties)
         if s.grammar is not None:
@@ -273,9 +299,6 @@ class BatchEngine:
                     self._llm._model.vocab, g._grammar.encode("utf-8"), g._root.encode("utf-8")
                 ),
             )
-        # As llama-cpp-python: a request's seed, else one derived from the last seed used.
-        seed = s.seed if s.seed is not None else random.Random(self._seed).randint(0, 2**32)
-        self._seed = seed
         if s.temperature == 0.0:
             add(chain, lc.llama_sampler_init_greedy())
         elif s.temperature < 0.0:
@@ -370,12 +393,22 @@ class BatchEngine:
         rc = self._lc.llama_decode(self._ctx, b)
         if rc != 0:
             raise RuntimeError(f"llama_decode failed ({rc})")
-        for seq, index in sample:
-            self._sampled(seq, index)
+        # Every sequence's token first, then their text: each text wakes the event loop,
+        # which would otherwise hold the GIL while the next sampler call waits for it.
+        tokens = [self._sample(seq, index) for seq, index in sample]
+        for (seq, _), token in zip(sample, tokens, strict=True):
+            self._sampled(seq, token)
 
-    def _sampled(self, seq: BatchSequence, index: int) -> None:
+    def _sample(self, seq: BatchSequence, index: int) -> int:
+        if seq.sampler is not None:
+            return int(self._lc.llama_sampler_sample(seq.sampler, self._ctx, index))
+        # Plain greedy: the most likely token, the first of equal ones as llama.cpp's greedy
+        # sampler picks it, without copying the vocabulary's logits into candidates first.
+        logits = self._lc.llama_get_logits_ith(self._ctx, index)
+        return int(self._logits_of(logits, shape=(self._n_vocab,)).argmax())
+
+    def _sampled(self, seq: BatchSequence, token: int) -> None:
         out = seq.outcome
-        token = self._lc.llama_sampler_sample(seq.sampler, self._ctx, index)
         out.sampled += 1
         if out.sampled == 1:
             out.t_first = time.perf_counter()

@@ -5,6 +5,7 @@ llama_cpp (and numpy with it) is imported on the first load, never at daemon sta
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 from collections.abc import Sequence
@@ -349,8 +350,9 @@ class LlamaModel(LoadedLLM):
     def complete(
         self, prompt: str, params: GenerationParams, emit: EmitText, cancel: CancelToken
     ) -> CompletionStats:
-        tokens = self.tokenize(prompt, add_special=True)
-        return self._run(tokens, [], params, emit, cancel, field="prompt")
+        with self._coming():
+            tokens = self.tokenize(prompt, add_special=True)
+            return self._run(tokens, [], params, emit, cancel, field="prompt")
 
     def chat(
         self,
@@ -359,8 +361,12 @@ class LlamaModel(LoadedLLM):
         emit: EmitText,
         cancel: CancelToken,
     ) -> CompletionStats:
-        tokens, template_stops = self._chat_prompt(messages)
-        return self._run(tokens, template_stops, params, emit, cancel, field="messages")
+        with self._coming():
+            tokens, template_stops = self._chat_prompt(messages)
+            return self._run(tokens, template_stops, params, emit, cancel, field="messages")
+
+    def _coming(self) -> contextlib.AbstractContextManager[None]:
+        return self.batch.coming() if self.batch is not None else contextlib.nullcontext()
 
     def _run(
         self,

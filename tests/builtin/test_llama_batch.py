@@ -4,6 +4,7 @@ each gets what it would get alone."""
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
 from collections.abc import Iterator
@@ -167,6 +168,41 @@ def test_requests_arriving_together_read_their_prompts_in_one_step(
             assert engine.steps - steps == 1
         else:
             assert engine.steps - steps > 1
+    finally:
+        engine.gather_quiet_s, engine.gather_max_s = saved
+
+
+@pytest.mark.parametrize("announced", [True, False])
+def test_an_idle_model_waits_for_a_request_whose_prompt_is_being_made(
+    batched: LlamaModel, announced: bool
+) -> None:
+    engine = batched.batch
+    assert engine is not None
+    saved = engine.gather_quiet_s, engine.gather_max_s
+    # No quiet window to speak of: only the request on its way holds the first step.
+    engine.gather_quiet_s, engine.gather_max_s = 0.001, 10.0
+    try:
+        steps = engine.steps
+        params = GenerationParams(max_tokens=1, temperature=0)
+        slow = Call(batched, "Name a fruit:", params)
+
+        def made_slowly() -> None:
+            # A prompt that takes long to render (a big template, a busy machine).
+            with engine.coming() if announced else contextlib.nullcontext():
+                time.sleep(0.3)
+                slow.run()
+
+        thread = threading.Thread(target=made_slowly)
+        thread.start()
+        time.sleep(0.05)
+        quick = Call(batched, "Name a tree:", params).start()
+        quick.join()
+        thread.join(60)
+        assert slow.error is None and slow.finish is not None
+        if announced:
+            assert engine.steps - steps == 1  # both prompts read in one step
+        else:
+            assert engine.steps - steps == 2
     finally:
         engine.gather_quiet_s, engine.gather_max_s = saved
 
