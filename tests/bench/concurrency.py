@@ -27,8 +27,11 @@ Arms, each an OpenAI-compatible server on loopback, sent the same requests over
             -DGGML_NATIVE=OFF
       cmake --build build --target llama-server   # -> build/bin/llama-server
 
-Every client asks its own question (a word that differs per client and round, so no arm
-reuses an evaluated prompt), temperature 0, the same max_tokens. For one round of N
+Every client asks its own question, temperature 0, the same max_tokens. Each round's
+questions open with the round's own number, so no server reuses more of an earlier
+prompt than the chat template's opening: llama-server keeps the prompts it has evaluated
+in memory, and when the 8-client rounds repeated the 4-client rounds' questions it read
+half of its prompts from there. Every arm gets the same questions. For one round of N
 clients, all start together: aggregate tokens/s is every client's text chunks (one token
 each) over the wall time from the start to the last chunk; time to first token (TTFT) is
 each client's from the start to its first chunk with text, reported as the median and
@@ -65,7 +68,7 @@ Round = dict[str, float]
 
 def question(round_no: int, client: int) -> str:
     word = WORDS[round_no % len(WORDS)]
-    return f"{word} a long story about {TOPICS[client % len(TOPICS)]} and a knight ({round_no})."
+    return f"({round_no}) {word} a long story about {TOPICS[client % len(TOPICS)]} and a knight."
 
 
 def stream_chat(client: Any, url: str, content: str, tokens: int, t0: float) -> list[float]:
@@ -191,14 +194,18 @@ def main(argv: list[str] | None = None) -> int:
         arms = {name: arm(url) for name, url in zip(names, urls, strict=True)}
         for run in arms.values():  # warm-up: loads the model
             run(10_000, 1, 4)
-        for n in counts:
+        for c, n in enumerate(counts):
             for r in range(args.rounds):
                 k = r % len(names)
                 order = list(names[k:] + names[:k])
                 for name in order:
-                    samples[name][n].append(arms[name](r * 10 + names.index(name), n, args.tokens))
-                row = ", ".join(f"{a} {samples[a][n][-1]['aggregate_tps']:.1f}" for a in names)
-                print(f"  {n} clients, round {r + 1}: tok/s {row}", file=sys.stderr)
+                    samples[name][n].append(arms[name](c * args.rounds + r, n, args.tokens))
+                row = ", ".join(
+                    f"{a} {samples[a][n][-1]['aggregate_tps']:.1f}"
+                    f" ({samples[a][n][-1]['ttft_worst_ms']:.0f} ms)"
+                    for a in names
+                )
+                print(f"  {n} clients, round {r + 1}: tok/s (worst TTFT) {row}", file=sys.stderr)
 
     med = {
         a: {

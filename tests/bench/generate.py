@@ -70,12 +70,17 @@ PROMPT_TAIL = (
     " user said to the assistant: can you answer this question about the rust daemon,"
     " and is the json value true or false? the answer was"
 )
+# The real model's: greedy SmolLM2 keeps counting, so every arm generates all max_tokens.
+# With the tail above it ended after 3-4 tokens in some rounds, at a different token on
+# each arm (a batching daemon decodes with flash attention, llama-cpp-python without),
+# and tokens/s over 4 tokens meant nothing.
+REAL_PROMPT_TAIL = " - count from one to one thousand, one number per line: 1, 2, 3,"
 TARGET_RATIO = 0.97
 TARGET_TTFT_OVERHEAD_MS = 5.0
 
 
-def prompt_for(round_no: int) -> str:
-    return FIRST_WORDS[round_no % len(FIRST_WORDS)] + PROMPT_TAIL
+def prompt_for(round_no: int, tail: str = PROMPT_TAIL) -> str:
+    return FIRST_WORDS[round_no % len(FIRST_WORDS)] + tail
 
 
 @dataclass
@@ -136,10 +141,11 @@ def _sample(
 
 
 class Direct:
-    def __init__(self, model: Path, n_ctx: int, threads: int) -> None:
+    def __init__(self, model: Path, n_ctx: int, threads: int, tail: str) -> None:
         import llama_cpp
 
         self.llama_cpp = llama_cpp
+        self.tail = tail
         self.llm = llama_cpp.Llama(
             model_path=str(model),
             n_ctx=n_ctx,
@@ -175,7 +181,7 @@ class Direct:
         tokens_at_last_text = 0
         t0 = time.perf_counter()
         for chunk in self.llm.create_completion(
-            prompt_for(round_no),
+            prompt_for(round_no, self.tail),
             max_tokens=max_tokens,
             temperature=0,
             seed=SEED,
@@ -226,14 +232,14 @@ def daemon_client(model: Path, n_ctx: int, threads: int, profile: str = "") -> I
             yield d, channel, generate_pb2_grpc.GenerateServiceStub(channel)
 
 
-def daemon_run(stub: Any, model_id: str, round_no: int, max_tokens: int) -> Sample:
+def daemon_run(stub: Any, model_id: str, round_no: int, max_tokens: int, tail: str) -> Sample:
     from google.protobuf.json_format import MessageToDict
 
     from rustaid.api.v1 import common_pb2, generate_pb2
 
     request = generate_pb2.GenerateStreamRequest(
         model_id=model_id,
-        prompt=prompt_for(round_no),
+        prompt=prompt_for(round_no, tail),
         params=common_pb2.GenerationParams(max_tokens=max_tokens, temperature=0.0, seed=SEED),
     )
     stamps: list[float] = []
@@ -329,11 +335,12 @@ def main(argv: list[str] | None = None) -> int:
     if args.model in ("synthetic", "both"):
         model = common.synthetic_model(shape, MODEL_NAME, "Q8_0")
         about = {"file": model.name, "shape": asdict(shape), "file_type": "Q8_0"}
-        results.append(measure(args, model, model_id_for(Path(model.name)), n_ctx, about))
+        model_id = model_id_for(Path(model.name))
+        results.append(measure(args, model, model_id, n_ctx, about, PROMPT_TAIL))
     if args.model in ("real", "both"):
         model = real_model.fetch(quiet=True)
         about = {"file": model.name, "real": real_model.PACKAGE, "file_type": "Q4_1"}
-        results.append(measure(args, model, real_model.MODEL_ID, n_ctx, about))
+        results.append(measure(args, model, real_model.MODEL_ID, n_ctx, about, REAL_PROMPT_TAIL))
     result = results[0]
     if len(results) > 1:
         result["real_model"] = results[1]
@@ -354,7 +361,12 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def measure(
-    args: argparse.Namespace, model: Path, model_id: str, n_ctx: int, about: dict[str, Any]
+    args: argparse.Namespace,
+    model: Path,
+    model_id: str,
+    n_ctx: int,
+    about: dict[str, Any],
+    tail: str,
 ) -> dict[str, Any]:
     """One model: interleaved rounds of every arm; prints its tables, returns its result."""
     info: dict[str, Any] = {"machine_start": common.machine()}
@@ -365,11 +377,11 @@ def measure(
         file=sys.stderr,
     )
     t_load = time.perf_counter()
-    direct = Direct(model, n_ctx, args.threads)
+    direct = Direct(model, n_ctx, args.threads, tail)
     info["direct_load_ms"] = (time.perf_counter() - t_load) * 1000
     # Its own Llama (and so its own prompt cache), like the daemon has.
-    direct_lp = None if args.no_lp_arm else Direct(model, n_ctx, args.threads)
-    n_prompt = direct.prompt_tokens(prompt_for(0))
+    direct_lp = None if args.no_lp_arm else Direct(model, n_ctx, args.threads, tail)
+    n_prompt = direct.prompt_tokens(prompt_for(0, tail))
 
     arms = ["direct", "daemon"] if args.no_lp_arm else ["direct", "direct+lp", "daemon"]
     rounds: list[Round] = []
@@ -378,7 +390,7 @@ def measure(
 
         def run(arm: str, round_no: int, max_tokens: int = args.tokens) -> Sample:
             if arm == "daemon":
-                return daemon_run(stub, model_id, round_no, max_tokens)
+                return daemon_run(stub, model_id, round_no, max_tokens, tail)
             if arm == "direct+lp" and direct_lp is not None:
                 return direct_lp.run(round_no, max_tokens, with_lp=True)
             return direct.run(round_no, max_tokens, with_lp=False)
@@ -386,7 +398,7 @@ def measure(
         # Warm-up: the daemon's first request loads the model; the direct model's first
         # generation touches its pages. Neither is measured.
         t_warm = time.perf_counter()
-        warm = daemon_run(stub, model_id, 0, 8)
+        warm = daemon_run(stub, model_id, 0, 8, tail)
         info["daemon_first_request_ms"] = (time.perf_counter() - t_warm) * 1000
         info["daemon_load_ms"] = warm.server["timings"].get("load_ms", 0.0)
         info["daemon_loaded"] = loaded_settings(channel, model_id)
