@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from rustaid.builtin.llama_batch import BatchEngine
 from rustaid.builtin.llama_cpp import LlamaCppProvider, LlamaModel
 from rustaid.providers import (
     CancelToken,
@@ -143,17 +144,26 @@ def test_concurrent_streams_each_match_their_solo_output(
     assert '"name"' in alone[4]
 
 
+@contextlib.contextmanager
+def gather_window(model: LlamaModel, quiet_s: float, max_s: float) -> Iterator[BatchEngine]:
+    """The model's batch engine with its burst wait set for a test, then restored."""
+    engine = model.batch
+    assert engine is not None
+    saved = engine.gather_quiet_s, engine.gather_max_s
+    engine.gather_quiet_s, engine.gather_max_s = quiet_s, max_s
+    try:
+        yield engine
+    finally:
+        engine.gather_quiet_s, engine.gather_max_s = saved
+
+
 @pytest.mark.parametrize("gather", [True, False])
 def test_requests_arriving_together_read_their_prompts_in_one_step(
     batched: LlamaModel, gather: bool
 ) -> None:
-    engine = batched.batch
-    assert engine is not None
-    saved = engine.gather_quiet_s, engine.gather_max_s
     # Arrivals 50 ms apart stand for a burst (a few ms apart), with room for a busy
     # machine; without the wait the first request reads its prompt alone.
-    engine.gather_quiet_s, engine.gather_max_s = (1.0, 5.0) if gather else (0.0, 0.0)
-    try:
+    with gather_window(batched, *((1.0, 5.0) if gather else (0.0, 0.0))) as engine:
         steps = engine.steps
         calls = []
         for i in range(PARALLEL):
@@ -168,20 +178,14 @@ def test_requests_arriving_together_read_their_prompts_in_one_step(
             assert engine.steps - steps == 1
         else:
             assert engine.steps - steps > 1
-    finally:
-        engine.gather_quiet_s, engine.gather_max_s = saved
 
 
 @pytest.mark.parametrize("announced", [True, False])
 def test_an_idle_model_waits_for_a_request_whose_prompt_is_being_made(
     batched: LlamaModel, announced: bool
 ) -> None:
-    engine = batched.batch
-    assert engine is not None
-    saved = engine.gather_quiet_s, engine.gather_max_s
     # No quiet window to speak of: only the request on its way holds the first step.
-    engine.gather_quiet_s, engine.gather_max_s = 0.001, 10.0
-    try:
+    with gather_window(batched, 0.001, 10.0) as engine:
         steps = engine.steps
         params = GenerationParams(max_tokens=1, temperature=0)
         slow = Call(batched, "Name a fruit:", params)
@@ -189,7 +193,7 @@ def test_an_idle_model_waits_for_a_request_whose_prompt_is_being_made(
         def made_slowly() -> None:
             # A prompt that takes long to render (a big template, a busy machine).
             with engine.coming() if announced else contextlib.nullcontext():
-                time.sleep(0.3)
+                time.sleep(0.5)
                 slow.run()
 
         thread = threading.Thread(target=made_slowly)
@@ -203,8 +207,6 @@ def test_an_idle_model_waits_for_a_request_whose_prompt_is_being_made(
             assert engine.steps - steps == 1  # both prompts read in one step
         else:
             assert engine.steps - steps == 2
-    finally:
-        engine.gather_quiet_s, engine.gather_max_s = saved
 
 
 def test_a_late_joiner_gets_its_first_token_while_others_run(batched: LlamaModel) -> None:
